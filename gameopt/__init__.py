@@ -1,3 +1,22 @@
-"""gameopt: game-aware optimisers for PyTorch."""
+"""gameopt: game-aware optimisers for PyTorch.
+
+Sign convention: every player minimises its own loss; a zero-sum game has
+``disc_loss = -gen_loss``.
+"""
+
+from .alternating import AlternatingOptimizer
+from .consensus import ConsensusOptimizer, ConsensusStats, SimultaneousOptimizer
+from .game_optimizer import GameOptimizer
+from .players import DISCRIMINATOR, GENERATOR
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AlternatingOptimizer",
+    "ConsensusOptimizer",
+    "ConsensusStats",
+    "DISCRIMINATOR",
+    "GENERATOR",
+    "GameOptimizer",
+    "SimultaneousOptimizer",
+]

@@ -1,0 +1,291 @@
+"""Consensus optimisation (Mescheder, Nowozin, Geiger, "The Numerics of GANs", 2017).
+
+Each player's gradient gets ``gamma * grad(1/2 ||v||^2)`` added, where ``v`` is the
+game's gradient field (every player's gradient of its own loss). The correction
+``v'(x)^T v(x)`` is one vector-Jacobian product of ``v`` with itself, taken through
+the graph of the first backward pass; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from .game_optimizer import GameOptimizer
+from .gradients import check_loss, explain_double_backward, player_gradients
+from .players import DISCRIMINATOR, GENERATOR, ParamsLike
+
+Losses = Sequence[torch.Tensor]
+
+
+@dataclass
+class ConsensusStats:
+    """Statistics of the last :meth:`ConsensusOptimizer.backward`, as tensors (reading them syncs).
+
+    ``grad_sq_norm[player]`` is ``||v_player||^2``; ``consensus_loss`` is
+    ``L = 1/2 ||v||^2`` (both for the plain mini-batch estimate ``v_B``);
+    ``reg_grad_norm`` is ``||grad L||`` over the regularised parameters, before
+    multiplying by gamma; ``finite`` says whether all new gradients were finite.
+    """
+
+    grad_sq_norm: dict[str, torch.Tensor]
+    consensus_loss: torch.Tensor
+    reg_grad_norm: torch.Tensor
+    finite: torch.Tensor
+
+
+def _norm(tensors: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of a list of tensors, as a float32 0-d tensor (0 if empty)."""
+    if not tensors:
+        return torch.zeros((), dtype=torch.float32, device=like.device)
+    norms = torch._foreach_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([n.to(torch.float32) for n in norms]))
+
+
+class ConsensusOptimizer(GameOptimizer):
+    """Consensus optimisation over any torch optimiser.
+
+    Usage (each player minimises its own loss; zero-sum: ``disc_loss = -gen_loss``)::
+
+        opt = ConsensusOptimizer(torch.optim.RMSprop, G.parameters(), D.parameters(),
+                                 gamma=10.0, lr=1e-4)
+        opt.zero_grad()
+        opt.backward(gen_loss, disc_loss)   # p.grad += v_p + gamma * (v'^T v)_p
+        opt.step()                          # the base optimiser applies p.grad
+
+    or ``opt.step(closure)`` with ``closure()`` returning ``(gen_loss, disc_loss)``.
+
+    Args:
+        base_optimizer: a ``torch.optim.Optimizer`` subclass (SGD, Adam, RMSprop, ...);
+            ``base_kwargs`` are passed to it.
+        gen_params, disc_params: the players' parameters, as tensors or param-group
+            dicts (per-player lr, betas, weight decay, gamma, ...).
+        gamma: consensus weight (>= 0), the default of every group's ``"gamma"``.
+            ``gamma=0`` is exactly the base optimiser's simultaneous step (SimGA).
+        smoothing: the paper's "smoothing optimiser": the regulariser is added to the
+            discriminator's gradient only.
+        unbiased: subtract the mini-batch bias of ``1/2||v_B||^2`` (supplement of the
+            paper): ``backward`` then takes per-example losses of shape (B,), whose
+            means are the players' losses. Costly: per-example gradients are held with
+            their graph (memory and time about B times a plain step).
+        nonfinite: what ``step`` does when the new gradient has a NaN/Inf: ``"skip"``
+            (default: skip the base step, warn, count in ``skipped_steps``), ``"raise"``
+            (``FloatingPointError``), or ``"ignore"`` (no check, no host sync).
+        players: instead of ``gen_params``/``disc_params``, an ordered mapping
+            ``{name: params}`` of any number of players; ``backward`` then takes one
+            loss per player in that order.
+    """
+
+    def __init__(
+        self,
+        base_optimizer: type[Optimizer],
+        gen_params: ParamsLike | None = None,
+        disc_params: ParamsLike | None = None,
+        gamma: float = 10.0,
+        *,
+        smoothing: bool = False,
+        unbiased: bool = False,
+        nonfinite: str = "skip",
+        players: Mapping[str, ParamsLike] | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        if players is None:
+            if gen_params is None or disc_params is None:
+                raise TypeError("pass gen_params and disc_params (or players={name: params})")
+            players = {GENERATOR: gen_params, DISCRIMINATOR: disc_params}
+        elif gen_params is not None or disc_params is not None:
+            raise TypeError("pass either gen_params/disc_params or players=, not both")
+        _check_gamma(gamma, "gamma")
+        self._group_options = {"gamma": float(gamma)}
+        super().__init__(base_optimizer, players, nonfinite=nonfinite, **base_kwargs)
+        for group in self.param_groups:
+            _check_gamma(group["gamma"], f"gamma of a '{group['player']}' param group")
+        self.smoothing = bool(smoothing)
+        self.unbiased = bool(unbiased)
+        #: Statistics of the last backward (None before the first).
+        self.stats: ConsensusStats | None = None
+
+    @property
+    def regularized_players(self) -> tuple[str, ...]:
+        """Players whose gradient receives ``gamma * grad L`` (all but the generator when smoothing)."""
+        if self.smoothing:
+            return tuple(p for p in self.players if p != GENERATOR)
+        return self.players
+
+    def _loss_names(self) -> list[str]:
+        if self.players == (GENERATOR, DISCRIMINATOR):
+            return ["gen_loss", "disc_loss"]
+        return [f"loss of player '{p}'" for p in self.players]
+
+    def backward(self, *losses: torch.Tensor) -> ConsensusStats:
+        """Accumulate the consensus-corrected gradient into ``p.grad`` (like ``loss.backward()``).
+
+        Takes one loss per player, in player order: ``backward(gen_loss, disc_loss)``.
+        Nothing is written to ``p.grad`` unless every check passes.
+        """
+        if len(losses) != len(self.players):
+            raise TypeError(
+                f"backward expects {len(self.players)} losses (one per player: "
+                f"{list(self.players)}), got {len(losses)}"
+            )
+        names = self._loss_names()
+        losses = tuple(
+            check_loss(loss, player, name, self.unbiased)
+            for loss, player, name in zip(losses, self.players, names)
+        )
+        with torch.enable_grad():
+            return self._backward(losses, names)
+
+    def _backward(self, losses: Losses, names: list[str]) -> ConsensusStats:
+        groups = self.param_groups
+        for group in groups:
+            _check_gamma(group["gamma"], f"gamma of a '{group['player']}' param group")
+        regularized = set(self.regularized_players)
+        # Parameters that receive gamma * grad L: groups of regularised players with gamma != 0.
+        reg_params = [
+            p for g in groups if g["player"] in regularized and g["gamma"] != 0 for p in g["params"]
+        ]
+        params = [self.player_params(p) for p in self.players]
+        grads = player_gradients(
+            losses, params, self.players, names,
+            create_graph=bool(reg_params), per_example=self.unbiased,
+        )
+        flat_params = [p for ps in params for p in ps]
+        flat_grads = [t for g in grads for t in g]
+
+        if self.unbiased:
+            batch = losses[0].shape[0]
+            v = [None if t is None else t.detach().mean(0) for t in flat_grads]
+        else:
+            v = [None if t is None else t.detach() for t in flat_grads]
+
+        reg: dict[int, torch.Tensor] = {}
+        if reg_params:
+            outs = [t for t in flat_grads if t is not None and t.requires_grad]
+            if self.unbiased:
+                # d/dv_i of the U-statistic (||sum v_i||^2 - sum ||v_i||^2) / (2B(B-1)).
+                seeds = [(t.detach().mean(0) - t.detach() / batch) / (batch - 1) for t in outs]
+            else:
+                seeds = [t.detach() for t in outs]
+            if outs:
+                with explain_double_backward(True):
+                    r = torch.autograd.grad(outs, reg_params, grad_outputs=seeds, allow_unused=True)
+                reg = {id(p): t for p, t in zip(reg_params, r) if t is not None}
+        del flat_grads, grads
+
+        like = losses[0]
+        index = {id(p): i for i, p in enumerate(flat_params)}
+        finals: list[torch.Tensor | None] = list(v)
+        for group in groups:
+            if group["player"] not in regularized or group["gamma"] == 0:
+                continue
+            gamma = float(group["gamma"])
+            pairs = [(index[id(p)], reg[id(p)]) for p in group["params"] if id(p) in reg]
+            with_v = [(i, r) for i, r in pairs if finals[i] is not None]
+            if with_v:
+                torch._foreach_add_([finals[i] for i, _ in with_v], [r for _, r in with_v], alpha=gamma)
+            for i, r in pairs:
+                if finals[i] is None:
+                    finals[i] = r * gamma
+
+        sq_norms: dict[str, torch.Tensor] = {}
+        finite_parts: list[torch.Tensor] = []
+        offset = 0
+        for player, ps in zip(self.players, params):
+            vs = [t for t in v[offset: offset + len(ps)] if t is not None]
+            rs = [reg[id(p)] for p in ps if id(p) in reg]
+            v_norm = _norm(vs, like)
+            r_norm = _norm(rs, like)
+            sq_norms[player] = v_norm.square()
+            finite_parts.append(v_norm + r_norm)
+            offset += len(ps)
+        all_reg = list(reg.values())
+        reg_norm = _norm(all_reg, like)
+        self._record_finite(finite_parts)
+        self.stats = ConsensusStats(
+            grad_sq_norm=sq_norms,
+            consensus_loss=0.5 * sum(sq_norms.values()),
+            reg_grad_norm=reg_norm,
+            finite=self._finite,
+        )
+
+        fresh = [(p, g) for p, g in zip(flat_params, finals) if g is not None]
+        existing = [(p, g) for p, g in fresh if p.grad is not None]
+        if existing:
+            torch._foreach_add_([p.grad for p, _ in existing], [g for _, g in existing])
+        for p, g in fresh:
+            if p.grad is None:
+                p.grad = g
+        return self.stats
+
+    def step(self, closure: Callable[[], Losses] | None = None) -> Losses | None:  # type: ignore[override]
+        """Apply the gradients with the base optimiser.
+
+        With ``closure`` (returning one loss per player), the gradients are first
+        recomputed from scratch (``p.grad`` is reset, then :meth:`backward`).
+        Returns the closure's losses. A non-finite gradient is handled by the
+        ``nonfinite`` policy (default: the step is skipped and a warning issued).
+        """
+        losses = None
+        if closure is not None:
+            with torch.enable_grad():
+                losses = closure()
+            if isinstance(losses, torch.Tensor) or not isinstance(losses, Sequence):
+                raise TypeError(
+                    "the closure must return a tuple of losses, one per player "
+                    f"({list(self.players)}), e.g. (gen_loss, disc_loss)"
+                )
+            self.zero_grad(set_to_none=True)
+            self.backward(*losses)
+        self.last_step_skipped = self._should_skip()
+        if not self.last_step_skipped:
+            self.base_optimizer.step()
+        return losses
+
+    def _extra_state(self) -> dict[str, Any]:
+        extra = super()._extra_state()
+        extra.update(smoothing=self.smoothing, unbiased=self.unbiased)
+        return extra
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        super()._load_extra_state(extra)
+        self.smoothing = bool(extra.get("smoothing", self.smoothing))
+        self.unbiased = bool(extra.get("unbiased", self.unbiased))
+
+
+class SimultaneousOptimizer(ConsensusOptimizer):
+    """Simultaneous gradient steps (SimGA): every player steps on its own gradient at once.
+
+    The same API as :class:`ConsensusOptimizer` with ``gamma=0``: no second
+    derivatives are computed, so a step costs what plain training costs.
+    """
+
+    def __init__(
+        self,
+        base_optimizer: type[Optimizer],
+        gen_params: ParamsLike | None = None,
+        disc_params: ParamsLike | None = None,
+        *,
+        nonfinite: str = "skip",
+        players: Mapping[str, ParamsLike] | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            base_optimizer, gen_params, disc_params, gamma=0.0,
+            nonfinite=nonfinite, players=players, **base_kwargs,
+        )
+
+
+def _check_gamma(gamma: Any, what: str) -> None:
+    if isinstance(gamma, torch.Tensor):
+        raise TypeError(f"{what} must be a Python number, not a tensor")
+    if not isinstance(gamma, (int, float)) or math.isnan(gamma) or gamma < 0 or math.isinf(gamma):
+        raise ValueError(
+            f"{what} must be a finite number >= 0 (the consensus weight; 0 gives plain "
+            f"simultaneous steps), got {gamma!r}"
+        )

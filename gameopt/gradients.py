@@ -1,0 +1,146 @@
+"""Gradients of a game: each player's loss w.r.t. that player's own parameters.
+
+The stacked result is the game's gradient field ``v = (grad_theta l_G, grad_phi l_D)``.
+Helpers here check the losses, detect zero-sum games (one backward pass instead
+of two) and turn autograd's double-backward failures into actionable errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+_DOUBLE_BACKWARD_MARKERS = (
+    "double backward",
+    "differentiate twice",
+    "once_differentiable",
+    "derivative for",
+)
+
+
+def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch.Tensor:
+    """Validate one player's loss: a tensor that depends on the graph, of the right shape."""
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"{name} (loss of player '{player}') must be a tensor, got {type(loss).__name__}")
+    if per_example:
+        if loss.dim() != 1 or loss.shape[0] < 2:
+            raise ValueError(
+                f"{name} must hold one loss per example, shape (B,) with B >= 2, when "
+                f"unbiased=True; got shape {tuple(loss.shape)}. Pass the per-example "
+                "losses without averaging them"
+            )
+    elif loss.numel() != 1:
+        raise ValueError(
+            f"{name} must be a scalar, got shape {tuple(loss.shape)}; reduce it, e.g. "
+            "loss.mean() (or pass per-example losses with unbiased=True)"
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            f"{name} does not depend on any parameter of player '{player}' (it does not "
+            "require grad: was it computed under torch.no_grad() or from detached "
+            "tensors?). Each player's loss must be computed from that player's parameters"
+        )
+    if not loss.dtype.is_floating_point and not loss.dtype.is_complex:
+        raise TypeError(f"{name} must be a floating-point tensor, got {loss.dtype}")
+    return loss
+
+
+def is_negation_of(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when ``a`` was computed as ``-b`` (so the two losses share one backward pass)."""
+    fn = a.grad_fn
+    if fn is None or type(fn).__name__ != "NegBackward0" or b.grad_fn is None:
+        return False
+    nxt = fn.next_functions
+    return len(nxt) == 1 and nxt[0][0] is b.grad_fn
+
+
+@contextmanager
+def explain_double_backward(enabled: bool) -> Iterator[None]:
+    """Re-raise autograd errors about missing second derivatives with the fix to apply."""
+    try:
+        yield
+    except RuntimeError as err:
+        msg = str(err)
+        if not enabled or not any(m in msg.lower() for m in _DOUBLE_BACKWARD_MARKERS):
+            raise
+        raise RuntimeError(
+            "consensus optimisation needs second derivatives (double backward), but an "
+            f"operation in the players' losses does not support them:\n  {msg}\n"
+            "Ways around it: for attention, run the forward pass inside "
+            "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH); for cuDNN "
+            "RNNs, disable cuDNN (torch.backends.cudnn.flags(enabled=False)); for a custom "
+            "autograd.Function, make its backward differentiable (no @once_differentiable); "
+            "or train without the regulariser (gamma=0) or with gameopt.AlternatingOptimizer, "
+            "which need first derivatives only"
+        ) from err
+
+
+def player_gradients(
+    losses: Sequence[torch.Tensor],
+    params: Sequence[Sequence[torch.Tensor]],
+    players: Sequence[str],
+    loss_names: Sequence[str],
+    *,
+    create_graph: bool,
+    per_example: bool = False,
+) -> list[list[torch.Tensor | None]]:
+    """``grad(losses[i], params[i])`` for every player ``i`` (None where unused).
+
+    With ``per_example`` the losses have shape (B,) and each gradient gets a
+    leading batch dimension (one gradient per example, via a batched backward).
+    Two-player zero-sum games (one loss the negation of the other) take a single
+    backward pass. Raises if a loss does not reach any parameter of its player.
+    """
+    n = len(losses)
+    extra: dict[str, object] = {}
+    if per_example:
+        batch = losses[0].shape[0]
+        if any(loss.shape[0] != batch for loss in losses):
+            raise ValueError(
+                "per-example losses must all have the same batch size, got "
+                + ", ".join(f"{nm}: {tuple(l.shape)}" for nm, l in zip(loss_names, losses))
+            )
+        extra = {"is_grads_batched": True}
+
+    def seeds(loss: torch.Tensor) -> torch.Tensor | None:
+        if per_example:
+            return torch.eye(loss.shape[0], dtype=loss.dtype, device=loss.device)
+        return None
+
+    grads: list[list[torch.Tensor | None]] = []
+    with explain_double_backward(create_graph):
+        if n == 2 and (is_negation_of(losses[1], losses[0]) or is_negation_of(losses[0], losses[1])):
+            first = 0 if is_negation_of(losses[1], losses[0]) else 1
+            both = list(params[0]) + list(params[1])
+            g = torch.autograd.grad(
+                losses[first], both, grad_outputs=seeds(losses[first]),
+                create_graph=create_graph, allow_unused=True, **extra,
+            )
+            g0, g1 = list(g[: len(params[0])]), list(g[len(params[0]):])
+            flip = g1 if first == 0 else g0
+            flip[:] = [None if t is None else -t for t in flip]
+            grads = [g0, g1]
+        else:
+            for i, (loss, ps) in enumerate(zip(losses, params)):
+                g = torch.autograd.grad(
+                    loss, list(ps), grad_outputs=seeds(loss), create_graph=create_graph,
+                    retain_graph=create_graph or i < n - 1, allow_unused=True, **extra,
+                )
+                grads.append(list(g))
+    for player, name, g in zip(players, loss_names, grads):
+        if all(t is None for t in g):
+            raise ValueError(
+                f"{name} does not depend on any parameter of player '{player}'; each "
+                "player's loss must be computed from that player's parameters (check "
+                "that the players are not swapped and that nothing is detached)"
+            )
+        for t in g:
+            if t is not None and t.layout != torch.strided:
+                raise TypeError(
+                    f"player '{player}' produced a sparse gradient; gameopt needs dense "
+                    "gradients: build embeddings with sparse=False"
+                )
+    return grads

@@ -1,0 +1,137 @@
+"""Players: named, disjoint collections of parameter groups.
+
+A game in gameopt is an ordered mapping ``player name -> parameters``. Every
+param group handed to the wrapped torch optimiser carries a ``"player"`` key, so
+per-player hyper-parameters (lr, betas, weight decay, gamma) are ordinary
+param-group entries that schedulers and user code can read and change.
+
+Sign convention used everywhere in gameopt: **each player minimises its own
+loss**. A zero-sum game is ``disc_loss = -gen_loss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
+
+import torch
+
+GENERATOR = "generator"
+DISCRIMINATOR = "discriminator"
+
+ParamsLike = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]]]
+
+
+def _describe(p: torch.Tensor) -> str:
+    return f"tensor of shape {tuple(p.shape)} ({p.dtype})"
+
+
+def _group_params(group: dict[str, Any], player: str) -> list[torch.Tensor]:
+    params = group.get("params")
+    if params is None:
+        raise ValueError(
+            f"a param group of player '{player}' has no 'params' entry; "
+            "each group must be a dict like {'params': module.parameters(), 'lr': ...}"
+        )
+    if isinstance(params, torch.Tensor):
+        return [params]
+    if isinstance(params, set):
+        raise TypeError(
+            f"player '{player}': parameters given as a set have no stable order, "
+            "so checkpoints would not resume reliably; pass a list instead"
+        )
+    return list(params)
+
+
+def player_param_groups(
+    players: Mapping[str, ParamsLike],
+    owner: dict[int, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Turn ``{player: params}`` into torch param groups tagged with ``"player"``.
+
+    ``params`` may be an iterable of tensors or of param-group dicts (so a player
+    can have several groups with different hyper-parameters). Checks that every
+    player is non-empty, every parameter requires grad, is a leaf, and belongs
+    to exactly one player. ``owner`` maps ``id(param)`` to the player that already
+    owns it (for :meth:`add_param_group`); it is updated in place.
+    """
+    if not players:
+        raise ValueError("a game needs at least one player with parameters")
+    owner = {} if owner is None else owner
+    groups: list[dict[str, Any]] = []
+    for name, params in players.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"player names must be non-empty strings, got {name!r}")
+        if isinstance(params, torch.Tensor):
+            raise TypeError(
+                f"player '{name}': got a single tensor; pass an iterable such as "
+                "[tensor] or module.parameters()"
+            )
+        if isinstance(params, dict):
+            params = [params]
+        items = list(params)
+        if not items:
+            raise ValueError(
+                f"player '{name}' has no parameters (an empty iterable was given; "
+                "a generator such as module.parameters() can only be consumed once)"
+            )
+        if all(isinstance(it, dict) for it in items):
+            raw_groups = [dict(it) for it in items]
+        elif any(isinstance(it, dict) for it in items):
+            raise TypeError(
+                f"player '{name}': mix of tensors and param-group dicts; pass either "
+                "tensors or dicts like {'params': [...], 'lr': ...}"
+            )
+        else:
+            raw_groups = [{"params": items}]
+        n_params = 0
+        for group in raw_groups:
+            tagged = group.get("player", name)
+            if tagged != name:
+                raise ValueError(
+                    f"a param group passed for player '{name}' is tagged "
+                    f"player={tagged!r}; remove the 'player' key or pass the group "
+                    "to the right player"
+                )
+            ps = _group_params(group, name)
+            validate_params(ps, name, owner)
+            n_params += len(ps)
+            group["params"] = ps
+            group["player"] = name
+            groups.append(group)
+        if n_params == 0:
+            raise ValueError(f"player '{name}' has no parameters (all its groups are empty)")
+    return groups
+
+
+def validate_params(params: list[torch.Tensor], player: str, owner: dict[int, str]) -> None:
+    """Check one player's parameters and record them in ``owner``."""
+    for p in params:
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(
+                f"player '{player}': expected tensors, got {type(p).__name__}"
+            )
+        if not p.requires_grad:
+            raise ValueError(
+                f"player '{player}': a parameter ({_describe(p)}) has requires_grad=False. "
+                "gameopt cannot update it; leave frozen parameters out of the player"
+            )
+        if not p.is_leaf:
+            raise ValueError(
+                f"player '{player}': a parameter ({_describe(p)}) is not a leaf tensor; "
+                "pass the module's parameters, not tensors computed from them"
+            )
+        prev = owner.get(id(p))
+        if prev is not None:
+            if prev == player:
+                raise ValueError(
+                    f"player '{player}': a parameter ({_describe(p)}) is listed twice; "
+                    "each parameter may appear only once"
+                )
+            raise ValueError(
+                f"a parameter ({_describe(p)}) belongs to both players '{prev}' and "
+                f"'{player}'. Each parameter must belong to exactly one player: pass "
+                "disjoint sets, e.g. generator.parameters() and discriminator.parameters(), "
+                "and keep shared layers (e.g. a shared encoder) in one player only"
+            )
+        owner[id(p)] = player
