@@ -179,20 +179,6 @@ class ConsensusOptimizer(GameOptimizer):
         del flat_grads, grads
 
         like = losses[0]
-        index = {id(p): i for i, p in enumerate(flat_params)}
-        finals: list[torch.Tensor | None] = list(v)
-        for group in groups:
-            if group["player"] not in regularized or group["gamma"] == 0:
-                continue
-            gamma = float(group["gamma"])
-            pairs = [(index[id(p)], reg[id(p)]) for p in group["params"] if id(p) in reg]
-            with_v = [(i, r) for i, r in pairs if finals[i] is not None]
-            if with_v:
-                torch._foreach_add_([finals[i] for i, _ in with_v], [r for _, r in with_v], alpha=gamma)
-            for i, r in pairs:
-                if finals[i] is None:
-                    finals[i] = r * gamma
-
         sq_norms: dict[str, torch.Tensor] = {}
         finite_parts: list[torch.Tensor] = []
         offset = 0
@@ -213,6 +199,20 @@ class ConsensusOptimizer(GameOptimizer):
             reg_grad_norm=reg_norm,
             finite=self._finite,
         )
+
+        index = {id(p): i for i, p in enumerate(flat_params)}
+        finals: list[torch.Tensor | None] = list(v)
+        for group in groups:
+            if group["player"] not in regularized or group["gamma"] == 0:
+                continue
+            gamma = float(group["gamma"])
+            pairs = [(index[id(p)], reg[id(p)]) for p in group["params"] if id(p) in reg]
+            with_v = [(i, r) for i, r in pairs if finals[i] is not None]
+            if with_v:
+                torch._foreach_add_([finals[i] for i, _ in with_v], [r for _, r in with_v], alpha=gamma)
+            for i, r in pairs:
+                if finals[i] is None:
+                    finals[i] = r * gamma
 
         fresh = [(p, g) for p, g in zip(flat_params, finals) if g is not None]
         existing = [(p, g) for p, g in fresh if p.grad is not None]

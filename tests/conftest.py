@@ -1,0 +1,46 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+def mlp(sizes, seed, dtype=torch.float64):
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.Tanh())
+    return torch.nn.Sequential(*layers).to(dtype)
+
+
+class TinyGAN:
+    """A small MLP GAN with fixed data, for gradient comparisons."""
+
+    def __init__(self, seed=0, dtype=torch.float64, batch=8):
+        self.G = mlp([3, 8, 2], seed, dtype)
+        self.D = mlp([2, 8, 1], seed + 1, dtype)
+        g = torch.Generator().manual_seed(seed + 2)
+        self.z = torch.randn(batch, 3, generator=g, dtype=dtype)
+        self.x = torch.randn(batch, 2, generator=g, dtype=dtype)
+
+    def losses(self, kind="nonsat", per_example=False):
+        fake = self.G(self.z)
+        d_fake = self.D(fake).squeeze(1)
+        d_real = self.D(self.x).squeeze(1)
+        if kind == "zerosum":
+            ld = F.softplus(-d_real) + F.softplus(d_fake)
+            lg = -ld
+        else:
+            lg = F.softplus(-d_fake)
+            ld = F.softplus(-d_real) + F.softplus(self.D(fake.detach()).squeeze(1))
+        if per_example:
+            return lg, ld
+        return lg.mean(), ld.mean()
+
+    def params(self):
+        return list(self.G.parameters()), list(self.D.parameters())
+
+
+@pytest.fixture
+def tiny_gan():
+    return TinyGAN()
