@@ -17,7 +17,7 @@ import torch
 from torch.optim import Optimizer
 
 from .game_optimizer import GameOptimizer
-from .gradients import check_loss, explain_double_backward, player_gradients
+from .gradients import check_loss, explain_double_backward, find_once_differentiable, player_gradients
 from .players import DISCRIMINATOR, GENERATOR, ParamsLike
 
 Losses = Sequence[torch.Tensor]
@@ -109,6 +109,7 @@ class ConsensusOptimizer(GameOptimizer):
         self.unbiased = bool(unbiased)
         #: Statistics of the last backward (None before the first).
         self.stats: ConsensusStats | None = None
+        self._graph_checked = False
 
     @property
     def regularized_players(self) -> tuple[str, ...]:
@@ -172,6 +173,16 @@ class ConsensusOptimizer(GameOptimizer):
                 seeds = [(t.detach().mean(0) - t.detach() / batch) / (batch - 1) for t in outs]
             else:
                 seeds = [t.detach() for t in outs]
+            if outs and not self._graph_checked:
+                culprit = find_once_differentiable(outs)
+                if culprit is not None:
+                    with explain_double_backward(True):
+                        raise RuntimeError(
+                            f"trying to differentiate twice a function that was marked with "
+                            f"@once_differentiable ({culprit}): its second derivatives would be "
+                            "silently dropped"
+                        )
+                self._graph_checked = True
             if outs:
                 with explain_double_backward(True):
                     r = torch.autograd.grad(outs, reg_params, grad_outputs=seeds, allow_unused=True)

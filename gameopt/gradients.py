@@ -57,6 +57,28 @@ def is_negation_of(a: torch.Tensor, b: torch.Tensor) -> bool:
     return len(nxt) == 1 and nxt[0][0] is b.grad_fn
 
 
+def find_once_differentiable(outputs: Sequence[torch.Tensor]) -> str | None:
+    """Name of a node in the graph of ``outputs`` that cannot be differentiated again.
+
+    ``@once_differentiable`` backward functions detach their outputs when a graph
+    is requested, so autograd would silently drop their second-order terms; the
+    marker they leave is a ``DelayedError`` node. Walking the graph costs Python
+    time proportional to its size, so callers do it once, not every step.
+    """
+    seen: set[object] = set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        name = type(fn).__name__
+        if name in ("Error", "DelayedError") or "DelayedError" in name:
+            return name
+        stack.extend(f for f, _ in fn.next_functions if f is not None)
+    return None
+
+
 @contextmanager
 def explain_double_backward(enabled: bool) -> Iterator[None]:
     """Re-raise autograd errors about missing second derivatives with the fix to apply."""
