@@ -73,6 +73,13 @@ class ConsensusOptimizer(GameOptimizer):
             paper): ``backward`` then takes per-example losses of shape (B,), whose
             means are the players' losses. Costly: per-example gradients are held with
             their graph (memory and time about B times a plain step).
+        compile: compile the gradient computation of ``step(closure)`` (the closure's
+            forward pass, both backward passes and the vector-Jacobian product) into
+            one graph with ``torch.compile``. The first ``step(closure)`` runs eagerly
+            (it validates the losses and the graph); later ones run compiled. Needs a
+            closure that torch.compile can trace with ``fullgraph=True``; the first
+            compiled step takes tens of seconds. ``backward()`` always runs eagerly.
+            Not combinable with ``unbiased``.
         nonfinite: what ``step`` does when the new gradient has a NaN/Inf: ``"skip"``
             (default: skip the base step, warn, count in ``skipped_steps``), ``"raise"``
             (``FloatingPointError``), or ``"ignore"`` (no check, no host sync).
@@ -90,6 +97,7 @@ class ConsensusOptimizer(GameOptimizer):
         *,
         smoothing: bool = False,
         unbiased: bool = False,
+        compile: bool = False,
         nonfinite: str = "skip",
         players: Mapping[str, ParamsLike] | None = None,
         **base_kwargs: Any,
@@ -101,6 +109,14 @@ class ConsensusOptimizer(GameOptimizer):
         elif gen_params is not None or disc_params is not None:
             raise TypeError("pass either gen_params/disc_params or players=, not both")
         _check_gamma(gamma, "gamma")
+        if compile and unbiased:
+            raise ValueError("compile=True does not support unbiased=True; use one or the other")
+        if compile and not hasattr(getattr(torch, "_dynamo", None) and torch._dynamo.config, "trace_autograd_ops"):
+            raise RuntimeError(
+                f"compile=True needs torch.compile to trace autograd.grad "
+                f"(torch._dynamo.config.trace_autograd_ops), which torch {torch.__version__} "
+                "lacks; upgrade torch or use compile=False"
+            )
         self._group_options = {"gamma": float(gamma)}
         super().__init__(base_optimizer, players, nonfinite=nonfinite, **base_kwargs)
         for group in self.param_groups:
@@ -110,6 +126,8 @@ class ConsensusOptimizer(GameOptimizer):
         #: Statistics of the last backward (None before the first).
         self.stats: ConsensusStats | None = None
         self._graph_checked = False
+        self.compile = bool(compile)
+        self._compiled_core: Callable[..., Any] | None = None
 
     @property
     def regularized_players(self) -> tuple[str, ...]:
@@ -142,21 +160,31 @@ class ConsensusOptimizer(GameOptimizer):
         with torch.enable_grad():
             return self._backward(losses, names)
 
-    def _backward(self, losses: Losses, names: list[str]) -> ConsensusStats:
-        groups = self.param_groups
-        for group in groups:
-            _check_gamma(group["gamma"], f"gamma of a '{group['player']}' param group")
+    def _reg_params(self) -> list[torch.Tensor]:
+        """Parameters that receive gamma * grad L: groups of regularised players with gamma != 0."""
         regularized = set(self.regularized_players)
-        # Parameters that receive gamma * grad L: groups of regularised players with gamma != 0.
-        reg_params = [
-            p for g in groups if g["player"] in regularized and g["gamma"] != 0 for p in g["params"]
+        for group in self.param_groups:
+            _check_gamma(group["gamma"], f"gamma of a '{group['player']}' param group")
+        return [
+            p for g in self.param_groups if g["player"] in regularized and g["gamma"] != 0
+            for p in g["params"]
         ]
+
+    def _backward(self, losses: Losses, names: list[str]) -> ConsensusStats:
+        reg_params = self._reg_params()
         params = [self.player_params(p) for p in self.players]
+        v, reg = self._gradients(losses, names, params, reg_params)
+        return self._apply(v, reg, params, losses[0])
+
+    def _gradients(
+        self, losses: Losses, names: list[str], params: list[list[torch.Tensor]],
+        reg_params: list[torch.Tensor],
+    ) -> tuple[list[torch.Tensor | None], dict[int, torch.Tensor]]:
+        """The game's gradient field v (detached, per parameter) and grad L (keyed by id(param))."""
         grads = player_gradients(
             losses, params, self.players, names,
             create_graph=bool(reg_params), per_example=self.unbiased,
         )
-        flat_params = [p for ps in params for p in ps]
         flat_grads = [t for g in grads for t in g]
 
         if self.unbiased:
@@ -187,9 +215,16 @@ class ConsensusOptimizer(GameOptimizer):
                 with explain_double_backward(True):
                     r = torch.autograd.grad(outs, reg_params, grad_outputs=seeds, allow_unused=True)
                 reg = {id(p): t for p, t in zip(reg_params, r) if t is not None}
-        del flat_grads, grads
+        return v, reg
 
-        like = losses[0]
+    def _apply(
+        self, v: list[torch.Tensor | None], reg: dict[int, torch.Tensor],
+        params: list[list[torch.Tensor]], like: torch.Tensor,
+    ) -> ConsensusStats:
+        """Record statistics, then accumulate ``v + gamma * grad L`` into ``p.grad``."""
+        groups = self.param_groups
+        regularized = set(self.regularized_players)
+        flat_params = [p for ps in params for p in ps]
         sq_norms: dict[str, torch.Tensor] = {}
         finite_parts: list[torch.Tensor] = []
         offset = 0
@@ -243,7 +278,16 @@ class ConsensusOptimizer(GameOptimizer):
         ``nonfinite`` policy (default: the step is skipped and a warning issued).
         """
         losses = None
-        if closure is not None:
+        reg_params = self._reg_params() if self._compiled_core is not None and closure is not None else []
+        if reg_params:
+            params = [self.player_params(p) for p in self.players]
+            with torch.enable_grad(), torch._dynamo.config.patch(trace_autograd_ops=True):
+                losses, v, r = self._compiled_core(closure, params, reg_params)
+            losses = tuple(losses)
+            self.zero_grad(set_to_none=True)
+            reg = {id(p): t for p, t in zip(reg_params, r) if t is not None}
+            self._apply(v, reg, params, losses[0])
+        elif closure is not None:
             with torch.enable_grad():
                 losses = closure()
             if isinstance(losses, torch.Tensor) or not isinstance(losses, Sequence):
@@ -253,6 +297,8 @@ class ConsensusOptimizer(GameOptimizer):
                 )
             self.zero_grad(set_to_none=True)
             self.backward(*losses)
+            if self.compile and self._compiled_core is None:
+                self._compiled_core = torch.compile(_consensus_core, fullgraph=True)
         self.last_step_skipped = self._should_skip()
         if not self.last_step_skipped:
             self.base_optimizer.step()
@@ -267,6 +313,21 @@ class ConsensusOptimizer(GameOptimizer):
         super()._load_extra_state(extra)
         self.smoothing = bool(extra.get("smoothing", self.smoothing))
         self.unbiased = bool(extra.get("unbiased", self.unbiased))
+
+
+def _consensus_core(
+    closure: Callable[[], Losses], params: list[list[torch.Tensor]], reg_params: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[torch.Tensor | None]]:
+    """Losses, v and grad L for ``step(closure)``; the function ``compile=True`` compiles."""
+    losses = closure()
+    flat: list[torch.Tensor | None] = []
+    for loss, ps in zip(losses, params):
+        flat.extend(torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True))
+    outs = [t for t in flat if t is not None and t.requires_grad]
+    r: list[torch.Tensor | None] = [None] * len(reg_params)
+    if outs:
+        r = list(torch.autograd.grad(outs, reg_params, grad_outputs=[t.detach() for t in outs], allow_unused=True))
+    return [loss.detach() for loss in losses], [None if t is None else t.detach() for t in flat], r
 
 
 class SimultaneousOptimizer(ConsensusOptimizer):
