@@ -1,0 +1,211 @@
+"""Spectrum of the game's Jacobian (why game optimisers help, Mescheder et al. 2017 section 3).
+
+Convention (gameopt's: every player *minimises*): the update is ``x <- x - h F(x)`` with
+``F = v`` for plain simultaneous steps and ``F = v + gamma * grad(1/2||v||^2)`` for
+consensus. Near a fixed point the step converges iff every eigenvalue ``lambda`` of
+``F'(x)`` satisfies ``|1 - h lambda| < 1``: eigenvalues need a *positive* real part, and
+for ``lambda = a + bi`` the step size must satisfy ``h < 2a / (a^2 + b^2)`` (Lemma 4).
+The paper states the same facts for ascent, where its field is ``-F``: its eigenvalues
+are the negatives of these (its "negative real part" is our positive one).
+
+For real networks ``F'(x)`` is never formed: products ``F'(x) d`` come from two
+vector-Jacobian products (the "double-vjp" trick) and feed ARPACK through a scipy
+``LinearOperator``. Small games can be solved exactly from the dense matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .game_optimizer import GameOptimizer
+
+Closure = Callable[[], Sequence[torch.Tensor]]
+
+
+class GameField:
+    """The update field ``F`` of a game at the current parameters, with Jacobian products.
+
+    Args:
+        closure: returns one loss per player (same order as the players), e.g.
+            ``lambda: (gen_loss, disc_loss)``; it is re-evaluated by :meth:`at`.
+            Use a fixed batch: the spectrum is that of this batch's game.
+        players: the players' parameter lists, or a gameopt optimiser (its players).
+        gamma: 0 for ``F = v``; > 0 for the consensus field ``v + gamma v'^T v``.
+    """
+
+    def __init__(
+        self,
+        closure: Closure,
+        players: Sequence[Sequence[torch.Tensor]] | GameOptimizer,
+        gamma: float = 0.0,
+    ) -> None:
+        if isinstance(players, GameOptimizer):
+            params = [players.player_params(p) for p in players.players]
+        else:
+            params = [list(ps) for ps in players]
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.closure = closure
+        self.params = params
+        self.flat_params = [p for ps in params for p in ps]
+        self.size = sum(p.numel() for p in self.flat_params)
+        self.gamma = float(gamma)
+        self._u: torch.Tensor | None = None
+        self._w: torch.Tensor | None = None
+        self._jt_w: torch.Tensor | None = None
+
+    def _field_with_graph(self) -> torch.Tensor:
+        losses = self.closure()
+        if len(losses) != len(self.params):
+            raise ValueError(f"closure returned {len(losses)} losses for {len(self.params)} players")
+        parts: list[torch.Tensor] = []
+        for loss, ps in zip(losses, self.params):
+            grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
+            parts += [torch.zeros_like(p) if g is None else g for p, g in zip(ps, grads)]
+        v = torch.cat([t.reshape(-1) for t in parts])
+        if self.gamma == 0:
+            return v
+        # grad(1/2||v||^2) = v'^T v, kept differentiable in both v' and v
+        r = torch.autograd.grad(v, self.flat_params, grad_outputs=v, create_graph=True, allow_unused=True)
+        r_flat = torch.cat([
+            (torch.zeros_like(p) if t is None else t).reshape(-1) for p, t in zip(self.flat_params, r)
+        ])
+        return v + self.gamma * r_flat
+
+    def at(self) -> GameField:
+        """(Re)build the field's graph at the current parameters; returns self."""
+        with torch.enable_grad():
+            u = self._field_with_graph()
+            w = torch.zeros_like(u, requires_grad=True)
+            jt_w = torch.autograd.grad(u, self.flat_params, grad_outputs=w, create_graph=True, allow_unused=True)
+            self._jt_w = torch.cat([
+                (torch.zeros_like(p) if t is None else t).reshape(-1) for p, t in zip(self.flat_params, jt_w)
+            ])
+        self._u, self._w = u, w
+        return self
+
+    def _ready(self) -> None:
+        if self._u is None:
+            self.at()
+
+    def value(self) -> torch.Tensor:
+        """``F(x)``, flat, detached."""
+        self._ready()
+        return self._u.detach()
+
+    def rmatvec(self, w: torch.Tensor) -> torch.Tensor:
+        """``F'(x)^T w`` (one vector-Jacobian product)."""
+        self._ready()
+        g = torch.autograd.grad(self._u, self.flat_params, grad_outputs=w.to(self._u), retain_graph=True, allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1) for p, t in zip(self.flat_params, g)]).detach()
+
+    def matvec(self, d: torch.Tensor) -> torch.Tensor:
+        """``F'(x) d``: differentiate ``w -> F'(x)^T w`` (linear in w) once more."""
+        self._ready()
+        if not self._jt_w.requires_grad:
+            return torch.zeros_like(self._u).detach()
+        (out,) = torch.autograd.grad(self._jt_w, self._w, grad_outputs=d.to(self._u), retain_graph=True, allow_unused=True)
+        return torch.zeros_like(self._u).detach() if out is None else out.detach()
+
+    def jacobian(self) -> torch.Tensor:
+        """Dense ``F'(x)``, shape (size, size); for small games (size up to a few thousand)."""
+        self._ready()
+        eye = torch.eye(self.size, dtype=self._u.dtype, device=self._u.device)
+        try:
+            rows = torch.autograd.grad(
+                self._u, self.flat_params, grad_outputs=eye, retain_graph=True,
+                is_grads_batched=True, allow_unused=True,
+            )
+            return torch.cat([
+                (torch.zeros(self.size, *p.shape, dtype=eye.dtype, device=eye.device) if t is None else t)
+                .reshape(self.size, -1) for p, t in zip(self.flat_params, rows)
+            ], 1).detach()
+        except RuntimeError:
+            return torch.stack([self.rmatvec(e) for e in eye])
+
+    def eigenvalues(self, k: int | None = None, which: str = "LM", tol: float = 1e-6) -> np.ndarray:
+        """Eigenvalues of ``F'(x)`` (complex, numpy).
+
+        ``k=None``: all of them, exactly, from the dense matrix. Otherwise ``k``
+        eigenvalues by ARPACK with matrix-free products; ``which`` as in
+        ``scipy.sparse.linalg.eigs``: "LM" largest modulus, "SR" smallest real part
+        (the least stable), "LR" largest real part, "LI" largest imaginary part.
+        """
+        if k is None or k >= self.size - 1:
+            J = self.jacobian().to(torch.float64).cpu()
+            return torch.linalg.eigvals(J).numpy()
+        from scipy.sparse.linalg import LinearOperator, eigs
+
+        self._ready()
+        dtype = self._u.dtype
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            d = torch.as_tensor(np.real(x).ravel(), dtype=dtype, device=self._u.device)
+            out = self.matvec(d).to(torch.float64).cpu().numpy()
+            if np.iscomplexobj(x):
+                di = torch.as_tensor(np.imag(x).ravel(), dtype=dtype, device=self._u.device)
+                out = out + 1j * self.matvec(di).to(torch.float64).cpu().numpy()
+            return out
+
+        op = LinearOperator((self.size, self.size), matvec=mv, dtype=np.float64)
+        vals = eigs(op, k=k, which=which, tol=tol, return_eigenvectors=False,
+                    v0=np.random.default_rng(0).standard_normal(self.size))
+        return np.asarray(vals)
+
+
+@dataclass
+class SpectrumSummary:
+    """Summary of eigenvalues ``lambda = a + bi`` of an update field's Jacobian (minimise convention).
+
+    ``max_modulus``: largest |lambda|; ``max_imag_real_ratio``: largest |b| / a over
+    eigenvalues with a > 0 (inf if some a <= 0 has b != 0); ``min_real``: smallest real
+    part (<= 0 means no step size converges); ``max_step``: Lemma 4's bound
+    ``min 2a / (a^2 + b^2)`` on the step size (0 when some a <= 0).
+    """
+
+    max_modulus: float
+    max_imag_real_ratio: float
+    min_real: float
+    max_step: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def max_stable_step(eigenvalues: np.ndarray, zero_tol: float = 0.0) -> float:
+    """Largest ``h`` for which ``x <- x - h F(x)`` converges locally (Lemma 4, minimise convention).
+
+    Eigenvalues with ``|lambda| <= zero_tol`` are ignored (directions the field does not move).
+    """
+    lam = np.asarray(eigenvalues, dtype=complex)
+    lam = lam[np.abs(lam) > zero_tol]
+    if lam.size == 0:
+        return math.inf
+    a, b = lam.real, lam.imag
+    if np.any(a <= 0):
+        return 0.0
+    return float(np.min(2 * a / (a * a + b * b)))
+
+
+def summarize_spectrum(eigenvalues: np.ndarray, zero_tol: float = 0.0) -> SpectrumSummary:
+    """:class:`SpectrumSummary` of a set of eigenvalues."""
+    lam = np.asarray(eigenvalues, dtype=complex)
+    lam_nz = lam[np.abs(lam) > zero_tol]
+    if lam_nz.size == 0:
+        return SpectrumSummary(0.0, 0.0, 0.0, math.inf)
+    a, b = lam_nz.real, np.abs(lam_nz.imag)
+    pos = a > 0
+    ratio = float(np.max(b[pos] / a[pos])) if pos.any() else math.inf
+    if np.any(~pos & (b > 0)):
+        ratio = math.inf
+    return SpectrumSummary(
+        max_modulus=float(np.max(np.abs(lam_nz))),
+        max_imag_real_ratio=ratio,
+        min_real=float(np.min(a)),
+        max_step=max_stable_step(lam_nz),
+    )

@@ -1,0 +1,127 @@
+"""Jacobian spectrum diagnostics against games with known eigenvalues."""
+
+import numpy as np
+import pytest
+import torch
+
+import gameopt
+from gameopt.diagnostics import GameField, max_stable_step, summarize_spectrum
+
+
+def sorted_complex(z):
+    z = np.asarray(z)
+    return z[np.lexsort((np.round(z.imag, 8), np.round(z.real, 8)))]
+
+
+def bilinear(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=g, dtype=torch.float64)
+    x = torch.nn.Parameter(torch.randn(n, generator=g, dtype=torch.float64))
+    y = torch.nn.Parameter(torch.randn(n, generator=g, dtype=torch.float64))
+
+    def closure():
+        lg = x @ A @ y
+        return lg, -lg
+    return A, x, y, closure
+
+
+@pytest.mark.parametrize("n", [1, 3, 6])
+def test_bilinear_spectrum_is_plus_minus_i_sigma(n):
+    A, x, y, closure = bilinear(n, seed=n)
+    sigma = torch.linalg.svdvals(A).numpy()
+    lam = GameField(closure, [[x], [y]]).eigenvalues()
+    want = np.concatenate([1j * sigma, -1j * sigma])
+    np.testing.assert_allclose(sorted_complex(lam), sorted_complex(want), atol=1e-10)
+
+
+def test_consensus_field_spectrum_matches_closed_form():
+    A, x, y, closure = bilinear(5, seed=1)
+    gamma = 0.7
+    sigma = torch.linalg.svdvals(A).numpy()
+    lam = GameField(closure, [[x], [y]], gamma=gamma).eigenvalues()
+    want = np.concatenate([gamma * sigma**2 + 1j * sigma, gamma * sigma**2 - 1j * sigma])
+    np.testing.assert_allclose(sorted_complex(lam), sorted_complex(want), atol=1e-9)
+    s = summarize_spectrum(lam)
+    assert s.min_real == pytest.approx(gamma * sigma.min() ** 2)
+    assert s.max_imag_real_ratio == pytest.approx(np.max(1 / (gamma * sigma)))
+
+
+def quadratic_game(n=6, m=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    P = torch.randn(n, n, generator=g, dtype=torch.float64)
+    P = P @ P.T / n
+    Q = torch.randn(m, m, generator=g, dtype=torch.float64)
+    Q = Q @ Q.T / m
+    B = torch.randn(n, m, generator=g, dtype=torch.float64)
+    x = torch.nn.Parameter(torch.randn(n, generator=g, dtype=torch.float64))
+    y = torch.nn.Parameter(torch.randn(m, generator=g, dtype=torch.float64))
+
+    def closure():
+        return 0.5 * x @ P @ x + x @ B @ y, 0.5 * y @ Q @ y - x @ B @ y
+    J = torch.cat([torch.cat([P, B], 1), torch.cat([-B.T, Q], 1)], 0)
+    return closure, [[x], [y]], J
+
+
+def test_quadratic_game_exact_and_iterative_agree():
+    closure, players, J = quadratic_game(12, 10)
+    field = GameField(closure, players)
+    torch.testing.assert_close(field.jacobian(), J)
+    exact = np.linalg.eigvals(J.numpy())
+    np.testing.assert_allclose(sorted_complex(field.eigenvalues()), sorted_complex(exact), atol=1e-10)
+    top = field.eigenvalues(k=4, which="LM", tol=1e-10)
+    want = exact[np.argsort(-np.abs(exact))][:4]
+    np.testing.assert_allclose(np.sort(np.abs(top)), np.sort(np.abs(want)), rtol=1e-8)
+    d = torch.randn(J.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(field.matvec(d), J @ d)
+    torch.testing.assert_close(field.rmatvec(d), J.T @ d)
+
+
+def test_lemma4_step_bound_is_tight():
+    a, b = 0.5, 2.0
+    h_star = max_stable_step(np.array([a + 1j * b, a - 1j * b]))
+    assert h_star == pytest.approx(2 * a / (a * a + b * b))
+
+    def run(h, steps=1000):
+        x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+        y = torch.nn.Parameter(torch.tensor([0.5], dtype=torch.float64))
+        opt = gameopt.SimultaneousOptimizer(torch.optim.SGD, [x], [y], lr=h)
+
+        def closure():
+            xy = (x * y).sum()
+            return 0.5 * a * (x * x).sum() + b * xy, 0.5 * a * (y * y).sum() - b * xy
+        lam = GameField(closure, [[x], [y]]).eigenvalues()
+        np.testing.assert_allclose(sorted_complex(lam), sorted_complex([a - 1j * b, a + 1j * b]), atol=1e-12)
+        for _ in range(steps):
+            opt.step(closure)
+        return torch.cat([x, y]).norm().item()
+
+    start = np.hypot(1.0, 0.5)
+    assert run(0.97 * h_star) < 0.1 * start  # |1 - h lambda|^1000 ~ 0.03
+    assert run(1.03 * h_star) > 10 * start  # ~ 37
+
+
+def test_network_game_iterative_matches_exact():
+    torch.manual_seed(0)
+    G = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    D = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    z, x = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+
+    def closure():
+        fake = G(z)
+        lg = torch.nn.functional.softplus(-D(fake)).mean()
+        ld = torch.nn.functional.softplus(-D(x)).mean() + torch.nn.functional.softplus(D(fake.detach())).mean()
+        return lg, ld
+    for gamma in (0.0, 1.0):
+        field = GameField(closure, [list(G.parameters()), list(D.parameters())], gamma=gamma)
+        exact = field.eigenvalues()
+        assert len(exact) == field.size
+        top = field.eigenvalues(k=3, which="LM", tol=1e-8)
+        np.testing.assert_allclose(np.sort(np.abs(top)), np.sort(np.abs(exact))[-3:], rtol=1e-6)
+
+
+def test_game_field_reads_players_from_optimizer_and_checks_gamma():
+    A, x, y, closure = bilinear(2)
+    opt = gameopt.ConsensusOptimizer(torch.optim.SGD, [x], [y], lr=0.1)
+    assert GameField(closure, opt).size == 4
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        GameField(closure, opt, gamma=-1)
