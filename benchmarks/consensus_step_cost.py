@@ -62,9 +62,8 @@ def losses(G, D, z, x, kind):
     if kind == "zerosum":
         ld = F.softplus(-D(x)).mean() + F.softplus(d_fake).mean()
         return -ld, ld
-    lg = F.softplus(-d_fake).mean()
-    ld = F.softplus(-D(x)).mean() + F.softplus(D(fake.detach())).mean()
-    return lg, ld
+    # non-saturating; D's loss reuses D(fake) undetached (consensus needs dv_D/dtheta)
+    return F.softplus(-d_fake).mean(), F.softplus(-D(x)).mean() + F.softplus(d_fake).mean()
 
 
 def make_step(method: str, G, D, z, x, kind: str):

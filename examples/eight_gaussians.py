@@ -45,7 +45,9 @@ def run(method: str, steps: int, snapshots: list[int], seed: int, args, progress
         if args.loss == "zerosum":
             ld = F.softplus(-D(x)).mean() + F.softplus(d_fake).mean()
             return -ld, ld
-        return F.softplus(-d_fake).mean(), F.softplus(-D(x)).mean() + F.softplus(D(fake.detach())).mean()
+        # non-saturating GAN; no .detach(): each loss is differentiated only for its own
+        # player, and consensus needs how D's gradient depends on G
+        return F.softplus(-d_fake).mean(), F.softplus(-D(x)).mean() + F.softplus(d_fake).mean()
 
     history, samples = [], {}
     start = time.perf_counter()

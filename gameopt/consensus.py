@@ -9,6 +9,7 @@ the graph of the first backward pass; nothing is recomputed.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,13 @@ import torch
 from torch.optim import Optimizer
 
 from .game_optimizer import GameOptimizer
-from .gradients import check_loss, explain_double_backward, find_once_differentiable, player_gradients
+from .gradients import (
+    check_loss,
+    explain_double_backward,
+    find_once_differentiable,
+    player_gradients,
+    reaches_any,
+)
 from .players import DISCRIMINATOR, GENERATOR, ParamsLike
 
 Losses = Sequence[torch.Tensor]
@@ -173,8 +180,34 @@ class ConsensusOptimizer(GameOptimizer):
     def _backward(self, losses: Losses, names: list[str]) -> ConsensusStats:
         reg_params = self._reg_params()
         params = [self.player_params(p) for p in self.players]
+        if reg_params and not self._graph_checked:
+            self._warn_isolated_losses(losses, names, params)
         v, reg = self._gradients(losses, names, params, reg_params)
+        if reg_params:
+            self._graph_checked = True
         return self._apply(v, reg, params, losses[0])
+
+    def _warn_isolated_losses(
+        self, losses: Losses, names: list[str], params: list[list[torch.Tensor]]
+    ) -> None:
+        """Warn (once) when a loss reaches no other player's parameters, e.g. ``D(fake.detach())``.
+
+        The consensus term needs how each player's gradient changes with the other
+        players' parameters; a detached input hides that dependence from autograd.
+        """
+        if self.smoothing or len(self.players) < 2:
+            return
+        for i, (loss, name, player) in enumerate(zip(losses, names, self.players)):
+            others = [p for j, ps in enumerate(params) if j != i for p in ps]
+            if not reaches_any(loss, others):
+                warnings.warn(
+                    f"gameopt: {name} does not depend on the other players' parameters, so "
+                    f"the consensus term misses how player '{player}''s gradient changes with "
+                    "them. If this is a GAN, do not detach the generated samples in the "
+                    "discriminator's loss (D(fake), not D(fake.detach())): gameopt differentiates "
+                    "each loss only with respect to its own player, so detaching is not needed",
+                    RuntimeWarning, stacklevel=4,
+                )
 
     def _gradients(
         self, losses: Losses, names: list[str], params: list[list[torch.Tensor]],
@@ -210,7 +243,6 @@ class ConsensusOptimizer(GameOptimizer):
                             f"@once_differentiable ({culprit}): its second derivatives would be "
                             "silently dropped"
                         )
-                self._graph_checked = True
             if outs:
                 with explain_double_backward(True):
                     r = torch.autograd.grad(outs, reg_params, grad_outputs=seeds, allow_unused=True)

@@ -79,6 +79,23 @@ def find_once_differentiable(outputs: Sequence[torch.Tensor]) -> str | None:
     return None
 
 
+def reaches_any(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
+    """Whether ``loss``'s graph reaches any of ``params`` (a graph walk: call it rarely)."""
+    targets = {id(p) for p in params}
+    seen: set[object] = set()
+    stack = [loss.grad_fn] if loss.grad_fn is not None else []
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if var is not None and id(var) in targets:
+            return True
+        stack.extend(f for f, _ in fn.next_functions if f is not None)
+    return False
+
+
 @contextmanager
 def explain_double_backward(enabled: bool) -> Iterator[None]:
     """Re-raise autograd errors about missing second derivatives with the fix to apply."""

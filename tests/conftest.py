@@ -30,7 +30,10 @@ class TinyGAN:
         if kind == "zerosum":
             ld = F.softplus(-d_real) + F.softplus(d_fake)
             lg = -ld
-        else:
+        elif kind == "nonsat":  # the discriminator's loss sees the generator (no detach)
+            lg = F.softplus(-d_fake)
+            ld = F.softplus(-d_real) + F.softplus(d_fake)
+        else:  # "nonsat_detached": the usual torch idiom, which hides D's dependence on G
             lg = F.softplus(-d_fake)
             ld = F.softplus(-d_real) + F.softplus(self.D(fake.detach()).squeeze(1))
         if per_example:

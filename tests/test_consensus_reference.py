@@ -32,8 +32,9 @@ def gameopt_grads(gan, kind, gamma, **kw):
     return [p.grad.clone() for p in gp + dp], opt
 
 
-@pytest.mark.parametrize("kind", ["nonsat", "zerosum"])
+@pytest.mark.parametrize("kind", ["nonsat", "zerosum", "nonsat_detached"])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 10.0])
+@pytest.mark.filterwarnings("ignore:gameopt. disc_loss does not depend")
 def test_grad_matches_reference(kind, gamma):
     gan = TinyGAN(seed=3)
     got, opt = gameopt_grads(gan, kind, gamma)
@@ -205,3 +206,15 @@ def test_alternating_matches_manual_reference():
     opt.step(lambda: gan.losses())
     for p, w in zip(gp + dp, want):
         torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-15)
+
+
+def test_detached_fake_samples_warn_and_lose_the_cross_term():
+    gan = TinyGAN(seed=10)
+    with pytest.warns(RuntimeWarning, match=r"disc_loss does not depend.*D\(fake.detach\(\)\)"):
+        detached, _ = gameopt_grads(gan, "nonsat_detached", 1.0)
+    full, _ = gameopt_grads(gan, "nonsat", 1.0)
+    n_gen = len(gan.params()[0])
+    # same v, but the generator's consensus term differs: (dv_D/dtheta)^T v_D is missing
+    assert any(not torch.allclose(a, b) for a, b in zip(detached[:n_gen], full[:n_gen]))
+    for a, b in zip(detached[n_gen:], full[n_gen:]):
+        torch.testing.assert_close(a, b)

@@ -107,9 +107,9 @@ def test_network_game_iterative_matches_exact():
     z, x = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
 
     def closure():
-        fake = G(z)
-        lg = torch.nn.functional.softplus(-D(fake)).mean()
-        ld = torch.nn.functional.softplus(-D(x)).mean() + torch.nn.functional.softplus(D(fake.detach())).mean()
+        d_fake = D(G(z))
+        lg = torch.nn.functional.softplus(-d_fake).mean()
+        ld = torch.nn.functional.softplus(-D(x)).mean() + torch.nn.functional.softplus(d_fake).mean()
         return lg, ld
     for gamma in (0.0, 1.0):
         field = GameField(closure, [list(G.parameters()), list(D.parameters())], gamma=gamma)
