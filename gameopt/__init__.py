@@ -6,7 +6,9 @@ Sign convention: every player minimises its own loss; a zero-sum game has
 
 from .alternating import AlternatingOptimizer
 from .consensus import ConsensusOptimizer, ConsensusStats, SimultaneousOptimizer
+from .diagnostics import GameField, SpectrumSummary, max_stable_step, summarize_spectrum
 from .game_optimizer import GameOptimizer
+from .monitor import Monitor
 from .players import DISCRIMINATOR, GENERATOR
 
 __version__ = "0.1.0"
@@ -17,6 +19,11 @@ __all__ = [
     "ConsensusStats",
     "DISCRIMINATOR",
     "GENERATOR",
+    "GameField",
     "GameOptimizer",
+    "Monitor",
     "SimultaneousOptimizer",
+    "SpectrumSummary",
+    "max_stable_step",
+    "summarize_spectrum",
 ]

@@ -336,6 +336,16 @@ class ConsensusOptimizer(GameOptimizer):
             self.base_optimizer.step()
         return losses
 
+    def monitor_stats(self) -> dict[str, Any]:
+        """``||v_player||^2``, ``1/2||v||^2``, ``||v'^T v||``, lrs and skipped steps (tensors; no sync)."""
+        out = super().monitor_stats()
+        if self.stats is not None:
+            for player, value in self.stats.grad_sq_norm.items():
+                out[f"grad_sq_norm/{player}"] = value
+            out["consensus_loss"] = self.stats.consensus_loss
+            out["reg_grad_norm"] = self.stats.reg_grad_norm
+        return out
+
     def _extra_state(self) -> dict[str, Any]:
         extra = super()._extra_state()
         extra.update(smoothing=self.smoothing, unbiased=self.unbiased)

@@ -184,6 +184,13 @@ class GameOptimizer(Optimizer):
         inner = repr(self.base_optimizer).replace("\n", "\n    ")
         return f"{type(self).__name__}(players={list(self.players)}, base={inner})"
 
+    def monitor_stats(self) -> dict[str, Any]:
+        """Statistics of the last step for :class:`gameopt.Monitor` (tensors; no host sync)."""
+        out: dict[str, Any] = {"skipped_steps": self.skipped_steps}
+        for group_index, group in enumerate(self.param_groups):
+            out[f"lr/{group['player']}/{group_index}"] = group["lr"] if "lr" in group else None
+        return out
+
     # --- non-finite gradients ------------------------------------------------------------
     def _record_finite(self, per_player_sq: list[torch.Tensor]) -> None:
         """Store (as tensors: no host sync) whether each player's new gradient is finite."""

@@ -125,3 +125,43 @@ def test_game_field_reads_players_from_optimizer_and_checks_gamma():
     assert GameField(closure, opt).size == 4
     with pytest.raises(ValueError, match="gamma must be >= 0"):
         GameField(closure, opt, gamma=-1)
+
+
+class _Writer:
+    def __init__(self):
+        self.scalars, self.hists = {}, {}
+
+    def add_scalar(self, key, value, step):
+        self.scalars[key] = (value, step)
+
+    def add_histogram(self, key, values, step):
+        self.hists[key] = (values, step)
+
+
+class _Vector:
+    def monitor_stats(self):
+        return {"lam": torch.tensor([0.1, 0.2, 0.3]), "gap": torch.tensor(1e-12)}
+
+
+def test_monitor_collects_tensors_and_reads_them_once():
+    from conftest import TinyGAN
+    gan = TinyGAN()
+    opt = gameopt.ConsensusOptimizer(torch.optim.Adam, *gan.params(), gamma=1.0, lr=1e-3)
+    mon = gameopt.Monitor(consensus=opt, dual=_Vector())
+    assert "consensus/grad_sq_norm/generator" not in mon.tensors()
+    opt.zero_grad()
+    opt.backward(*gan.losses())
+    opt.step()
+    t = mon.tensors()
+    assert isinstance(t["consensus/grad_sq_norm/generator"], torch.Tensor)
+    values = mon.read()
+    assert values["consensus/consensus_loss"] == pytest.approx(
+        0.5 * (values["consensus/grad_sq_norm/generator"] + values["consensus/grad_sq_norm/discriminator"]))
+    assert values["consensus/skipped_steps"] == 0
+    assert values["dual/lam"] == pytest.approx([0.1, 0.2, 0.3])
+    w = _Writer()
+    mon.log(w, step=7)
+    assert w.scalars["consensus/reg_grad_norm"][1] == 7 and "dual/lam" in w.hists
+    assert "consensus/consensus_loss=" in mon.format()
+    with pytest.raises(TypeError, match="monitor_stats"):
+        gameopt.Monitor(bad=object())

@@ -1,0 +1,80 @@
+"""Monitor: one small interface to the per-step statistics of gameopt objects.
+
+Every gameopt optimiser, regulariser and discriminator has ``monitor_stats()``,
+returning ``{name: tensor or number}`` for its last step without reading anything
+from the device. A :class:`Monitor` gathers them under prefixes; only
+:meth:`Monitor.read`, :meth:`Monitor.log` and :meth:`Monitor.format` synchronise
+(once, for all scalars together).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+
+class HasMonitorStats(Protocol):
+    def monitor_stats(self) -> dict[str, Any]: ...
+
+
+class Monitor:
+    """Collect statistics from named sources: ``Monitor(opt=opt, reg=regularizer)``.
+
+    Example::
+
+        mon = gameopt.Monitor(consensus=opt)
+        ...
+        if step % 100 == 0:
+            print(step, mon.format())            # one host sync
+            mon.log(tensorboard_writer, step)   # add_scalar / add_histogram
+    """
+
+    def __init__(self, **sources: HasMonitorStats) -> None:
+        for name, src in sources.items():
+            if not callable(getattr(src, "monitor_stats", None)):
+                raise TypeError(
+                    f"source '{name}' ({type(src).__name__}) has no monitor_stats() method; "
+                    "pass gameopt optimisers, regularisers or discriminators"
+                )
+        self.sources = dict(sources)
+
+    def tensors(self) -> dict[str, Any]:
+        """All statistics as ``{"source/name": tensor or number}``; no host sync."""
+        out: dict[str, Any] = {}
+        for prefix, src in self.sources.items():
+            for key, value in src.monitor_stats().items():
+                out[f"{prefix}/{key}"] = value
+        return out
+
+    def read(self) -> dict[str, Any]:
+        """Statistics as Python floats (scalars) and lists (vectors); one host sync for all scalars."""
+        items = self.tensors()
+        scalar_keys = [k for k, v in items.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+        out: dict[str, Any] = {}
+        if scalar_keys:
+            stacked = torch.stack([items[k].detach().reshape(()).to(torch.float64).cpu() for k in scalar_keys])
+            out.update(zip(scalar_keys, stacked.tolist()))
+        for k, v in items.items():
+            if k in out:
+                continue
+            out[k] = v.detach().cpu().tolist() if isinstance(v, torch.Tensor) else v
+        return out
+
+    def log(self, writer: Any, step: int) -> None:
+        """Write to a TensorBoard-style writer: ``add_scalar`` for scalars, ``add_histogram`` for vectors."""
+        for key, value in self.read().items():
+            if isinstance(value, list):
+                if hasattr(writer, "add_histogram") and value:
+                    writer.add_histogram(key, torch.tensor(value), step)
+            elif value is not None:
+                writer.add_scalar(key, float(value), step)
+
+    def format(self, precision: int = 4) -> str:
+        """Scalars as ``key=value`` pairs on one line, for printing."""
+        parts = []
+        for key, value in self.read().items():
+            if isinstance(value, list) or value is None:
+                continue
+            parts.append(f"{key}={value:.{precision}g}")
+        return " ".join(parts)
