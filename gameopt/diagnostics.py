@@ -153,9 +153,29 @@ class GameField:
             return out
 
         op = LinearOperator((self.size, self.size), matvec=mv, dtype=np.float64)
+        if which not in ("LM", "SM", "LR", "SR", "LI", "SI"):
+            raise ValueError(f"which must be one of LM, SM, LR, SR, LI, SI, got {which!r}")
         vals = eigs(op, k=k, which=which, tol=tol, return_eigenvectors=False,
                     v0=np.random.default_rng(0).standard_normal(self.size))
         return np.asarray(vals)
+
+    def summary(self, k: int | None = None, tol: float = 1e-6) -> SpectrumSummary:
+        """Largest modulus, largest |imag|/real, smallest real part and Lemma 4's step bound.
+
+        ``k=None``: from the exact spectrum. Otherwise from ``3k`` eigenvalues found
+        matrix-free (the ``k`` of largest modulus, smallest real part and largest
+        imaginary part), which is what matters for step sizes in large networks.
+        Eigenvalues of modulus below 1e-9 x the largest are treated as zero.
+        """
+        return _summary(self, k, tol)
+
+
+def _summary(field: GameField, k: int | None, tol: float) -> SpectrumSummary:
+    if k is None or 3 * k >= field.size - 1:
+        lam = field.eigenvalues()
+    else:
+        lam = np.concatenate([field.eigenvalues(k, which, tol) for which in ("LM", "SR", "LI")])
+    return summarize_spectrum(lam, zero_tol=1e-9 * max(1.0, float(np.max(np.abs(lam)))))
 
 
 @dataclass

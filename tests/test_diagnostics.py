@@ -165,3 +165,15 @@ def test_monitor_collects_tensors_and_reads_them_once():
     assert "consensus/consensus_loss=" in mon.format()
     with pytest.raises(TypeError, match="monitor_stats"):
         gameopt.Monitor(bad=object())
+
+
+def test_summary_iterative_matches_exact_on_quadratic_game():
+    closure, players, J = quadratic_game(20, 18, seed=3)
+    field = GameField(closure, players)
+    exact = field.summary()
+    approx = field.summary(k=4, tol=1e-10)
+    assert approx.max_modulus == pytest.approx(exact.max_modulus, rel=1e-8)
+    assert approx.min_real == pytest.approx(exact.min_real, rel=1e-6, abs=1e-9)
+    assert approx.max_step == pytest.approx(exact.max_step, rel=1e-6)
+    lam = np.linalg.eigvals(J.numpy())
+    assert exact.min_real == pytest.approx(lam.real.min())
