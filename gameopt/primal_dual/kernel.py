@@ -2,18 +2,17 @@
 
 p_hat(x_i) = (1/m) sum_j exp(-||y_j - x_i||^2 / sigma^2)   (eq. 12 / 17 of Chen et al.)
 
-Squared distances use ||x||^2 + ||y||^2 - 2 x.y (clamped at 0), after subtracting the
-mean of the data points from both sets (distances are translation invariant, and
-centring keeps the cancellation error of that formula small).  Two paths compute it:
+Work is done in (chunk x chunk) blocks over both axes, in forward and backward, so
+memory is O(chunk^2 + (n + m) * d): never the (n, m) matrix (for n, m > chunk), let
+alone the (n, m, d) difference tensor.  Squared distances are computed exactly as
+sum_k (y_jk - x_ik)^2 when a block holds at most 2^18 difference entries (e.g. 2-D
+data), and otherwise as ||x||^2 + ||y||^2 - 2 x.y clamped at 0, after subtracting
+the data mean from both sets (distances are translation invariant, and centring
+keeps that formula's cancellation error small).  Chunked and single-block results
+agree to floating-point rounding (tested to 1e-12 relative in float64).
 
-* unchunked: one (n, m) matrix with ordinary autograd (used when both batches fit in
-  one chunk; supports higher-order gradients);
-* chunked: a custom autograd function that loops over (chunk x chunk) blocks in both
-  forward and backward, so memory is O(chunk^2 + chunk * d + (n + m) * d) and never
-  the (n, m) matrix, let alone the (n, m, d) difference tensor.  Its backward is
-  itself written in differentiable torch ops, so create_graph=True still works.
-
-Both paths give the same value up to floating-point summation order.
+Backward passes are written in differentiable torch ops, so ``create_graph=True``
+(double backward, e.g. consensus optimisation) works.
 """
 
 from __future__ import annotations
@@ -21,64 +20,118 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["kernel_density"]
+__all__ = ["kernel_density", "primal_dual_term"]
+
+_EXACT_LIMIT = 2**18
 
 
-def _sq_dists(x: Tensor, y: Tensor) -> Tensor:
-    """(n, m) matrix of ||x_i - y_j||^2 via the matmul expansion, clamped at 0."""
-    d2 = (x * x).sum(1, keepdim=True) + (y * y).sum(1).unsqueeze(0) - 2.0 * (x @ y.T)
-    return d2.clamp_min(0.0)
+def _use_exact(n: int, m: int, d: int, chunk: int) -> bool:
+    return min(n, chunk) * min(m, chunk) * d <= _EXACT_LIMIT
 
 
-def _kde_unchunked(x: Tensor, y: Tensor, sigma: float) -> Tensor:
-    return torch.exp(_sq_dists(x, y) / (-sigma * sigma)).mean(1)
+def _block_kernel(xi: Tensor, yj: Tensor, neg_inv_s2: float, exact: bool) -> Tensor:
+    """(ci, cj) block of exp(-||y_j - x_i||^2 / sigma^2)."""
+    if exact:
+        d2 = (yj.unsqueeze(0) - xi.unsqueeze(1)).pow(2).sum(-1)
+    else:
+        d2 = ((xi * xi).sum(1, keepdim=True) + (yj * yj).sum(1).unsqueeze(0) - 2.0 * (xi @ yj.T)).clamp_min(0.0)
+    return torch.exp(d2 * neg_inv_s2)
 
 
-class _ChunkedKDE(torch.autograd.Function):
-    """p = mean_j exp(-||y_j - x_i||^2 / sigma^2), gradient w.r.t. y only."""
+def _kde(x: Tensor, y: Tensor, sigma: float, chunk: int, exact: bool) -> Tensor:
+    """p_hat (n,) by blocks; differentiable w.r.t. y through ordinary autograd when grad mode is on."""
+    n, m = x.shape[0], y.shape[0]
+    neg_inv_s2 = -1.0 / (sigma * sigma)
+    rows = []
+    for i0 in range(0, n, chunk):
+        xi = x[i0 : i0 + chunk]
+        acc = None
+        for j0 in range(0, m, chunk):
+            part = _block_kernel(xi, y[j0 : j0 + chunk], neg_inv_s2, exact).sum(1)
+            acc = part if acc is None else acc + part
+        rows.append(acc / m)
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
 
-    @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, sigma: float, chunk: int) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, y)
-        ctx.sigma = sigma
-        ctx.chunk = chunk
-        n, m = x.shape[0], y.shape[0]
-        out = x.new_zeros(n)
-        inv = -1.0 / (sigma * sigma)
+
+def _kde_vjp(x: Tensor, y: Tensor, g: Tensor, sigma: float, chunk: int, exact: bool) -> Tensor:
+    """sum_i g_i d p_hat_i / d y, shape (m, d), by blocks, in differentiable ops.
+
+    d p_i / d y_j = (1/m) K_ij (-2/sigma^2) (y_j - x_i), so the result's row j is
+    -2/(m sigma^2) * (y_j * sum_i g_i K_ij - sum_i g_i K_ij x_i).
+    """
+    n, m = x.shape[0], y.shape[0]
+    neg_inv_s2 = -1.0 / (sigma * sigma)
+    blocks = []
+    for j0 in range(0, m, chunk):
+        yj = y[j0 : j0 + chunk]
+        a = b = None
         for i0 in range(0, n, chunk):
             xi = x[i0 : i0 + chunk]
-            acc = xi.new_zeros(xi.shape[0])
-            for j0 in range(0, m, chunk):
-                acc += torch.exp(_sq_dists(xi, y[j0 : j0 + chunk]) * inv).sum(1)
-            out[i0 : i0 + chunk] = acc / m
-        return out
+            w = g[i0 : i0 + chunk].unsqueeze(1) * _block_kernel(xi, yj, neg_inv_s2, exact)
+            a_part, b_part = w.sum(0), w.T @ xi
+            a = a_part if a is None else a + a_part
+            b = b_part if b is None else b + b_part
+        blocks.append((yj * a.unsqueeze(1) - b) * (2.0 * neg_inv_s2 / m))
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+
+class _KDE(torch.autograd.Function):
+    """p_hat with a recomputing backward (nothing but x, y saved)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, sigma: float, chunk: int, exact: bool) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, y)
+        ctx.args = (sigma, chunk, exact)
+        return _kde(x, y, sigma, chunk, exact)
 
     @staticmethod
     def backward(ctx, grad_p: Tensor):  # type: ignore[override]
         x, y = ctx.saved_tensors
-        sigma, chunk = ctx.sigma, ctx.chunk
-        n, m = x.shape[0], y.shape[0]
-        inv = -1.0 / (sigma * sigma)
-        grad_y = None
-        if ctx.needs_input_grad[1]:
-            # d p_i / d y_j = (1/m) K_ij (-2/sigma^2) (y_j - x_i), so
-            # grad_y_j = -2/(m sigma^2) * (y_j * sum_i g_i K_ij - sum_i g_i K_ij x_i).
-            blocks = []
-            for j0 in range(0, m, chunk):
-                yj = y[j0 : j0 + chunk]
-                a = None
-                b = None
-                for i0 in range(0, n, chunk):
-                    xi = x[i0 : i0 + chunk]
-                    w = grad_p[i0 : i0 + chunk].unsqueeze(1) * torch.exp(_sq_dists(xi, yj) * inv)
-                    a_part, b_part = w.sum(0), w.T @ xi
-                    a = a_part if a is None else a + a_part
-                    b = b_part if b is None else b + b_part
-                blocks.append((yj * a.unsqueeze(1) - b) * (-2.0 / (m * sigma * sigma)))
-            grad_y = torch.cat(blocks, 0)
-        if ctx.needs_input_grad[0]:
-            raise RuntimeError("kernel_density: gradients w.r.t. the data points are not supported.")
-        return None, grad_y, None, None
+        grad_y = _kde_vjp(x, y, grad_p, *ctx.args) if ctx.needs_input_grad[1] else None
+        return None, grad_y, None, None, None
+
+
+class _PrimalDualTerm(torch.autograd.Function):
+    """mean_i (p_tilde_i - p_hat_i)^2 with p_tilde = p_hat.detach() - w, w = alpha f1(D(x)).
+
+    The value is mean_i w_i^2 whatever y is, so forward computes no kernel at all;
+    backward computes the gradient of the frozen-target loss,
+    sum_i (2/n) w_i d p_hat_i / d y, in one blocked pass.  Under create_graph the
+    residual is rebuilt as p_hat(y) - p_hat(y).detach() + w so that second derivatives
+    are those of the frozen-target loss (Gauss-Newton term included), as plain autograd
+    would give.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, w: Tensor, sigma: float, chunk: int, exact: bool) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, y, w)
+        ctx.args = (sigma, chunk, exact)
+        return (w * w).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        x, y, w = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None, None, None
+        n = x.shape[0]
+        if torch.is_grad_enabled():  # create_graph=True
+            p = _KDE.apply(x, y, *ctx.args)
+            residual = p - p.detach() + w
+        else:
+            residual = w
+        g = residual * (grad_out * (2.0 / n))
+        return None, _kde_vjp(x, y, g, *ctx.args), None, None, None, None
+
+
+def _prepare(x: Tensor, y: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor, int, bool]:
+    n, m, d = x.shape[0], y.shape[0], x.shape[1]
+    chunk = max(n, m) if chunk_size is None else int(chunk_size)
+    exact = _use_exact(n, m, d, chunk)
+    x = x.detach()
+    if not exact:
+        center = x.mean(0)
+        x, y = x - center, y - center
+    return x, y, chunk, exact
 
 
 def kernel_density(x: Tensor, y: Tensor, sigma: float, chunk_size: int | None = None) -> Tensor:
@@ -88,16 +141,26 @@ def kernel_density(x: Tensor, y: Tensor, sigma: float, chunk_size: int | None = 
         x: data points (n, d); treated as constants (no gradient).
         y: generated samples (m, d); gradients flow to it.
         sigma: bandwidth in exp(-||u||^2 / sigma^2), same units as x and y.
-        chunk_size: block size for both axes; ``None`` or a size covering both
-            batches uses the single-matrix path.
+        chunk_size: block size for both axes (``None``: one block).
 
     Returns:
         (n,) tensor p_hat(x_i), each in [0, 1].
     """
-    x = x.detach()
-    center = x.mean(0)
-    x = x - center
-    y = y - center
-    if chunk_size is None or (x.shape[0] <= chunk_size and y.shape[0] <= chunk_size):
-        return _kde_unchunked(x, y, sigma)
-    return _ChunkedKDE.apply(x, y, float(sigma), int(chunk_size))
+    x, y, chunk, exact = _prepare(x, y, chunk_size)
+    if chunk >= max(x.shape[0], y.shape[0]):
+        return _kde(x, y, float(sigma), chunk, exact)  # single block: plain autograd
+    return _KDE.apply(x, y, float(sigma), chunk, exact)
+
+
+def primal_dual_term(x: Tensor, y: Tensor, w: Tensor, sigma: float, chunk_size: int | None = None) -> Tensor:
+    """mean_i (p_tilde(x_i) - p_hat(x_i))^2 with p_tilde = p_hat.detach() - w held fixed.
+
+    Args:
+        x: data features (n, d), constants.
+        y: generated features (m, d); the only input that receives gradients.
+        w: (n,) dual step alpha * f1(D(x_i)), constants.
+        sigma: kernel bandwidth.
+        chunk_size: block size for both axes (``None``: one block).
+    """
+    x, y, chunk, exact = _prepare(x, y, chunk_size)
+    return _PrimalDualTerm.apply(x, y, w.detach(), float(sigma), chunk, exact)

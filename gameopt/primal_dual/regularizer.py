@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .bandwidth import BandwidthSchedule, ConstantBandwidth, check_bandwidth
 from .divergences import Divergence, as_divergence
-from .kernel import kernel_density
+from .kernel import primal_dual_term
 
 __all__ = ["PrimalDualRegularizer"]
 
@@ -161,10 +161,10 @@ class PrimalDualRegularizer(nn.Module):
         if not y.is_floating_point():
             raise ValueError(f"fake must be a floating-point tensor, got {y.dtype}.")
 
-        f1 = self.divergence.f1_from_output(d_real.detach().reshape(n).to(y.dtype))
-        p_hat = kernel_density(x, y, sigma, self.chunk_size)
-        target = p_hat.detach() - self.alpha * f1
-        return (target - p_hat).pow(2).mean()
+        w = self.alpha * self.divergence.f1_from_output(d_real.detach().reshape(n).to(y.dtype))
+        # (p_tilde - p_hat) = -w by construction, so the value is mean(w^2); the kernel
+        # density is only needed for the gradient, computed blockwise in backward.
+        return primal_dual_term(x, y, w, sigma, self.chunk_size)
 
     def extra_repr(self) -> str:
         return f"divergence={self.divergence.name!r}, alpha={self.alpha}, bandwidth={self.bandwidth!r}, chunk_size={self.chunk_size}"
