@@ -161,7 +161,7 @@ class PrimalDualRegularizer(nn.Module):
         if not y.is_floating_point():
             raise ValueError(f"fake must be a floating-point tensor, got {y.dtype}.")
 
-        w = self.alpha * self.divergence.f1_from_output(d_real.detach().reshape(n).to(y.dtype))
+        w = self.alpha * self.divergence.f1_from_output(d_real.detach().reshape(n).to(device=y.device, dtype=y.dtype))
         # (p_tilde - p_hat) = -w by construction, so the value is mean(w^2); the kernel
         # density is only needed for the gradient, computed blockwise in backward.
         return primal_dual_term(x, y, w, sigma, self.chunk_size)
