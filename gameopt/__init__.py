@@ -10,6 +10,7 @@ from .diagnostics import GameField, SpectrumSummary, max_stable_step, summarize_
 from .game_optimizer import GameOptimizer
 from .monitor import Monitor
 from .players import DISCRIMINATOR, GENERATOR
+from .primal_dual import PrimalDualRegularizer, get_divergence
 
 __version__ = "0.1.0"
 
@@ -22,8 +23,10 @@ __all__ = [
     "GameField",
     "GameOptimizer",
     "Monitor",
+    "PrimalDualRegularizer",
     "SimultaneousOptimizer",
     "SpectrumSummary",
+    "get_divergence",
     "max_stable_step",
     "summarize_spectrum",
 ]

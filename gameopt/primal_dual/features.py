@@ -1,0 +1,37 @@
+"""Fixed feature maps for the kernel in high dimensions (eq. 17)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["RandomProjection"]
+
+
+class RandomProjection(nn.Module):
+    """f(x) = flatten(x) @ W, W a fixed Gaussian (in_features, out_features) matrix / sqrt(out_features).
+
+    The scaling keeps squared distances unbiased: E||f(a) - f(b)||^2 = ||a - b||^2,
+    so a bandwidth chosen for the raw data still fits.  W is a buffer (saved in the
+    state dict, moved by ``.to()``), never a trainable parameter.
+    """
+
+    weight: Tensor
+
+    def __init__(self, in_features: int, out_features: int, seed: int = 0) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"RandomProjection needs positive sizes, got {in_features} -> {out_features}.")
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(in_features, out_features, generator=gen) / math.sqrt(out_features)
+        self.register_buffer("weight", w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.weight.shape[0]:
+            raise ValueError(
+                f"RandomProjection expects {self.weight.shape[0]} input features per sample, got {x.shape[1]}."
+            )
+        return x @ self.weight.to(x.dtype)
