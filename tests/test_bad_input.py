@@ -219,3 +219,13 @@ def test_attention_default_kernel_error_names_the_math_backend():
         opt.zero_grad()
         opt.backward(*losses())
     assert q.weight.grad is not None
+
+
+def test_cdist_double_backward_error_is_explained():
+    opt, gan = make(gamma=1.0)
+    fake = gan.G(gan.z)
+    d_fake = gan.D(fake).squeeze(1)
+    lg = torch.nn.functional.softplus(-d_fake).mean() + torch.cdist(fake, gan.x).mean()
+    ld = torch.nn.functional.softplus(-gan.D(gan.x)).mean() + torch.nn.functional.softplus(d_fake).mean()
+    with pytest.raises(RuntimeError, match="(?s)double backward.*_cdist_backward"):
+        opt.backward(lg, ld)

@@ -164,7 +164,17 @@ class PrimalDualRegularizer(nn.Module):
         w = self.alpha * self.divergence.f1_from_output(d_real.detach().reshape(n).to(device=y.device, dtype=y.dtype))
         # (p_tilde - p_hat) = -w by construction, so the value is mean(w^2); the kernel
         # density is only needed for the gradient, computed blockwise in backward.
-        return primal_dual_term(x, y, w, sigma, self.chunk_size)
+        out = primal_dual_term(x, y, w, sigma, self.chunk_size)
+        self._last_value = out.detach()
+        return out
+
+    def monitor_stats(self) -> dict[str, Any]:
+        """Last term value (a tensor: no host sync), current bandwidth and step count, for :class:`gameopt.Monitor`."""
+        return {
+            "value": getattr(self, "_last_value", None),
+            "bandwidth": self.current_bandwidth,
+            "num_steps": int(self.num_steps),
+        }
 
     def extra_repr(self) -> str:
         return f"divergence={self.divergence.name!r}, alpha={self.alpha}, bandwidth={self.bandwidth!r}, chunk_size={self.chunk_size}"
