@@ -41,6 +41,7 @@ __all__ = [
     "get_solver",
     "solve_linear_dual",
     "solve_trust_region_dual",
+    "trust_region_step",
     "SOLVER_NAMES",
 ]
 
@@ -198,3 +199,21 @@ def solve_trust_region_dual(
         as_batch_param(delta, B, torch.float64, K.device),
     )
     return _unbatch(res, batched)
+
+
+def trust_region_step(
+    result: TrustRegionDualResult, jt_eta: Tensor, w_k: Tensor, C: float, delta: float
+) -> Tensor:
+    """The primal step s = (J^T eta - C w_k) / (C + nu), kept inside 1/2 ||s||^2 <= delta.
+
+    ``jt_eta`` is J^T eta with eta = (lam, -mu) (one backward pass of sum eta_i F(x_i)),
+    flattened like ``w_k``. The solver sees only K = J J^T, where ||J^T eta - C w_k||^2 is
+    known to an absolute rounding of ~eps * sum |e_i e_j K_ij|; when that norm is tiny
+    (C ~ 1e-6) the step can overshoot the ball by a relative 1e-6. The explicit norm here
+    is accurate, so the step is rescaled onto the boundary in that case.
+    """
+    s = (jt_eta - C * w_k) * result.step_scale
+    half_sq = 0.5 * (s * s).sum()
+    if math.isfinite(float(delta)) and float(half_sq) > float(delta):
+        s = s * math.sqrt(float(delta) / float(half_sq))
+    return s
