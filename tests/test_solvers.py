@@ -16,6 +16,9 @@ from gameopt.solvers import TorchNewtonSolver, solve_linear_dual, solve_trust_re
 
 
 
+# 2 shared CPU cores: intra-op threads spin against other processes (75x slower measured here)
+torch.set_num_threads(1)
+
 def need_ipopt():
     return pytest.importorskip("cyipopt")
 
