@@ -30,6 +30,36 @@ def softplus_exact(t: Tensor) -> Tensor:
     return -F.logsigmoid(-t)
 
 
+def logistic_parts(z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(sigmoid(z), sigmoid(-z), logsigmoid(z), logsigmoid(-z)) from one exp and one log1p.
+
+    All four are accurate for any z (no cancellation): they are formed from
+    e = exp(-|z|) and log1p(e) and then assigned by the sign of z.
+    """
+    a = z.abs()
+    e = torch.exp(-a)
+    l1 = torch.log1p(e)
+    big = 1.0 / (1.0 + e)  # sigmoid(|z|)
+    small = e * big  # sigmoid(-|z|)
+    lbig = -l1  # logsigmoid(|z|)
+    lsmall = -a - l1  # logsigmoid(-|z|)
+    pos = z >= 0
+    return (torch.where(pos, big, small), torch.where(pos, small, big),
+            torch.where(pos, lbig, lsmall), torch.where(pos, lsmall, lbig))
+
+
+def kl_from_parts(pz: tuple[Tensor, Tensor, Tensor, Tensor], lt: Tensor, lnt: Tensor) -> Tensor:
+    """Bernoulli KL from :func:`logistic_parts` of z and logsigmoid(t), logsigmoid(-t)."""
+    p, q, lp, lq = pz
+    return (p * (lp - lt) + q * (lq - lnt)).clamp_min(0.0)
+
+
+def entropy_from_parts(pz: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """Binary entropy H(sigmoid(z)) from :func:`logistic_parts` of z."""
+    p, q, lp, lq = pz
+    return -(p * lp + q * lq)
+
+
 def bernoulli_kl_logits(z: Tensor, t: Tensor) -> Tensor:
     """KL(Bern(sigmoid(z)) || Bern(sigmoid(t))), elementwise, accurate near 0.
 

@@ -38,6 +38,8 @@ from ._common import (
     TrustRegionDualResult,
     bernoulli_kl_logits,
     binary_entropy_logits,
+    entropy_from_parts,
+    logistic_parts,
     softplus_exact,
 )
 
@@ -56,7 +58,11 @@ class TorchNewtonSolver:
         sync_every: check "all problems done" on the host every this many
             iterations and stop early; ``None`` never synchronises. Default
             "auto": every iteration on CPU (free there), every 5 on other devices.
-        line_search_steps: step sizes 1, 1/2, ..., 2^-(k-1) tried in parallel.
+        line_search_steps: number of step sizes tried in parallel: 1, 1/2, 1/4, 1/8,
+            then a geometric sequence down to 2^-30.
+        cpu_chunk_bytes: on the CPU, split a batch so one chunk's (m x m or d x d)
+            matrices take about this many bytes (stay in cache; measured 1.5x faster
+            at n = 256, d = 1000). ``None``: never split. Ignored on other devices.
     """
 
     name = "torch"
@@ -67,7 +73,8 @@ class TorchNewtonSolver:
         max_iter: int = 100,
         dtype: torch.dtype = torch.float64,
         sync_every: int | None | str = "auto",
-        line_search_steps: int = 24,
+        line_search_steps: int = 12,
+        cpu_chunk_bytes: int | None = 8 * 2**20,
     ) -> None:
         if dtype not in (torch.float64, torch.float32):
             raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
@@ -76,6 +83,7 @@ class TorchNewtonSolver:
         self.max_iter = int(max_iter)
         self.sync_every = sync_every
         self.line_search_steps = int(line_search_steps)
+        self.cpu_chunk_bytes = cpu_chunk_bytes
         self._near = 1e-8 if dtype == torch.float64 else 1e-3  # gap below which the merit is rounding-level
 
     def __repr__(self) -> str:
@@ -92,7 +100,9 @@ class TorchNewtonSolver:
         return 16 * torch.finfo(value.dtype).eps * (value.abs() + 1.0)
 
     def _steps(self, device: torch.device) -> Tensor:
-        return 2.0 ** -torch.arange(self.line_search_steps, device=device, dtype=self.dtype)
+        L = max(self.line_search_steps, 5)
+        exps = torch.cat([torch.arange(4, dtype=self.dtype), torch.linspace(5, 30, L - 4, dtype=self.dtype)])
+        return (2.0 ** -exps).to(device)
 
     @staticmethod
     def _first_true(ok: Tensor, ts: Tensor) -> Tensor:
@@ -101,15 +111,33 @@ class TorchNewtonSolver:
         return torch.where(ok.any(-1), ts[idx], torch.zeros((), dtype=ts.dtype, device=ts.device))
 
     # ------------------------------------------------------------ linear dual
+    def _chunk(self, device: torch.device, B: int, side: int) -> int:
+        if device.type != "cpu" or self.cpu_chunk_bytes is None:
+            return B
+        per = side * side * torch.finfo(self.dtype).bits // 8
+        return max(1, min(B, self.cpu_chunk_bytes // per))
+
     def solve_linear(self, A: Tensor, C: Tensor) -> LinearDualResult:
         """Linear dual for sign-adjusted rows A (B, m, d) = [phi(real); -phi(fake)], C (B,)."""
+        B, m, d = A.shape
+        ch = self._chunk(A.device, B, min(m, d))
+        if ch < B:
+            parts = [self._solve_linear(A[i:i + ch], C[i:i + ch]) for i in range(0, B, ch)]
+            return _cat_results(parts)
+        return self._solve_linear(A, C)
+
+    def _solve_linear(self, A: Tensor, C: Tensor) -> LinearDualResult:
         A = A.to(self.dtype)
         C = C.to(device=A.device, dtype=self.dtype)
         B, m, d = A.shape
-        if d > m:
+        L = self.line_search_steps
+        # flops per Newton iteration: d x d primal Hessian A^T D A, or the 2n x 2n kernel
+        # system (Cholesky + kernel products in the line search) after one K = A A^T; the
+        # kernel path makes more memory passes per flop, hence the factor 2 (measured on CPU)
+        if 2 * (m**3 / 3 + 2 * m * m * L) < 2 * m * d * d + d**3 / 3:
             Ks = A @ A.transpose(-1, -2)
             zeros = torch.zeros(B, m, dtype=self.dtype, device=A.device)
-            res = self.solve_kernel(
+            res = self._solve_kernel(
                 Ks, zeros, zeros, torch.zeros(B, dtype=self.dtype, device=A.device), C,
                 torch.full((B,), math.inf, dtype=self.dtype, device=A.device),
             )
@@ -159,7 +187,7 @@ class TorchNewtonSolver:
             f0 = 0.5 * C * ww.squeeze(-1) + softplus_exact(z).mean(-1)
             slope = (grad * dw).sum(-1)
             Z = z.unsqueeze(-1) + dz.unsqueeze(-1) * ts  # (B, m, L)
-            fT = 0.5 * Cc * (ww + 2 * ts * wd + ts * ts * dd) + softplus_exact(Z).mean(-2)
+            fT = 0.5 * Cc * (ww + 2 * ts * wd + ts * ts * dd) - logistic_parts(Z)[3].mean(-2)
             ok = fT <= (f0 + self._slack(f0))[:, None] + _ARMIJO * ts * slope[:, None]
             step = torch.where(done, torch.zeros_like(f0), self._first_true(ok, ts))
             w = w + step[:, None] * dw
@@ -170,6 +198,18 @@ class TorchNewtonSolver:
 
     # ----------------------------------------------------- kernel / trust region
     def solve_kernel(
+        self, Ks: Tensor, c: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor
+    ) -> TrustRegionDualResult:
+        """Reduced trust-region dual in sign-adjusted kernel form (see ``_solve_kernel``)."""
+        B, m, _ = Ks.shape
+        ch = self._chunk(Ks.device, B, m)
+        if ch < B:
+            parts = [self._solve_kernel(Ks[i:i + ch], c[i:i + ch], p[i:i + ch], W[i:i + ch], C[i:i + ch],
+                                        delta[i:i + ch]) for i in range(0, B, ch)]
+            return _cat_results(parts)
+        return self._solve_kernel(Ks, c, p, W, C, delta)
+
+    def _solve_kernel(
         self, Ks: Tensor, c: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor
     ) -> TrustRegionDualResult:
         """Reduced trust-region dual in sign-adjusted kernel form.
@@ -186,8 +226,8 @@ class TorchNewtonSolver:
         W, C, delta = (x.to(device=dev, dtype=dt) for x in (W, C, delta))
         B, m, _ = Ks.shape
         ts = self._steps(dev)
-        eye = torch.eye(m, dtype=dt, device=dev)
         finite = torch.isfinite(delta)
+        has_tr = bool(finite.any())  # one host sync at setup: skip the rank-1 work for linear duals
         delta_f = torch.where(finite, delta, torch.ones_like(delta))
         sq2d = torch.where(finite, torch.sqrt(2 * delta_f), torch.full_like(delta, math.inf))
         Cc = C[:, None]
@@ -221,19 +261,26 @@ class TorchNewtonSolver:
             r = z - t
             S = torch.sqrt(torch.sigmoid(z) * torch.sigmoid(-z) / m)
             outer = denom > C  # nu > 0: on the trust-region boundary
-            Rs = torch.where(outer, R, torch.ones_like(R))
-            rank1 = torch.where(outer, torch.ones_like(R), torch.zeros_like(R))[:, None, None]
-            Sa = S * a
-            M_S = S[:, :, None] * Ks * S[:, None, :] - rank1 * Sa[:, :, None] * Sa[:, None, :] / Rs[:, None, None]
-            N = eye + M_S / denom[:, None, None]
+            # N = I + S M S with M = (Ks - [nu > 0] a a^T / R) / denom (PSD): two passes over m x m
+            Sd = S / torch.sqrt(denom)[:, None]
+            N = Sd.unsqueeze(-1) * Ks * Sd.unsqueeze(-2)
+            N.diagonal(dim1=-2, dim2=-1).add_(1.0)
+            if has_tr:
+                coef = torch.where(outer, 1.0 / torch.sqrt(torch.where(outer, R, torch.ones_like(R))), torch.zeros_like(R))
+                v = (Sd * a) * coef[:, None]
+                N = torch.baddbmm(N, v.unsqueeze(-1), v.unsqueeze(-2), alpha=-1.0)
             L, _ = torch.linalg.cholesky_ex(N)
             x = torch.cholesky_solve((S * r).unsqueeze(-1), L).squeeze(-1)
             Sx = S * x
-            Mx = ((Ks @ Sx.unsqueeze(-1)).squeeze(-1) - rank1[:, :, 0] * a * (a * Sx).sum(-1, keepdim=True) / Rs[:, None]) / denom[:, None]
+            Mx = (Ks @ Sx.unsqueeze(-1)).squeeze(-1)
+            if has_tr:
+                Mx = Mx - a * ((a * Sx).sum(-1, keepdim=True) * coef[:, None] ** 2)
+            Mx = Mx / denom[:, None]
             dz = -(r - Mx)
             slope = -(S * S * r * dz).sum(-1)  # d/dt g(z + t dz) at t = 0, > 0
             Z = z.unsqueeze(-1) + dz.unsqueeze(-1) * ts  # (B, m, L)
-            E = torch.sigmoid(Z) / m
+            PZ = logistic_parts(Z)
+            E = PZ[0] / m
             dE = E - e.unsqueeze(-1)
             KE = Ks @ E
             # The merit change is formed from differences: R / (2C) is O(1) while its change
@@ -251,14 +298,14 @@ class TorchNewtonSolver:
                 torch.where(both_out, sq2d[:, None] * dR / (sqR + sqRT).clamp_min(torch.finfo(dt).tiny), dpsi_mixed),
             )
             dg = (-(c.unsqueeze(-1) * dE).sum(-2)
-                  + (binary_entropy_logits(Z) - binary_entropy_logits(z).unsqueeze(-1)).mean(-2) - dpsi)
+                  + (entropy_from_parts(PZ) - binary_entropy_logits(z).unsqueeze(-1)).mean(-2) - dpsi)
             ok = dg >= _ARMIJO * ts * slope[:, None] - self._slack(g0)[:, None]
             # Fallback near the optimum only, where even the differenced merit is at rounding
-            # level: accept a step that cuts the (accurately computed) duality gap by 4x.
-            denomT = torch.maximum(Cc, sqRT / sq2d[:, None])
-            tT = -(c.unsqueeze(-1) + (KE - Cc.unsqueeze(-1) * p.unsqueeze(-1)) / denomT.unsqueeze(-2))
-            gapT = bernoulli_kl_logits(Z, tT).mean(-2)
-            ok = ok | ((gapT <= 0.25 * gap[:, None]) & (gap[:, None] <= self._near))
+            # level: accept the full Newton step if it cuts the (accurate) duality gap by 4x.
+            denom1 = torch.maximum(C, sqRT[:, 0] / sq2d)
+            t1 = -(c + (KE[..., 0] - Cc * p) / denom1[:, None])
+            gap1 = bernoulli_kl_logits(Z[..., 0], t1).mean(-1)
+            ok[:, 0] = ok[:, 0] | ((gap1 <= 0.25 * gap) & (gap <= self._near))
             step = torch.where(done, torch.zeros_like(g0), self._first_true(ok, ts))
             z = z + step[:, None] * dz
             iters = iters + (~done).long()
@@ -317,3 +364,15 @@ def evaluate_kernel_point(
         step_norm_sq=ss, gap=gap, dual_value=g, model_value=model, converged=gap <= tol,
         iterations=iterations, solver=solver,
     )
+
+
+def _cat_results(parts: list):
+    """Concatenate per-chunk results along the batch dimension."""
+    first = parts[0]
+    fields = {}
+    for name, val in vars(first).items():
+        if isinstance(val, Tensor):
+            fields[name] = torch.cat([getattr(p, name) for p in parts])
+        else:
+            fields[name] = val
+    return type(first)(**fields)
