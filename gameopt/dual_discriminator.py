@@ -102,6 +102,17 @@ class DualStepStats:
     mu: Tensor | None = field(default=None, repr=False)
 
 
+def _gram(J: Tensor) -> Tensor:
+    """J J^T in float64, computing only 3 of the 4 blocks (the kernel is symmetric)."""
+    m = J.shape[0]
+    if m < 32:
+        return (J @ J.T).double()
+    h = m // 2
+    top, bot = J[:h], J[h:]
+    K11, K21, K22 = (top @ top.T).double(), (bot @ top.T).double(), (bot @ bot.T).double()
+    return torch.cat([torch.cat([K11, K21.T], 1), torch.cat([K21, K22], 1)], 0)
+
+
 def _check_batch(real: Tensor, fake: Tensor) -> None:
     if real.shape[0] != fake.shape[0]:
         raise ValueError(
@@ -137,7 +148,11 @@ class TrustRegionDualDiscriminator:
             times within the same call (score/cost); 0 keeps the cost per call fixed.
         jacobian_budget_bytes: per-sample gradients are materialised for groups of
             parameters of at most this many bytes (one vmap pass per group), then
-            reduced into K; a single larger parameter forms its own group.
+            reduced into K; a single larger parameter forms its own group. When the whole
+            J fits, it is kept until J^T eta is formed (saves one backward pass).
+        per_sample: how per-sample score gradients are computed: "func" (torch.func
+            vmap(grad), any module), "hooks" (one forward/backward plus per-layer outer
+            products; nn.Linear / nn.Conv2d only), "auto" (hooks when possible).
         on_failure: "warn" (warn with :class:`DualSolverWarning`, flag the stats, leave
             the discriminator unchanged) or "raise" (:class:`DualSolverError`).
     """
@@ -160,6 +175,7 @@ class TrustRegionDualDiscriminator:
         max_delta: float = 1e6,
         max_retries: int = 0,
         jacobian_budget_bytes: int = 512 * 2**20,
+        per_sample: str = "auto",
         on_failure: str = "warn",
     ) -> None:
         if model not in MODELS:
@@ -170,6 +186,8 @@ class TrustRegionDualDiscriminator:
             raise ValueError("need 0 < shrink_factor < 1 <= grow_factor")
         if not shrink_below <= grow_above:
             raise ValueError("need shrink_below <= grow_above")
+        if per_sample not in ("auto", "func", "hooks"):
+            raise ValueError(f"per_sample must be 'auto', 'func' or 'hooks', got {per_sample!r}")
         if on_failure not in ("warn", "raise"):
             raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
         if model != "linear" and not isinstance(module, nn.Module):
@@ -185,6 +203,8 @@ class TrustRegionDualDiscriminator:
         self.min_delta, self.max_delta = min_delta, max_delta
         self.max_retries = int(max_retries)
         self.jacobian_budget_bytes = int(jacobian_budget_bytes)
+        self.per_sample = per_sample
+        self._held_jacobian: dict[str, Tensor] | None = None
         self.on_failure = on_failure
         self.weight: Tensor | None = None  # linear model only
         self.last_stats: DualStepStats | None = None
@@ -375,7 +395,7 @@ class TrustRegionDualDiscriminator:
                 f = 0.5 * self.C * sq + (softplus_exact(-scores[:n]).sum() + softplus_exact(scores[n:]).sum()) / (2 * n)
                 grads = torch.autograd.grad(f, list(params.values()))
             gnorm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
-            f0 = self._batch_loss(x, n)
+            f0 = float(self._loss_from_scores(scores[:n].detach(), scores[n:].detach(), self._sq_norm()))
             if not math.isfinite(gnorm) or gnorm == 0.0:
                 if not math.isfinite(gnorm):
                     return self._fail("non-finite gradient in the cost-linearised step", stats)
@@ -405,20 +425,51 @@ class TrustRegionDualDiscriminator:
             groups.append(cur)
         return groups
 
-    def kernel(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def kernel(self, x: Tensor, keep_jacobian: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Empirical NTK of the scores on samples x (m, ...): (K (m, m), J w (m,), F (m,)), float64.
 
-        Per-sample gradients come from torch.func (vmap of grad), one parameter group at
-        a time (see ``jacobian_budget_bytes``); each group's rows of J are reduced into K
-        and J w and freed before the next group, so J of the whole network is never held.
+        Per-sample gradients are formed one parameter (group) at a time, reduced into K
+        and J w, and freed before the next, so J of the whole network is never held
+        (unless ``keep_jacobian`` and it fits ``jacobian_budget_bytes``: then the blocks
+        are kept in ``self._held_jacobian`` to form J^T eta without another backward).
+
+        Two ways to get the per-sample gradients (``per_sample``):
+        "func": torch.func ``vmap(grad_and_value)`` over samples, any module, in parameter
+        groups of at most ``jacobian_budget_bytes``; "hooks": one forward and one backward
+        of sum_i F(x_i) give every layer's per-sample inputs a_i and output gradients
+        delta_i (samples are independent), and nn.Linear / nn.Conv2d weight gradients are
+        delta_i a_i^T (unfolded for convolutions) - much faster than vmap for convolutions
+        on the CPU. "auto" uses hooks when every trainable parameter belongs to such a layer.
         """
+        self._held_jacobian = None
+        if self.per_sample == "hooks" or (self.per_sample == "auto" and self._hooks_supported()):
+            return self._kernel_hooks(x, keep_jacobian)
+        return self._kernel_func(x, keep_jacobian)
+
+    def _hookable_layers(self) -> list[nn.Module]:
+        return [mod for mod in self.module.modules()
+                if any(p.requires_grad for p in mod.parameters(recurse=False))]
+
+    def _hooks_supported(self) -> bool:
+        for mod in self._hookable_layers():
+            if isinstance(mod, nn.Linear):
+                continue
+            if isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros" \
+                    and not isinstance(mod.padding, str):
+                continue
+            return False
+        return True
+
+    def _kernel_func(self, x: Tensor, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
         params = self._params()
         buffers = dict(self.module.named_buffers())
         m = x.shape[0]
         K = torch.zeros(m, m, dtype=torch.float64, device=x.device)
         Jw = torch.zeros(m, dtype=torch.float64, device=x.device)
+        groups = self._param_groups(params, m)
+        held: dict[str, Tensor] | None = {} if keep and len(groups) == 1 else None
         F = None
-        for names in self._param_groups(params, m):
+        for names in groups:
             group = {k: params[k].detach() for k in names}
             frozen = {k: v.detach() for k, v in params.items() if k not in group}
 
@@ -431,18 +482,69 @@ class TrustRegionDualDiscriminator:
                 F = values.double()
             for k in names:
                 Jk = grads[k].reshape(m, -1)
-                K += (Jk @ Jk.T).double()
+                K += _gram(Jk)
                 Jw += (Jk @ group[k].reshape(-1)).double()
+                if held is not None:
+                    held[k] = Jk
                 del Jk
             del grads
         assert F is not None
+        self._held_jacobian = held
         return K, Jw, F
+
+    def _kernel_hooks(self, x: Tensor, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+        m = x.shape[0]
+        layers = self._hookable_layers()
+        inputs: dict[nn.Module, Tensor] = {}
+        outputs: dict[nn.Module, Tensor] = {}
+
+        def hook(mod, inp, out):
+            inputs[mod] = inp[0].detach()
+            outputs[mod] = out
+
+        handles = [mod.register_forward_hook(hook) for mod in layers]
+        try:
+            with torch.enable_grad():
+                scores = self.module(x).reshape(m)
+                deltas = torch.autograd.grad(scores.sum(), [outputs[mod] for mod in layers])
+        finally:
+            for h in handles:
+                h.remove()
+        names = {id(p): k for k, p in self._params().items()}
+        K = torch.zeros(m, m, dtype=torch.float64, device=x.device)
+        Jw = torch.zeros(m, dtype=torch.float64, device=x.device)
+        total = sum(m * p.numel() * p.element_size() for p in self._params().values())
+        held: dict[str, Tensor] | None = {} if keep and total <= self.jacobian_budget_bytes else None
+        for mod, delta in zip(layers, deltas):
+            a = inputs[mod]
+            if isinstance(mod, nn.Linear):
+                d3 = delta.reshape(m, -1, delta.shape[-1])  # (m, T, out)
+                a3 = a.reshape(m, -1, a.shape[-1])  # (m, T, in)
+                gw = d3.transpose(1, 2) @ a3  # (m, out, in)
+                gb = d3.sum(1)
+            else:
+                U = nn.functional.unfold(a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding,
+                                         stride=mod.stride)  # (m, c_in k^2, P)
+                d3 = delta.reshape(m, delta.shape[1], -1)  # (m, c_out, P)
+                gw = d3 @ U.transpose(1, 2)  # (m, c_out, c_in k^2)
+                gb = d3.sum(-1)
+            for p, g in ((mod.weight, gw), (mod.bias, gb)):
+                if p is None or not p.requires_grad:
+                    continue
+                Jp = g.reshape(m, -1)
+                K += _gram(Jp)
+                Jw += (Jp @ p.detach().reshape(-1)).double()
+                if held is not None:
+                    held[names[id(p)]] = Jp
+            del gw, gb
+        self._held_jacobian = held
+        return K, Jw, scores.detach().double()
 
     def _step_score(self, real: Tensor, fake: Tensor) -> DualStepStats:
         n = real.shape[0]
         x = torch.cat([real, fake])
         params = self._params()
-        K, Jw, Fk = self.kernel(x)
+        K, Jw, Fk = self.kernel(x, keep_jacobian=True)
         W = self._sq_norm()
         f0 = float(self._loss_from_scores(Fk[:n], Fk[n:], W))
         stats = DualStepStats(model="score", accepted=False, rho=math.nan, delta=self.delta, next_delta=self.delta,
@@ -456,10 +558,13 @@ class TrustRegionDualDiscriminator:
                 return self._fail(f"trust-region dual solve failed ({res.solver}: gap={float(res.gap):.3g}, "
                                   f"status={stats.solver_status})", stats)
             eta = torch.cat([res.lam, -res.mu])
-            # J^T eta: one backward pass of sum_i eta_i F(x_i)
-            with torch.enable_grad():
-                scores = self.module(x).reshape(x.shape[0])
-                jt = torch.autograd.grad((eta.to(scores.dtype) * scores).sum(), list(params.values()))
+            held = self._held_jacobian
+            if held is not None:  # J^T eta from the kept per-sample gradients
+                jt = [(held[k].T @ eta.to(held[k].dtype)).reshape(p.shape) for k, p in params.items()]
+            else:  # one backward pass of sum_i eta_i F(x_i)
+                with torch.enable_grad():
+                    scores = self.module(x).reshape(x.shape[0])
+                    jt = torch.autograd.grad((eta.to(scores.dtype) * scores).sum(), list(params.values()))
             scale = float(res.step_scale)
             steps = {k: (g.double() - self.C * p.detach().double()) * scale for (k, p), g in zip(params.items(), jt)}
             sq = float(sum((s**2).sum() for s in steps.values()))
@@ -471,4 +576,5 @@ class TrustRegionDualDiscriminator:
             stats = self._finish_trust_step(x, n, params, steps, f0, float(res.model_value), stats)
             if stats.accepted:
                 break
+        self._held_jacobian = None
         return stats
