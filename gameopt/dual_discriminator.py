@@ -51,11 +51,14 @@ class DualSolverError(RuntimeError):
 
 
 class RBFFeatures(nn.Module):
-    """Gaussian RBF features on anchor points: phi(x)_k = exp(-||x - a_k||^2 / (2 bandwidth^2)).
+    """Gaussian RBF features on anchor points: phi(x)_k = exp(-||x - a_k||^2 / bandwidth).
 
     The paper's 5-Gaussian toy uses 100 anchors drawn from the training data and
-    bandwidth 0.2. Input (n, D), output (n, K); differentiable in x (the generator
-    gets gradients through it).
+    "bandwidth 0.2"; its formula was lost in extraction. We read the bandwidth as the
+    divisor of the squared distance: a generator initialised near the origin, 2 away
+    from every anchor, then still gets gradient (e^-20), whereas with the
+    exp(-d^2 / (2 * 0.2^2)) reading it gets e^-50 and the toy cannot start.
+    Input (n, D), output (n, K); differentiable in x (the generator trains through it).
     """
 
     def __init__(self, anchors: Tensor, bandwidth: float = 0.2) -> None:
@@ -68,7 +71,7 @@ class RBFFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         d2 = (x.unsqueeze(-2) - self.anchors.to(x.dtype)).pow(2).sum(-1)
-        return torch.exp(-d2 / (2 * self.bandwidth**2))
+        return torch.exp(-d2 / self.bandwidth)
 
 
 @dataclass

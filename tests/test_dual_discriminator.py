@@ -181,7 +181,7 @@ def test_rbf_features_formula():
     anchors = torch.tensor([[0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
     phi = RBFFeatures(anchors, bandwidth=0.5)
     x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
-    expected = torch.exp(-torch.tensor([[2.0, 1.0]], dtype=torch.float64) / (2 * 0.25))
+    expected = torch.exp(-torch.tensor([[2.0, 1.0]], dtype=torch.float64) / 0.5)
     torch.testing.assert_close(phi(x), expected)
 
 
