@@ -257,7 +257,7 @@ class TrustRegionDualDiscriminator:
             with torch.no_grad():
                 res = _solvers.solve_linear_dual(phi_r.detach(), phi_f.detach(), self.C, solver=self.solver)
             self._cached_duals = (res.lam, res.mu)
-        lam, mu = (t.to(phi_f.dtype) for t in self._cached_duals)
+        lam, mu = (t.to(phi_f) for t in self._cached_duals)
         moment = lam @ phi_r - mu @ phi_f
         u = torch.cat([lam, mu]) * (2 * n)
         u = u.clamp(1e-300, 1.0)
@@ -342,7 +342,7 @@ class TrustRegionDualDiscriminator:
         if not res.success or not bool(torch.isfinite(res.w).all()):
             return self._fail(f"linear dual solve failed ({res.solver}: gap={float(res.gap):.3g}, "
                               f"status={stats.solver_status})", stats)
-        self.weight = res.w.to(self.weight.dtype)
+        self.weight = res.w.to(self.weight)
         self._cached_duals = (res.lam, res.mu)
         return stats
 
@@ -563,11 +563,11 @@ class TrustRegionDualDiscriminator:
             eta = torch.cat([res.lam, -res.mu])
             held = self._held_jacobian
             if held is not None:  # J^T eta from the kept per-sample gradients
-                jt = [(held[k].T @ eta.to(held[k].dtype)).reshape(p.shape) for k, p in params.items()]
+                jt = [(held[k].T @ eta.to(held[k])).reshape(p.shape) for k, p in params.items()]
             else:  # one backward pass of sum_i eta_i F(x_i)
                 with torch.enable_grad():
                     scores = self.module(x).reshape(x.shape[0])
-                    jt = torch.autograd.grad((eta.to(scores.dtype) * scores).sum(), list(params.values()))
+                    jt = torch.autograd.grad((eta.to(scores) * scores).sum(), list(params.values()))
             scale = float(res.step_scale)
             steps = {k: (g.double() - self.C * p.detach().double()) * scale for (k, p), g in zip(params.items(), jt)}
             sq = float(sum((s**2).sum() for s in steps.values()))

@@ -107,7 +107,7 @@ class TorchNewtonSolver:
     @staticmethod
     def _first_true(ok: Tensor, ts: Tensor) -> Tensor:
         """Largest trial step satisfying ``ok`` (B, L) -> (B,), 0 when none does."""
-        idx = torch.argmax(ok.to(torch.int8), dim=-1)
+        idx = torch.argmax(ok.to(ts.dtype), dim=-1)  # first True: argmax returns the first maximum
         return torch.where(ok.any(-1), ts[idx], torch.zeros((), dtype=ts.dtype, device=ts.device))
 
     # ------------------------------------------------------------ linear dual
