@@ -208,6 +208,8 @@ class TrustRegionDualDiscriminator:
         self.jacobian_budget_bytes = int(jacobian_budget_bytes)
         self.per_sample = per_sample
         self._held_jacobian: dict[str, Tensor] | None = None
+        self._held_factors: list | None = None
+        self._held_rows: dict[int, Tensor] | None = None
         self.on_failure = on_failure
         self.weight: Tensor | None = None  # linear model only
         self.last_stats: DualStepStats | None = None
@@ -445,6 +447,7 @@ class TrustRegionDualDiscriminator:
         on the CPU. "auto" uses hooks when every trainable parameter belongs to such a layer.
         """
         self._held_jacobian = None
+        self._held_factors = None
         if self.per_sample == "hooks" or (self.per_sample == "auto" and self._hooks_supported()):
             return self._kernel_hooks(x, keep_jacobian)
         return self._kernel_func(x, keep_jacobian)
@@ -513,35 +516,69 @@ class TrustRegionDualDiscriminator:
         finally:
             for h in handles:
                 h.remove()
-        names = {id(p): k for k, p in self._params().items()}
         K = torch.zeros(m, m, dtype=torch.float64, device=x.device)
         Jw = torch.zeros(m, dtype=torch.float64, device=x.device)
-        total = sum(m * p.numel() * p.element_size() for p in self._params().values())
-        held: dict[str, Tensor] | None = {} if keep and total <= self.jacobian_budget_bytes else None
+        factors: list[tuple[nn.Module, Tensor, Tensor]] = []
+        held_rows: dict[int, Tensor] = {}
+        held_bytes = 0
         for mod, delta in zip(layers, deltas):
             a = inputs[mod]
+            # per-sample weight gradient of sample i is D_i U_i^T, D_i: (out, P), U_i: (in, P)
             if isinstance(mod, nn.Linear):
-                d3 = delta.reshape(m, -1, delta.shape[-1])  # (m, T, out)
-                a3 = a.reshape(m, -1, a.shape[-1])  # (m, T, in)
-                gw = d3.transpose(1, 2) @ a3  # (m, out, in)
-                gb = d3.sum(1)
+                D = delta.reshape(m, -1, delta.shape[-1]).transpose(1, 2)  # (m, out, T)
+                U = a.reshape(m, -1, a.shape[-1]).transpose(1, 2)  # (m, in, T)
             else:
                 U = nn.functional.unfold(a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding,
-                                         stride=mod.stride)  # (m, c_in k^2, P)
-                d3 = delta.reshape(m, delta.shape[1], -1)  # (m, c_out, P)
-                gw = d3 @ U.transpose(1, 2)  # (m, c_out, c_in k^2)
-                gb = d3.sum(-1)
-            for p, g in ((mod.weight, gw), (mod.bias, gb)):
-                if p is None or not p.requires_grad:
-                    continue
-                Jp = g.reshape(m, -1)
-                K += _gram(Jp)
-                Jw += (Jp @ p.detach().reshape(-1)).double()
-                if held is not None:
-                    held[names[id(p)]] = Jp
-            del gw, gb
-        self._held_jacobian = held
+                                         stride=mod.stride)  # (m, in k^2, P)
+                D = delta.reshape(m, delta.shape[1], -1)  # (m, out, P)
+            out_f, in_f, P = D.shape[1], U.shape[1], D.shape[2]
+            w = mod.weight if mod.weight.requires_grad else None
+            b = mod.bias if mod.bias is not None and mod.bias.requires_grad else None
+            if w is not None:
+                if (m * P) ** 2 * (out_f + in_f) < m * out_f * in_f * (P + m):
+                    # <D_i U_i^T, D_j U_j^T> = sum_pq (D_i^T D_j)_pq (U_i^T U_j)_pq: two Gram
+                    # matrices of the (m P) positions instead of m materialised gradients
+                    Df = D.transpose(1, 2).reshape(m * P, out_f)
+                    Uf = U.transpose(1, 2).reshape(m * P, in_f)
+                    prod = (Df @ Df.T) * (Uf @ Uf.T)
+                    K += prod.reshape(m, P, m, P).sum((1, 3)).double()
+                    Jw += torch.einsum("iop,oc,icp->i", D, w.detach().reshape(out_f, in_f), U).double()
+                else:
+                    Jp = (D @ U.transpose(1, 2)).reshape(m, -1)
+                    K += _gram(Jp)
+                    Jw += (Jp @ w.detach().reshape(-1)).double()
+                    nbytes = Jp.numel() * Jp.element_size()
+                    if keep and held_bytes + nbytes <= self.jacobian_budget_bytes:
+                        held_rows[id(w)] = Jp  # J^T eta for this weight is then one matvec
+                        held_bytes += nbytes
+                    del Jp
+            if b is not None:
+                gb = D.sum(-1)
+                K += _gram(gb)
+                Jw += (gb @ b.detach().reshape(-1)).double()
+            if keep:
+                factors.append((mod, D, None if (w is None or id(w) in held_rows) else U))
+        self._held_factors = factors if keep else None
+        self._held_rows = held_rows if keep else None
+        self._held_jacobian = None
         return K, Jw, scores.detach().double()
+
+    def _jt_eta_from_factors(self, eta: Tensor) -> dict[int, Tensor]:
+        """J^T eta per parameter (keyed by id) as eta-weighted sums of per-sample gradients."""
+        out: dict[int, Tensor] = {}
+        rows = self._held_rows or {}
+        for mod, D, U in self._held_factors or []:
+            e = eta.to(D)
+            if mod.weight.requires_grad:
+                if id(mod.weight) in rows:
+                    out[id(mod.weight)] = (rows[id(mod.weight)].T @ e).reshape(mod.weight.shape)
+                else:  # sum_i e_i D_i U_i^T as one (out, m P) x (m P, in) product
+                    m, o, P = D.shape
+                    g = (D * e[:, None, None]).permute(1, 0, 2).reshape(o, m * P) @ U.permute(0, 2, 1).reshape(m * P, -1)
+                    out[id(mod.weight)] = g.reshape(mod.weight.shape)
+            if mod.bias is not None and mod.bias.requires_grad:
+                out[id(mod.bias)] = e @ D.sum(-1)
+        return out
 
     def _step_score(self, real: Tensor, fake: Tensor) -> DualStepStats:
         n = real.shape[0]
@@ -564,6 +601,9 @@ class TrustRegionDualDiscriminator:
             held = self._held_jacobian
             if held is not None:  # J^T eta from the kept per-sample gradients
                 jt = [(held[k].T @ eta.to(held[k])).reshape(p.shape) for k, p in params.items()]
+            elif self._held_factors is not None:  # from the kept per-layer factors (hooks path)
+                by_id = self._jt_eta_from_factors(eta)
+                jt = [by_id[id(p)] for p in params.values()]
             else:  # one backward pass of sum_i eta_i F(x_i)
                 with torch.enable_grad():
                     scores = self.module(x).reshape(x.shape[0])
@@ -580,4 +620,5 @@ class TrustRegionDualDiscriminator:
             if stats.accepted:
                 break
         self._held_jacobian = None
+        self._held_factors = self._held_rows = None
         return stats

@@ -327,3 +327,23 @@ def test_score_step_on_cuda():
     real, fake = batch(8)
     st = d.step(real.cuda(), fake.cuda())
     assert st.gap <= 1e-10
+
+
+def test_hooks_kernel_gram_route_and_jt_eta_match_explicit_J():
+    # the second conv has a 2x2 output: its kernel block is formed from position Grams
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+                        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+                        nn.Flatten(), nn.Linear(64, 1)).double()
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    J = explicit_jacobian(net, x)
+    d = TrustRegionDualDiscriminator(net, model="score", per_sample="hooks")
+    K, Jw, _ = d.kernel(x, keep_jacobian=True)
+    torch.testing.assert_close(K, J @ J.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(Jw, J @ flat(net), rtol=1e-12, atol=1e-12)
+    eta = torch.randn(6, dtype=torch.float64)
+    by_id = d._jt_eta_from_factors(eta)
+    jt = torch.cat([by_id[id(p)].reshape(-1) for p in net.parameters()])
+    torch.testing.assert_close(jt, J.T @ eta, rtol=1e-12, atol=1e-12)
+    f = TrustRegionDualDiscriminator(net, model="score", per_sample="func")
+    torch.testing.assert_close(f.kernel(x)[0], K, rtol=1e-12, atol=1e-12)
