@@ -6,7 +6,9 @@ Sign convention: every player minimises its own loss; a zero-sum game has
 
 from .alternating import AlternatingOptimizer
 from .consensus import ConsensusOptimizer, ConsensusStats, SimultaneousOptimizer
+from . import solvers
 from .diagnostics import GameField, SpectrumSummary, max_stable_step, summarize_spectrum
+from .dual_discriminator import RBFFeatures, TrustRegionDualDiscriminator
 from .game_optimizer import GameOptimizer
 from .monitor import Monitor
 from .players import DISCRIMINATOR, GENERATOR
@@ -24,9 +26,12 @@ __all__ = [
     "GameOptimizer",
     "Monitor",
     "PrimalDualRegularizer",
+    "RBFFeatures",
     "SimultaneousOptimizer",
     "SpectrumSummary",
+    "TrustRegionDualDiscriminator",
     "get_divergence",
     "max_stable_step",
+    "solvers",
     "summarize_spectrum",
 ]

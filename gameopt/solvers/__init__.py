@@ -1,0 +1,219 @@
+"""Dual solvers for the Dualing-GAN discriminator (Li et al. 2017; methods.md section 3).
+
+Two problems, two solvers behind one interface:
+
+* ``solve_linear_dual``: the linear discriminator's dual (Claim 1).
+* ``solve_trust_region_dual``: the score-linearised trust-region dual (Claim 2),
+  which needs only the 2n x 2n kernel K = J J^T, J w_k, the scores F_k and ||w_k||^2.
+
+Solvers are chosen by name (``"torch"``: batched Newton, any device; ``"ipopt"``:
+cyipopt, needs ``pip install "gameopt[ipopt]"``) or passed as an instance with
+``solve_linear(A, C)`` and ``solve_kernel(Ks, c, p, W, C, delta)`` methods.
+
+Sign convention: the discriminator minimises
+    f(w) = C/2 ||w||^2 + 1/(2n) sum_i softplus(-F(w, x_i)) + 1/(2n) sum_j softplus(F(w, y_j));
+``dual_value`` is max g = min_w f (up to ``gap``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from ._common import (
+    LinearDualResult,
+    TrustRegionDualResult,
+    as_batch_param,
+    check_finite,
+    check_positive,
+)
+from .torch_newton import TorchNewtonSolver
+
+__all__ = [
+    "DualSolver",
+    "TorchNewtonSolver",
+    "IpoptSolver",
+    "LinearDualResult",
+    "TrustRegionDualResult",
+    "get_solver",
+    "solve_linear_dual",
+    "solve_trust_region_dual",
+    "trust_region_step",
+    "SOLVER_NAMES",
+]
+
+SOLVER_NAMES = ("torch", "ipopt")
+
+
+@runtime_checkable
+class DualSolver(Protocol):
+    """What a dual solver provides (both methods take batched, sign-adjusted inputs)."""
+
+    name: str
+
+    def solve_linear(self, A: Tensor, C: Tensor) -> LinearDualResult: ...
+
+    def solve_kernel(
+        self, Ks: Tensor, c: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor
+    ) -> TrustRegionDualResult: ...
+
+
+def __getattr__(name: str):
+    if name == "IpoptSolver":  # lazy: importing gameopt must not require cyipopt
+        from .ipopt import IpoptSolver
+
+        return IpoptSolver
+    raise AttributeError(name)
+
+
+def get_solver(solver: "str | DualSolver" = "torch", **options) -> DualSolver:
+    """Solver instance from a name ("torch" | "ipopt") or an instance (returned unchanged)."""
+    if isinstance(solver, str):
+        key = solver.lower()
+        if key == "torch":
+            return TorchNewtonSolver(**options)
+        if key == "ipopt":
+            from .ipopt import IpoptSolver
+
+            return IpoptSolver(**options)
+        raise ValueError(f"unknown solver {solver!r}; use one of {SOLVER_NAMES} or pass a solver instance")
+    if isinstance(solver, DualSolver):
+        if options:
+            raise ValueError("solver options can only be given together with a solver name")
+        return solver
+    raise ValueError(
+        f"solver must be one of {SOLVER_NAMES} or an object with solve_linear/solve_kernel, got {type(solver).__name__}"
+    )
+
+
+def _unbatch(res, batched: bool):
+    if batched:
+        return res
+    for f in ("lam", "mu", "w", "nu", "step_scale", "step_norm_sq", "gap", "dual_value",
+              "primal_value", "model_value", "converged", "iterations"):
+        if hasattr(res, f):
+            setattr(res, f, getattr(res, f)[0])
+    return res
+
+
+def solve_linear_dual(
+    real_features: Tensor,
+    fake_features: Tensor,
+    C: float | Tensor,
+    solver: "str | DualSolver" = "torch",
+    **solver_options,
+) -> LinearDualResult:
+    """Solve the linear discriminator's dual exactly (methods.md 3a).
+
+    Args:
+        real_features: phi(x_i), shape (n, d) or batched (B, n, d).
+        fake_features: phi(y_j), same shape as ``real_features``.
+        C: weight decay (> 0), scalar or (B,).
+        solver: "torch" | "ipopt" | a solver instance; ``solver_options`` go to its constructor.
+
+    Returns:
+        :class:`LinearDualResult` with ``lam`` (.., n) for the real samples, ``mu`` (.., n)
+        for the fake ones, ``w`` (.., d) the optimal discriminator weights
+        (sum lam phi(x) - sum mu phi(y)) / C, ``gap`` >= 0 the duality gap.
+    """
+    real = torch.as_tensor(real_features)
+    fake = torch.as_tensor(fake_features)
+    if real.ndim not in (2, 3) or fake.ndim != real.ndim:
+        raise ValueError(
+            f"features must both be (n, d) or both (B, n, d); got real {tuple(real.shape)}, fake {tuple(fake.shape)}"
+        )
+    if real.shape != fake.shape:
+        raise ValueError(
+            f"real and fake features must have the same shape (the dual needs the same number n of real and fake "
+            f"samples and the same feature dimension); got real {tuple(real.shape)}, fake {tuple(fake.shape)}. "
+            "Draw as many generator samples as real samples."
+        )
+    check_finite("real_features", real)
+    check_finite("fake_features", fake)
+    check_positive("C", C)
+    slv = get_solver(solver, **solver_options)
+    batched = real.ndim == 3
+    if not batched:
+        real, fake = real[None], fake[None]
+    A = torch.cat([real, -fake], dim=1)
+    if not A.is_floating_point():
+        A = A.double()
+    Cb = as_batch_param(C, A.shape[0], torch.float64, A.device)
+    return _unbatch(slv.solve_linear(A, Cb), batched)
+
+
+def solve_trust_region_dual(
+    K: Tensor,
+    Jw: Tensor,
+    Fk: Tensor,
+    w_norm_sq: float | Tensor,
+    C: float | Tensor,
+    delta: float | Tensor,
+    solver: "str | DualSolver" = "torch",
+    **solver_options,
+) -> TrustRegionDualResult:
+    """Solve the score-linearised trust-region dual (methods.md 3b).
+
+    Args:
+        K: (2n, 2n) or (B, 2n, 2n) kernel J J^T of per-sample score gradients,
+            rows/columns ordered real samples first, then fake (no sign flips).
+        Jw: (.., 2n) J w_k.  Fk: (.., 2n) current scores F(w_k, .).
+        w_norm_sq: ||w_k||^2.  C: weight decay > 0.  delta: radius > 0 (``math.inf`` allowed:
+            no trust region, the model's unconstrained minimiser).
+        solver: "torch" | "ipopt" | instance.
+
+    Returns:
+        :class:`TrustRegionDualResult`; the step is s = (J^T eta - C w_k) * step_scale with
+        eta = (lam, -mu).
+    """
+    K = torch.as_tensor(K)
+    batched = K.ndim == 3
+    if K.ndim not in (2, 3) or K.shape[-1] != K.shape[-2] or K.shape[-1] % 2:
+        raise ValueError(f"K must be (2n, 2n) or (B, 2n, 2n) with real samples first; got {tuple(K.shape)}")
+    m = K.shape[-1]
+    Jw = torch.as_tensor(Jw, dtype=K.dtype, device=K.device)
+    Fk = torch.as_tensor(Fk, dtype=K.dtype, device=K.device)
+    for name, x in (("Jw", Jw), ("Fk", Fk)):
+        if x.shape != K.shape[:-1]:
+            raise ValueError(f"{name} must have shape {tuple(K.shape[:-1])} to match K; got {tuple(x.shape)}")
+    for name, x in (("K", K), ("Jw", Jw), ("Fk", Fk), ("w_norm_sq", torch.as_tensor(w_norm_sq))):
+        check_finite(name, x)
+    check_positive("C", C)
+    check_positive("delta", delta, allow_inf=True)
+    slv = get_solver(solver, **solver_options)
+    if not batched:
+        K, Jw, Fk = K[None], Jw[None], Fk[None]
+    B = K.shape[0]
+    if not K.is_floating_point():
+        K, Jw, Fk = K.double(), Jw.double(), Fk.double()
+    y = torch.ones(m, dtype=K.dtype, device=K.device)
+    y[m // 2:] = -1
+    Ks = y[:, None] * K * y[None, :]
+    res = slv.solve_kernel(
+        Ks, y * Fk, y * Jw,
+        as_batch_param(w_norm_sq, B, torch.float64, K.device),
+        as_batch_param(C, B, torch.float64, K.device),
+        as_batch_param(delta, B, torch.float64, K.device),
+    )
+    return _unbatch(res, batched)
+
+
+def trust_region_step(
+    result: TrustRegionDualResult, jt_eta: Tensor, w_k: Tensor, C: float, delta: float
+) -> Tensor:
+    """The primal step s = (J^T eta - C w_k) / (C + nu), kept inside 1/2 ||s||^2 <= delta.
+
+    ``jt_eta`` is J^T eta with eta = (lam, -mu) (one backward pass of sum eta_i F(x_i)),
+    flattened like ``w_k``. The solver sees only K = J J^T, where ||J^T eta - C w_k||^2 is
+    known to an absolute rounding of ~eps * sum |e_i e_j K_ij|; when that norm is tiny
+    (C ~ 1e-6) the step can overshoot the ball by a relative 1e-6. The explicit norm here
+    is accurate, so the step is rescaled onto the boundary in that case.
+    """
+    s = (jt_eta - C * w_k) * result.step_scale
+    half_sq = 0.5 * (s * s).sum()
+    if math.isfinite(float(delta)) and float(half_sq) > float(delta):
+        s = s * math.sqrt(float(delta) / float(half_sq))
+    return s
