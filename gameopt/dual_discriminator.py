@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -282,6 +282,19 @@ class TrustRegionDualDiscriminator:
             stats = self._step_score(real, fake)
         self.last_stats = stats
         return stats
+
+    def monitor_stats(self) -> dict[str, Any]:
+        """Radius, acceptance ratio, duality gap and dual variables of the last step, for :class:`gameopt.Monitor`."""
+        out: dict[str, Any] = {"delta": self.delta}
+        st = self.last_stats
+        if st is not None:
+            out.update(rho=st.rho, gap=st.gap, accepted=float(st.accepted), step_norm=st.step_norm,
+                       dual_value=st.dual_value, solver_failed=float(st.solver_failed))
+            if st.lam is not None:
+                out["lam"] = st.lam
+            if st.mu is not None:
+                out["mu"] = st.mu
+        return out
 
     def state_dict(self) -> dict:
         """Radius and (linear model) weights; the network's own parameters live in ``module``."""

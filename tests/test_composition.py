@@ -69,3 +69,17 @@ def test_bandwidth_schedule_steps_with_a_gameopt_optimizer():
     for _ in range(3):
         opt.step(closure)
     assert reg.current_bandwidth == 0.1 and int(reg.num_steps) == 3
+
+
+def test_monitor_reads_dual_discriminator_stats():
+    torch.manual_seed(0)
+    D = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    d_step = gameopt.TrustRegionDualDiscriminator(D, model="score", C=1e-2, delta=1e-2)
+    real = torch.randn(16, 2, dtype=torch.float64) + 1
+    fake = torch.randn(16, 2, dtype=torch.float64)
+    mon = gameopt.Monitor(dual=d_step)
+    assert mon.read() == {"dual/delta": 1e-2}
+    d_step.step(real, fake)
+    values = mon.read()
+    assert values["dual/gap"] >= 0 and values["dual/delta"] > 0
+    assert len(values["dual/lam"]) == 16 and len(values["dual/mu"]) == 16
