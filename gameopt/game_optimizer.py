@@ -180,6 +180,17 @@ class GameOptimizer(Optimizer):
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Optimizer.__getstate__ keeps only defaults/state/param_groups; ours live in the
+        # base optimiser, so copy and pickle the whole object (minus compiled functions).
+        state = self.__dict__.copy()
+        state.pop("_compiled_core", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_compiled_core", None)
+
     def __repr__(self) -> str:
         inner = repr(self.base_optimizer).replace("\n", "\n    ")
         return f"{type(self).__name__}(players={list(self.players)}, base={inner})"

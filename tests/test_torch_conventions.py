@@ -215,3 +215,16 @@ def test_alternating_state_dict_and_scheduler():
     # the discriminator took two Adam steps, the generator one
     gp, dp = gan.params()
     assert opt.state[dp[0]]["step"].item() == 2 and opt.state[gp[0]]["step"].item() == 1
+
+
+def test_deepcopy_and_pickle_of_the_optimizer_keep_working():
+    import pickle
+    gan = TinyGAN(seed=10)
+    opt = gameopt.ConsensusOptimizer(torch.optim.Adam, *gan.params(), gamma=1.0, lr=1e-2)
+    train(gan, opt, 2)
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert clone.param_groups is clone.base_optimizer.param_groups
+        assert len(clone.state) == len(opt.state)
+        assert clone.param_groups[0]["gamma"] == 1.0
+        with pytest.raises(ValueError, match="does not depend"):  # it owns copies of the parameters
+            clone.backward(*gan.losses())
