@@ -4,11 +4,12 @@ Sign convention: every player minimises its own loss; a zero-sum game has
 ``disc_loss = -gen_loss``.
 """
 
+from . import solvers
 from .alternating import AlternatingOptimizer
 from .consensus import ConsensusOptimizer, ConsensusStats, SimultaneousOptimizer
-from . import solvers
 from .diagnostics import GameField, SpectrumSummary, max_stable_step, summarize_spectrum
 from .dual_discriminator import RBFFeatures, TrustRegionDualDiscriminator
+from .errors import GameInputError
 from .game_optimizer import GameOptimizer
 from .monitor import Monitor
 from .players import DISCRIMINATOR, GENERATOR
@@ -23,6 +24,7 @@ __all__ = [
     "DISCRIMINATOR",
     "GENERATOR",
     "GameField",
+    "GameInputError",
     "GameOptimizer",
     "Monitor",
     "PrimalDualRegularizer",

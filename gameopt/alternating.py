@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from .errors import GameInputError
 from .game_optimizer import GameOptimizer
 from .gradients import check_loss
 from .players import DISCRIMINATOR, GENERATOR, ParamsLike
@@ -45,12 +46,12 @@ class AlternatingOptimizer(GameOptimizer):
     ) -> None:
         if players is None:
             if gen_params is None or disc_params is None:
-                raise TypeError("pass gen_params and disc_params (or players={name: params})")
+                raise GameInputError("pass gen_params and disc_params (or players={name: params})")
             players = {GENERATOR: gen_params, DISCRIMINATOR: disc_params}
         elif gen_params is not None or disc_params is not None:
-            raise TypeError("pass either gen_params/disc_params or players=, not both")
+            raise GameInputError("pass either gen_params/disc_params or players=, not both")
         if not isinstance(disc_steps, int) or disc_steps < 1:
-            raise ValueError(f"disc_steps must be an integer >= 1, got {disc_steps!r}")
+            raise GameInputError(f"disc_steps must be an integer >= 1, got {disc_steps!r}")
         super().__init__(base_optimizer, players, nonfinite=nonfinite, **base_kwargs)
         if order is None:
             order = [p for p in self.players if p != GENERATOR] + (
@@ -58,7 +59,7 @@ class AlternatingOptimizer(GameOptimizer):
             )
         order = list(order)
         if sorted(order) != sorted(self.players):
-            raise ValueError(
+            raise GameInputError(
                 f"order must list every player exactly once, got {order} for players "
                 f"{list(self.players)}"
             )
@@ -76,7 +77,7 @@ class AlternatingOptimizer(GameOptimizer):
         with torch.enable_grad():
             losses = closure()
         if isinstance(losses, torch.Tensor) or len(losses) != len(self.players):
-            raise TypeError(
+            raise GameInputError(
                 f"the closure must return one loss per player ({list(self.players)})"
             )
         k = self.players.index(player)
@@ -85,7 +86,7 @@ class AlternatingOptimizer(GameOptimizer):
         own = self.player_params(player)
         grads = torch.autograd.grad(loss, own, allow_unused=True)
         if all(g is None for g in grads):
-            raise ValueError(
+            raise GameInputError(
                 f"{name} does not depend on any parameter of player '{player}'"
             )
         finite = torch.isfinite(

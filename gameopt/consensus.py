@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from .errors import GameInputError
 from .game_optimizer import GameOptimizer
 from .gradients import (
     check_loss,
@@ -111,13 +112,13 @@ class ConsensusOptimizer(GameOptimizer):
     ) -> None:
         if players is None:
             if gen_params is None or disc_params is None:
-                raise TypeError("pass gen_params and disc_params (or players={name: params})")
+                raise GameInputError("pass gen_params and disc_params (or players={name: params})")
             players = {GENERATOR: gen_params, DISCRIMINATOR: disc_params}
         elif gen_params is not None or disc_params is not None:
-            raise TypeError("pass either gen_params/disc_params or players=, not both")
+            raise GameInputError("pass either gen_params/disc_params or players=, not both")
         _check_gamma(gamma, "gamma")
         if compile and unbiased:
-            raise ValueError("compile=True does not support unbiased=True; use one or the other")
+            raise GameInputError("compile=True does not support unbiased=True; use one or the other")
         if compile and not hasattr(getattr(torch, "_dynamo", None) and torch._dynamo.config, "trace_autograd_ops"):
             raise RuntimeError(
                 f"compile=True needs torch.compile to trace autograd.grad "
@@ -155,7 +156,7 @@ class ConsensusOptimizer(GameOptimizer):
         Nothing is written to ``p.grad`` unless every check passes.
         """
         if len(losses) != len(self.players):
-            raise TypeError(
+            raise GameInputError(
                 f"backward expects {len(self.players)} losses (one per player: "
                 f"{list(self.players)}), got {len(losses)}"
             )
@@ -323,7 +324,7 @@ class ConsensusOptimizer(GameOptimizer):
             with torch.enable_grad():
                 losses = closure()
             if isinstance(losses, torch.Tensor) or not isinstance(losses, Sequence):
-                raise TypeError(
+                raise GameInputError(
                     "the closure must return a tuple of losses, one per player "
                     f"({list(self.players)}), e.g. (gen_loss, disc_loss)"
                 )
@@ -397,9 +398,9 @@ class SimultaneousOptimizer(ConsensusOptimizer):
 
 def _check_gamma(gamma: Any, what: str) -> None:
     if isinstance(gamma, torch.Tensor):
-        raise TypeError(f"{what} must be a Python number, not a tensor")
+        raise GameInputError(f"{what} must be a Python number, not a tensor")
     if not isinstance(gamma, (int, float)) or math.isnan(gamma) or gamma < 0 or math.isinf(gamma):
-        raise ValueError(
+        raise GameInputError(
             f"{what} must be a finite number >= 0 (the consensus weight; 0 gives plain "
             f"simultaneous steps), got {gamma!r}"
         )

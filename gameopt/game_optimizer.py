@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from .errors import GameInputError
 from .players import ParamsLike, player_param_groups
 
 
@@ -39,22 +40,22 @@ class GameOptimizer(Optimizer):
         **base_kwargs: Any,
     ) -> None:
         if isinstance(base_optimizer, Optimizer):
-            raise TypeError(
+            raise GameInputError(
                 "base_optimizer must be an optimiser class such as torch.optim.Adam, "
                 f"not an instance ({type(base_optimizer).__name__}); gameopt builds it "
                 "from the players' parameters and the keyword arguments you pass"
             )
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
-            raise TypeError(
+            raise GameInputError(
                 f"base_optimizer must be a subclass of torch.optim.Optimizer "
                 f"(e.g. torch.optim.Adam), got {base_optimizer!r}"
             )
         if issubclass(base_optimizer, GameOptimizer):
-            raise TypeError(
+            raise GameInputError(
                 "base_optimizer must be a plain torch optimiser, not a gameopt optimiser"
             )
         if nonfinite not in ("skip", "raise", "ignore"):
-            raise ValueError(
+            raise GameInputError(
                 f"nonfinite must be 'skip', 'raise' or 'ignore', got {nonfinite!r}"
             )
         self._owner: dict[int, str] = {}
@@ -111,7 +112,7 @@ class GameOptimizer(Optimizer):
             return
         player = param_group.get("player")
         if player not in self.players:
-            raise ValueError(
+            raise GameInputError(
                 f"add_param_group: the group must carry 'player' set to one of "
                 f"{list(self.players)}, got {player!r}"
             )
@@ -149,25 +150,25 @@ class GameOptimizer(Optimizer):
         sd = dict(state_dict)
         extra = sd.pop("gameopt", None)
         if extra is None:
-            raise ValueError(
+            raise GameInputError(
                 "this state dict has no 'gameopt' entry: it was not written by a gameopt "
                 "optimiser. To load a plain torch optimiser's state use "
                 "opt.base_optimizer.load_state_dict(...)"
             )
         if list(extra.get("players", [])) != list(self.players):
-            raise ValueError(
+            raise GameInputError(
                 f"checkpoint players {extra.get('players')} do not match this optimiser's "
                 f"players {list(self.players)}"
             )
         saved = sd.get("param_groups", [])
         if len(saved) != len(self.param_groups):
-            raise ValueError(
+            raise GameInputError(
                 f"checkpoint has {len(saved)} param groups, this optimiser has "
                 f"{len(self.param_groups)}"
             )
         for i, (g, s) in enumerate(zip(self.param_groups, saved)):
             if s.get("player") != g["player"]:
-                raise ValueError(
+                raise GameInputError(
                     f"param group {i} belongs to player '{g['player']}' here but to "
                     f"'{s.get('player')}' in the checkpoint"
                 )

@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from .errors import GameInputError
+
 _DOUBLE_BACKWARD_MARKERS = (
     "double backward",
     "differentiate twice",
@@ -24,27 +26,27 @@ _DOUBLE_BACKWARD_MARKERS = (
 def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch.Tensor:
     """Validate one player's loss: a tensor that depends on the graph, of the right shape."""
     if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"{name} (loss of player '{player}') must be a tensor, got {type(loss).__name__}")
+        raise GameInputError(f"{name} (loss of player '{player}') must be a tensor, got {type(loss).__name__}")
     if per_example:
         if loss.dim() != 1 or loss.shape[0] < 2:
-            raise ValueError(
+            raise GameInputError(
                 f"{name} must hold one loss per example, shape (B,) with B >= 2, when "
                 f"unbiased=True; got shape {tuple(loss.shape)}. Pass the per-example "
                 "losses without averaging them"
             )
     elif loss.numel() != 1:
-        raise ValueError(
+        raise GameInputError(
             f"{name} must be a scalar, got shape {tuple(loss.shape)}; reduce it, e.g. "
             "loss.mean() (or pass per-example losses with unbiased=True)"
         )
     if not loss.requires_grad:
-        raise ValueError(
+        raise GameInputError(
             f"{name} does not depend on any parameter of player '{player}' (it does not "
             "require grad: was it computed under torch.no_grad() or from detached "
             "tensors?). Each player's loss must be computed from that player's parameters"
         )
     if not loss.dtype.is_floating_point and not loss.dtype.is_complex:
-        raise TypeError(f"{name} must be a floating-point tensor, got {loss.dtype}")
+        raise GameInputError(f"{name} must be a floating-point tensor, got {loss.dtype}")
     return loss
 
 
@@ -138,7 +140,7 @@ def player_gradients(
     if per_example:
         batch = losses[0].shape[0]
         if any(loss.shape[0] != batch for loss in losses):
-            raise ValueError(
+            raise GameInputError(
                 "per-example losses must all have the same batch size, got "
                 + ", ".join(f"{nm}: {tuple(l.shape)}" for nm, l in zip(loss_names, losses))
             )
@@ -171,14 +173,14 @@ def player_gradients(
                 grads.append(list(g))
     for player, name, g in zip(players, loss_names, grads):
         if all(t is None for t in g):
-            raise ValueError(
+            raise GameInputError(
                 f"{name} does not depend on any parameter of player '{player}'; each "
                 "player's loss must be computed from that player's parameters (check "
                 "that the players are not swapped and that nothing is detached)"
             )
         for t in g:
             if t is not None and t.layout != torch.strided:
-                raise TypeError(
+                raise GameInputError(
                     f"player '{player}' produced a sparse gradient; gameopt needs dense "
                     "gradients: build embeddings with sparse=False"
                 )

@@ -16,6 +16,8 @@ from typing import Any, Union
 
 import torch
 
+from .errors import GameInputError
+
 GENERATOR = "generator"
 DISCRIMINATOR = "discriminator"
 
@@ -29,14 +31,14 @@ def _describe(p: torch.Tensor) -> str:
 def _group_params(group: dict[str, Any], player: str) -> list[torch.Tensor]:
     params = group.get("params")
     if params is None:
-        raise ValueError(
+        raise GameInputError(
             f"a param group of player '{player}' has no 'params' entry; "
             "each group must be a dict like {'params': module.parameters(), 'lr': ...}"
         )
     if isinstance(params, torch.Tensor):
         return [params]
     if isinstance(params, set):
-        raise TypeError(
+        raise GameInputError(
             f"player '{player}': parameters given as a set have no stable order, "
             "so checkpoints would not resume reliably; pass a list instead"
         )
@@ -56,14 +58,14 @@ def player_param_groups(
     owns it (for :meth:`add_param_group`); it is updated in place.
     """
     if not players:
-        raise ValueError("a game needs at least one player with parameters")
+        raise GameInputError("a game needs at least one player with parameters")
     owner = {} if owner is None else owner
     groups: list[dict[str, Any]] = []
     for name, params in players.items():
         if not isinstance(name, str) or not name:
-            raise TypeError(f"player names must be non-empty strings, got {name!r}")
+            raise GameInputError(f"player names must be non-empty strings, got {name!r}")
         if isinstance(params, torch.Tensor):
-            raise TypeError(
+            raise GameInputError(
                 f"player '{name}': got a single tensor; pass an iterable such as "
                 "[tensor] or module.parameters()"
             )
@@ -71,14 +73,14 @@ def player_param_groups(
             params = [params]
         items = list(params)
         if not items:
-            raise ValueError(
+            raise GameInputError(
                 f"player '{name}' has no parameters (an empty iterable was given; "
                 "a generator such as module.parameters() can only be consumed once)"
             )
         if all(isinstance(it, dict) for it in items):
             raw_groups = [dict(it) for it in items]
         elif any(isinstance(it, dict) for it in items):
-            raise TypeError(
+            raise GameInputError(
                 f"player '{name}': mix of tensors and param-group dicts; pass either "
                 "tensors or dicts like {'params': [...], 'lr': ...}"
             )
@@ -88,7 +90,7 @@ def player_param_groups(
         for group in raw_groups:
             tagged = group.get("player", name)
             if tagged != name:
-                raise ValueError(
+                raise GameInputError(
                     f"a param group passed for player '{name}' is tagged "
                     f"player={tagged!r}; remove the 'player' key or pass the group "
                     "to the right player"
@@ -100,7 +102,7 @@ def player_param_groups(
             group["player"] = name
             groups.append(group)
         if n_params == 0:
-            raise ValueError(f"player '{name}' has no parameters (all its groups are empty)")
+            raise GameInputError(f"player '{name}' has no parameters (all its groups are empty)")
     return groups
 
 
@@ -108,27 +110,27 @@ def validate_params(params: list[torch.Tensor], player: str, owner: dict[int, st
     """Check one player's parameters and record them in ``owner``."""
     for p in params:
         if not isinstance(p, torch.Tensor):
-            raise TypeError(
+            raise GameInputError(
                 f"player '{player}': expected tensors, got {type(p).__name__}"
             )
         if not p.requires_grad:
-            raise ValueError(
+            raise GameInputError(
                 f"player '{player}': a parameter ({_describe(p)}) has requires_grad=False. "
                 "gameopt cannot update it; leave frozen parameters out of the player"
             )
         if not p.is_leaf:
-            raise ValueError(
+            raise GameInputError(
                 f"player '{player}': a parameter ({_describe(p)}) is not a leaf tensor; "
                 "pass the module's parameters, not tensors computed from them"
             )
         prev = owner.get(id(p))
         if prev is not None:
             if prev == player:
-                raise ValueError(
+                raise GameInputError(
                     f"player '{player}': a parameter ({_describe(p)}) is listed twice; "
                     "each parameter may appear only once"
                 )
-            raise ValueError(
+            raise GameInputError(
                 f"a parameter ({_describe(p)}) belongs to both players '{prev}' and "
                 f"'{player}'. Each parameter must belong to exactly one player: pass "
                 "disjoint sets, e.g. generator.parameters() and discriminator.parameters(), "
