@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from .errors import GameInputError
 from .game_optimizer import GameOptimizer
 from .gradients import check_loss
-from .players import DISCRIMINATOR, GENERATOR, ParamsLike
+from .players import GENERATOR, ParamsLike, game_players
 
 Losses = Sequence[torch.Tensor]
 
@@ -44,12 +44,7 @@ class AlternatingOptimizer(GameOptimizer):
         players: Mapping[str, ParamsLike] | None = None,
         **base_kwargs: Any,
     ) -> None:
-        if players is None:
-            if gen_params is None or disc_params is None:
-                raise GameInputError("pass gen_params and disc_params (or players={name: params})")
-            players = {GENERATOR: gen_params, DISCRIMINATOR: disc_params}
-        elif gen_params is not None or disc_params is not None:
-            raise GameInputError("pass either gen_params/disc_params or players=, not both")
+        players = game_players(gen_params, disc_params, players)
         if not isinstance(disc_steps, int) or disc_steps < 1:
             raise GameInputError(f"disc_steps must be an integer >= 1, got {disc_steps!r}")
         super().__init__(base_optimizer, players, nonfinite=nonfinite, **base_kwargs)

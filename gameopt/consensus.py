@@ -26,7 +26,7 @@ from .gradients import (
     player_gradients,
     reaches_any,
 )
-from .players import DISCRIMINATOR, GENERATOR, ParamsLike
+from .players import DISCRIMINATOR, GENERATOR, ParamsLike, game_players
 
 Losses = Sequence[torch.Tensor]
 
@@ -110,12 +110,7 @@ class ConsensusOptimizer(GameOptimizer):
         players: Mapping[str, ParamsLike] | None = None,
         **base_kwargs: Any,
     ) -> None:
-        if players is None:
-            if gen_params is None or disc_params is None:
-                raise GameInputError("pass gen_params and disc_params (or players={name: params})")
-            players = {GENERATOR: gen_params, DISCRIMINATOR: disc_params}
-        elif gen_params is not None or disc_params is not None:
-            raise GameInputError("pass either gen_params/disc_params or players=, not both")
+        players = game_players(gen_params, disc_params, players)
         _check_gamma(gamma, "gamma")
         if compile and unbiased:
             raise GameInputError("compile=True does not support unbiased=True; use one or the other")

@@ -45,6 +45,21 @@ def _group_params(group: dict[str, Any], player: str) -> list[torch.Tensor]:
     return list(params)
 
 
+def game_players(
+    gen_params: ParamsLike | None,
+    disc_params: ParamsLike | None,
+    players: Mapping[str, ParamsLike] | None,
+) -> Mapping[str, ParamsLike]:
+    """The players mapping from either the two-player arguments or an explicit ``players=``."""
+    if players is None:
+        if gen_params is None or disc_params is None:
+            raise GameInputError("pass gen_params and disc_params (or players={name: params})")
+        return {GENERATOR: gen_params, DISCRIMINATOR: disc_params}
+    if gen_params is not None or disc_params is not None:
+        raise GameInputError("pass either gen_params/disc_params or players=, not both")
+    return players
+
+
 def player_param_groups(
     players: Mapping[str, ParamsLike],
     owner: dict[int, str] | None = None,
