@@ -105,15 +105,20 @@ class DualStepStats:
     mu: Tensor | None = field(default=None, repr=False)
 
 
-def _gram(J: Tensor) -> Tensor:
-    """J J^T in float64, computing only 3 of the 4 blocks (the kernel is symmetric)."""
+def _sym_mm(J: Tensor) -> Tensor:
+    """J J^T computing only 3 of its 4 blocks (it is symmetric), in J's dtype."""
     m = J.shape[0]
     if m < 32:
-        return (J @ J.T).double()
+        return J @ J.T
     h = m // 2
     top, bot = J[:h], J[h:]
-    K11, K21, K22 = (top @ top.T).double(), (bot @ top.T).double(), (bot @ bot.T).double()
+    K11, K21, K22 = top @ top.T, bot @ top.T, bot @ bot.T
     return torch.cat([torch.cat([K11, K21.T], 1), torch.cat([K21, K22], 1)], 0)
+
+
+def _gram(J: Tensor) -> Tensor:
+    """J J^T in float64 (the kernel block of one parameter)."""
+    return _sym_mm(J).double()
 
 
 def _check_batch(real: Tensor, fake: Tensor) -> None:
@@ -540,7 +545,7 @@ class TrustRegionDualDiscriminator:
                     # matrices of the (m P) positions instead of m materialised gradients
                     Df = D.transpose(1, 2).reshape(m * P, out_f)
                     Uf = U.transpose(1, 2).reshape(m * P, in_f)
-                    prod = (Df @ Df.T) * (Uf @ Uf.T)
+                    prod = _sym_mm(Df) * _sym_mm(Uf)
                     K += prod.reshape(m, P, m, P).sum((1, 3)).double()
                     Jw += torch.einsum("iop,oc,icp->i", D, w.detach().reshape(out_f, in_f), U).double()
                 else:
