@@ -449,7 +449,9 @@ class TrustRegionDualDiscriminator:
         of sum_i F(x_i) give every layer's per-sample inputs a_i and output gradients
         delta_i (samples are independent), and nn.Linear / nn.Conv2d weight gradients are
         delta_i a_i^T (unfolded for convolutions) - much faster than vmap for convolutions
-        on the CPU. "auto" uses hooks when every trainable parameter belongs to such a layer.
+        on the CPU. For a convolution with few output positions P the layer's kernel block
+        is formed from Gram matrices of the m P positions without materialising its rows
+        of J. "auto" uses hooks when every trainable parameter belongs to such a layer.
         """
         self._held_jacobian = None
         self._held_factors = None
