@@ -84,6 +84,7 @@ class TorchNewtonSolver:
         self.sync_every = sync_every
         self.line_search_steps = int(line_search_steps)
         self.cpu_chunk_bytes = cpu_chunk_bytes
+        self.linear_path = "auto"  # "primal" | "kernel" forces the linear dual's Newton system
         self._near = 1e-8 if dtype == torch.float64 else 1e-3  # gap below which the merit is rounding-level
 
     def __repr__(self) -> str:
@@ -147,7 +148,9 @@ class TorchNewtonSolver:
         # flops per Newton iteration: d x d primal Hessian A^T D A, or the 2n x 2n kernel
         # system (Cholesky + kernel products in the line search) after one K = A A^T; the
         # kernel path makes more memory passes per flop, hence the factor 2 (measured on CPU)
-        if 2 * (m**3 / 3 + 2 * m * m * L) < 2 * m * d * d + d**3 / 3:
+        kernel_cost = 2 * (m**3 / 3 + 2 * m * m * L)
+        use_kernel = kernel_cost < 2 * m * d * d + d**3 / 3 if self.linear_path == "auto" else self.linear_path == "kernel"
+        if use_kernel:
             Ks = A @ A.transpose(-1, -2)
             zeros = torch.zeros(B, m, dtype=self.dtype, device=A.device)
             res = self._solve_kernel(
