@@ -58,20 +58,28 @@ class RBFFeatures(nn.Module):
     divisor of the squared distance: a generator initialised near the origin, 2 away
     from every anchor, then still gets gradient (e^-20), whereas with the
     exp(-d^2 / (2 * 0.2^2)) reading it gets e^-50 and the toy cannot start.
-    Input (n, D), output (n, K); differentiable in x (the generator trains through it).
+    ``bias=True`` appends a constant feature (output (n, K + 1)). Without it F = 0 wherever
+    all features vanish, so fakes far from every anchor get loss log 2 whatever w is, and
+    the dual objective rewards the generator for hiding there (measured on the toy).
+    Input (n, D), output (n, K) or (n, K + 1); differentiable in x (the generator trains
+    through it).
     """
 
-    def __init__(self, anchors: Tensor, bandwidth: float = 0.2) -> None:
+    def __init__(self, anchors: Tensor, bandwidth: float = 0.2, bias: bool = False) -> None:
         super().__init__()
         if anchors.ndim != 2:
             raise ValueError(f"anchors must be (K, D), got shape {tuple(anchors.shape)}")
         check_positive("bandwidth", bandwidth)
         self.register_buffer("anchors", anchors.detach().clone())
         self.bandwidth = float(bandwidth)
+        self.bias = bool(bias)
 
     def forward(self, x: Tensor) -> Tensor:
         d2 = (x.unsqueeze(-2) - self.anchors.to(x.dtype)).pow(2).sum(-1)
-        return torch.exp(-d2 / self.bandwidth)
+        phi = torch.exp(-d2 / self.bandwidth)
+        if self.bias:
+            phi = torch.cat([phi, torch.ones_like(phi[..., :1])], -1)
+        return phi
 
 
 @dataclass
