@@ -41,6 +41,7 @@ from gameopt.solvers import solve_linear_dual  # noqa: E402
 
 STD = 0.1
 RADIUS = 2.0
+BIAS = False  # constant feature appended to the RBF features (--bias)
 C = 1e-4
 Z_DIM = 4
 
@@ -77,13 +78,13 @@ def train(method: str, hp: dict, anchors: torch.Tensor, device, seed: int, log_e
     gen = torch.Generator().manual_seed(seed + 1)
     G = generator(hp["arch"]).to(device)
     g_opt = torch.optim.Adam(G.parameters(), lr=hp["g_lr"], betas=(hp["g_mom"], 0.999))
-    phi = RBFFeatures(anchors, bandwidth=0.2).to(device)
+    phi = RBFFeatures(anchors, bandwidth=0.2, bias=BIAS).to(device)
     n = hp["batch"]
     curve = []
     if method == "dual":
         D = TrustRegionDualDiscriminator(phi, model="linear", C=C)
     else:
-        w = torch.zeros(anchors.shape[0], device=device, requires_grad=True)
+        w = torch.zeros(anchors.shape[0] + int(BIAS), device=device, requires_grad=True)
         d_opt = torch.optim.Adam([w], lr=hp["d_lr"], betas=(hp["g_mom"], 0.999))
     for it in range(hp["iters"]):
         real = sample_real(n, gen, device)
@@ -124,7 +125,7 @@ def full_batch_curve(anchors, device, iters: int, n: int = 200):
     gen = torch.Generator().manual_seed(0)
     real = sample_real(n, gen, device)
     z = torch.randn(n, Z_DIM, generator=gen).to(device)
-    phi = RBFFeatures(anchors, 0.2).to(device)
+    phi = RBFFeatures(anchors, 0.2, bias=BIAS).to(device)
 
     def g_of(G) -> float:
         with torch.no_grad():
@@ -182,7 +183,11 @@ def main() -> None:
                     help="multiply the paper's randint[400, 2000] iterations (1 = paper)")
     ap.add_argument("--full-batch-iters", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bias", action="store_true",
+                    help="append a constant feature (without it fakes far from all anchors get F = 0)")
     args = ap.parse_args()
+    global BIAS
+    BIAS = args.bias
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     dev = args.device
@@ -229,7 +234,7 @@ def main() -> None:
         "paper": {"settings": 100, "success_rate_dual": 0.49, "success_rate_gan": 0.32},
         "iter_scale": args.iter_scale, "seconds": time.time() - t0,
         "assumptions": {"std": STD, "radius": RADIUS, "coverage": ">= 2% of 2000 samples within 3 std",
-                        "lr": "exp(-U(0, a)) for enr([0, a])", "C": C, "bandwidth": 0.2, "anchors": 100},
+                        "lr": "exp(-U(0, a)) for enr([0, a])", "C": C, "bandwidth": 0.2, "anchors": 100, "bias_feature": BIAS},
     }
     print(json.dumps(summary, indent=1))
     with open(os.path.join(args.out, "results.json"), "w") as fh:

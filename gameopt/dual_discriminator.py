@@ -58,20 +58,28 @@ class RBFFeatures(nn.Module):
     divisor of the squared distance: a generator initialised near the origin, 2 away
     from every anchor, then still gets gradient (e^-20), whereas with the
     exp(-d^2 / (2 * 0.2^2)) reading it gets e^-50 and the toy cannot start.
-    Input (n, D), output (n, K); differentiable in x (the generator trains through it).
+    ``bias=True`` appends a constant feature (output (n, K + 1)). Without it F = 0 wherever
+    all features vanish, so fakes far from every anchor get loss log 2 whatever w is, and
+    the dual objective rewards the generator for hiding there (measured on the toy).
+    Input (n, D), output (n, K) or (n, K + 1); differentiable in x (the generator trains
+    through it).
     """
 
-    def __init__(self, anchors: Tensor, bandwidth: float = 0.2) -> None:
+    def __init__(self, anchors: Tensor, bandwidth: float = 0.2, bias: bool = False) -> None:
         super().__init__()
         if anchors.ndim != 2:
             raise ValueError(f"anchors must be (K, D), got shape {tuple(anchors.shape)}")
         check_positive("bandwidth", bandwidth)
         self.register_buffer("anchors", anchors.detach().clone())
         self.bandwidth = float(bandwidth)
+        self.bias = bool(bias)
 
     def forward(self, x: Tensor) -> Tensor:
         d2 = (x.unsqueeze(-2) - self.anchors.to(x.dtype)).pow(2).sum(-1)
-        return torch.exp(-d2 / self.bandwidth)
+        phi = torch.exp(-d2 / self.bandwidth)
+        if self.bias:
+            phi = torch.cat([phi, torch.ones_like(phi[..., :1])], -1)
+        return phi
 
 
 @dataclass
@@ -105,15 +113,20 @@ class DualStepStats:
     mu: Tensor | None = field(default=None, repr=False)
 
 
-def _gram(J: Tensor) -> Tensor:
-    """J J^T in float64, computing only 3 of the 4 blocks (the kernel is symmetric)."""
+def _sym_mm(J: Tensor) -> Tensor:
+    """J J^T computing only 3 of its 4 blocks (it is symmetric), in J's dtype."""
     m = J.shape[0]
     if m < 32:
-        return (J @ J.T).double()
+        return J @ J.T
     h = m // 2
     top, bot = J[:h], J[h:]
-    K11, K21, K22 = (top @ top.T).double(), (bot @ top.T).double(), (bot @ bot.T).double()
+    K11, K21, K22 = top @ top.T, bot @ top.T, bot @ bot.T
     return torch.cat([torch.cat([K11, K21.T], 1), torch.cat([K21, K22], 1)], 0)
+
+
+def _gram(J: Tensor) -> Tensor:
+    """J J^T in float64 (the kernel block of one parameter)."""
+    return _sym_mm(J).double()
 
 
 def _check_batch(real: Tensor, fake: Tensor) -> None:
@@ -457,7 +470,9 @@ class TrustRegionDualDiscriminator:
         of sum_i F(x_i) give every layer's per-sample inputs a_i and output gradients
         delta_i (samples are independent), and nn.Linear / nn.Conv2d weight gradients are
         delta_i a_i^T (unfolded for convolutions) - much faster than vmap for convolutions
-        on the CPU. "auto" uses hooks when every trainable parameter belongs to such a layer.
+        on the CPU. For a convolution with few output positions P the layer's kernel block
+        is formed from Gram matrices of the m P positions without materialising its rows
+        of J. "auto" uses hooks when every trainable parameter belongs to such a layer.
         """
         self._held_jacobian = None
         self._held_factors = None
@@ -553,7 +568,7 @@ class TrustRegionDualDiscriminator:
                     # matrices of the (m P) positions instead of m materialised gradients
                     Df = D.transpose(1, 2).reshape(m * P, out_f)
                     Uf = U.transpose(1, 2).reshape(m * P, in_f)
-                    prod = (Df @ Df.T) * (Uf @ Uf.T)
+                    prod = _sym_mm(Df) * _sym_mm(Uf)
                     K += prod.reshape(m, P, m, P).sum((1, 3)).double()
                     Jw += torch.einsum("iop,oc,icp->i", D, w.detach().reshape(out_f, in_f), U).double()
                 else:

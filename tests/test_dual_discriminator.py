@@ -347,3 +347,22 @@ def test_hooks_kernel_gram_route_and_jt_eta_match_explicit_J():
     torch.testing.assert_close(jt, J.T @ eta, rtol=1e-12, atol=1e-12)
     f = TrustRegionDualDiscriminator(net, model="score", per_sample="func")
     torch.testing.assert_close(f.kernel(x)[0], K, rtol=1e-12, atol=1e-12)
+
+
+def test_rbf_bias_feature_removes_the_hiding_incentive():
+    # fakes near the origin, real data and anchors around (1, 0): without a constant feature
+    # the dual generator gradient (C = 1e-4) points away from the data (F = 0 far from all
+    # anchors); with it, towards the data
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(50, 2, generator=g) * 0.1 + torch.tensor([1.0, 0.0])
+    anchors = torch.randn(30, 2, generator=g) * 0.1 + torch.tensor([1.0, 0.0])
+    directions = {}
+    for bias in (False, True):
+        fake = (torch.randn(50, 2, generator=torch.Generator().manual_seed(1)) * 0.1).requires_grad_(True)
+        phi = RBFFeatures(anchors, 0.2, bias=bias)
+        assert phi(fake).shape == (50, 30 + int(bias))
+        d = TrustRegionDualDiscriminator(phi, model="linear", C=1e-4)
+        d.step(real, fake.detach())
+        d.generator_loss(real, fake).backward()
+        directions[bias] = float(-fake.grad.mean(0)[0])
+    assert directions[False] < 0 < directions[True]

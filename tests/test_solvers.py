@@ -407,3 +407,15 @@ def test_cuda_matches_cpu():
     b = solve_linear_dual(real.cuda(), fake.cuda(), 1e-3)
     assert b.lam.is_cuda
     torch.testing.assert_close(a.lam, b.lam.cpu(), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("path", ["primal", "kernel"])
+def test_forced_linear_paths_agree(path):
+    real, fake = rand_problem(10, 12, seed=21)
+    slv = TorchNewtonSolver()
+    slv.linear_path = path
+    res = solve_linear_dual(real, fake, 1e-4, solver=slv)
+    ref = solve_linear_dual(real, fake, 1e-4)
+    assert float(res.gap) <= 1e-10
+    assert abs(float(res.dual_value - ref.dual_value)) <= float(res.gap + ref.gap) + 1e-12
+    assert float((res.w - ref.w).norm()) <= w_bound(float(res.gap), 1e-4) + w_bound(float(ref.gap), 1e-4) + 1e-9

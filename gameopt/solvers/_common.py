@@ -157,7 +157,7 @@ def check_positive(name: str, value, allow_inf: bool = False) -> None:
     """ValueError unless every entry of ``value`` is > 0 (and finite unless allow_inf)."""
     t = torch.as_tensor(value, dtype=torch.float64)
     if bool(torch.isnan(t).any()) or not bool((t > 0).all()):
-        raise ValueError(f"{name} must be > 0, got {value!r}; pass a positive value (e.g. C=1e-4).")
+        raise ValueError(f"{name} must be > 0, got {value!r}; pass a positive {name} (e.g. C=1e-4, delta=1e-3).")
     if not allow_inf and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {value!r}.")
 
