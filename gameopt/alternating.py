@@ -87,10 +87,8 @@ class AlternatingOptimizer(GameOptimizer):
         finite = torch.isfinite(
             torch.stack([torch.linalg.vector_norm(g).float() for g in grads if g is not None]).sum()
         )
-        self._finite_per_player = torch.stack(
-            [finite if p == player else torch.ones_like(finite) for p in self.players]
-        )
         self._finite = finite
+        self._stepping = player
         others = [p for g in self.param_groups if g["player"] != player for p in g["params"]]
         stashed = [p.grad for p in others]
         for p in others:
@@ -106,6 +104,9 @@ class AlternatingOptimizer(GameOptimizer):
             for p, g in zip(others, stashed):
                 p.grad = g
         return losses
+
+    def _finite_per_player(self) -> list[bool]:
+        return [p != getattr(self, "_stepping", None) for p in self.players]
 
     def step(self, closure: Callable[[], Losses] | None = None) -> Losses:  # type: ignore[override]
         """One round of alternating updates; returns the losses of the last evaluation."""

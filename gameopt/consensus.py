@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +30,6 @@ from .players import DISCRIMINATOR, GENERATOR, ParamsLike, game_players
 Losses = Sequence[torch.Tensor]
 
 
-@dataclass
 class ConsensusStats:
     """Statistics of the last :meth:`ConsensusOptimizer.backward`, as tensors (reading them syncs).
 
@@ -39,20 +37,45 @@ class ConsensusStats:
     ``L = 1/2 ||v||^2`` (both for the plain mini-batch estimate ``v_B``);
     ``reg_grad_norm`` is ``||grad L||`` over the regularised parameters, before
     multiplying by gamma; ``finite`` says whether all new gradients were finite.
+    Only the per-tensor norms are computed during ``backward``; these reductions
+    run when you access them.
     """
 
-    grad_sq_norm: dict[str, torch.Tensor]
-    consensus_loss: torch.Tensor
-    reg_grad_norm: torch.Tensor
-    finite: torch.Tensor
+    def __init__(
+        self, players: tuple[str, ...], norms: torch.Tensor, n_v: int,
+        bounds: list[tuple[int, int]], finite: torch.Tensor,
+    ) -> None:
+        self._players = players
+        self._norms = norms  # float32: the v norms of every tensor, then the grad L norms
+        self._n_v = n_v
+        self._bounds = bounds
+        self.finite = finite
 
+    @property
+    def grad_sq_norm(self) -> dict[str, torch.Tensor]:
+        sq = self._norms[: self._n_v].square()
+        out, start = {}, 0
+        for player, (end, _) in zip(self._players, self._bounds):
+            out[player] = sq[start:end].sum()
+            start = end
+        return out
 
-def _norm(tensors: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm of a list of tensors, as a float32 0-d tensor (0 if empty)."""
-    if not tensors:
-        return torch.zeros((), dtype=torch.float32, device=like.device)
-    norms = torch._foreach_norm(tensors)
-    return torch.linalg.vector_norm(torch.stack([n.to(torch.float32) for n in norms]))
+    @property
+    def consensus_loss(self) -> torch.Tensor:
+        return 0.5 * self._norms[: self._n_v].square().sum()
+
+    @property
+    def reg_grad_norm(self) -> torch.Tensor:
+        return torch.linalg.vector_norm(self._norms[self._n_v:])
+
+    def finite_per_player(self) -> list[bool]:
+        """Which players' new gradients (v and grad L) are finite (syncs)."""
+        ok = torch.isfinite(self._norms).tolist()
+        out, start_v, start_r = [], 0, self._n_v
+        for end_v, end_r in self._bounds:
+            out.append(all(ok[start_v:end_v]) and all(ok[start_r: self._n_v + end_r]))
+            start_v, start_r = end_v, self._n_v + end_r
+        return out
 
 
 class ConsensusOptimizer(GameOptimizer):
@@ -181,7 +204,7 @@ class ConsensusOptimizer(GameOptimizer):
         v, reg = self._gradients(losses, names, params, reg_params)
         if reg_params:
             self._graph_checked = True
-        return self._apply(v, reg, params, losses[0])
+        return self._apply(v, reg, params)
 
     def _warn_isolated_losses(
         self, losses: Losses, names: list[str], params: list[list[torch.Tensor]]
@@ -224,12 +247,13 @@ class ConsensusOptimizer(GameOptimizer):
 
         reg: dict[int, torch.Tensor] = {}
         if reg_params:
-            outs = [t for t in flat_grads if t is not None and t.requires_grad]
+            keep = [i for i, t in enumerate(flat_grads) if t is not None and t.requires_grad]
+            outs = [flat_grads[i] for i in keep]
             if self.unbiased:
                 # d/dv_i of the U-statistic (||sum v_i||^2 - sum ||v_i||^2) / (2B(B-1)).
-                seeds = [(t.detach().mean(0) - t.detach() / batch) / (batch - 1) for t in outs]
+                seeds = [(v[i] - flat_grads[i].detach() / batch) / (batch - 1) for i in keep]
             else:
-                seeds = [t.detach() for t in outs]
+                seeds = [v[i] for i in keep]
             if outs and not self._graph_checked:
                 culprit = find_once_differentiable(outs)
                 if culprit is not None:
@@ -247,32 +271,30 @@ class ConsensusOptimizer(GameOptimizer):
 
     def _apply(
         self, v: list[torch.Tensor | None], reg: dict[int, torch.Tensor],
-        params: list[list[torch.Tensor]], like: torch.Tensor,
+        params: list[list[torch.Tensor]],
     ) -> ConsensusStats:
         """Record statistics, then accumulate ``v + gamma * grad L`` into ``p.grad``."""
         groups = self.param_groups
         regularized = set(self.regularized_players)
         flat_params = [p for ps in params for p in ps]
-        sq_norms: dict[str, torch.Tensor] = {}
-        finite_parts: list[torch.Tensor] = []
+        # One fused norm call for every tensor; the per-player reductions are left to
+        # ConsensusStats, computed only if read.
+        v_parts: list[torch.Tensor] = []
+        r_parts: list[torch.Tensor] = []
+        bounds: list[tuple[int, int]] = []
         offset = 0
-        for player, ps in zip(self.players, params):
-            vs = [t for t in v[offset: offset + len(ps)] if t is not None]
-            rs = [reg[id(p)] for p in ps if id(p) in reg]
-            v_norm = _norm(vs, like)
-            r_norm = _norm(rs, like)
-            sq_norms[player] = v_norm.square()
-            finite_parts.append(v_norm + r_norm)
+        for ps in params:
+            v_parts += [t for t in v[offset: offset + len(ps)] if t is not None]
+            r_parts += [reg[id(p)] for p in ps if id(p) in reg]
+            bounds.append((len(v_parts), len(r_parts)))
             offset += len(ps)
-        all_reg = list(reg.values())
-        reg_norm = _norm(all_reg, like)
-        self._record_finite(finite_parts)
-        self.stats = ConsensusStats(
-            grad_sq_norm=sq_norms,
-            consensus_loss=0.5 * sum(sq_norms.values()),
-            reg_grad_norm=reg_norm,
-            finite=self._finite,
-        )
+        norms = torch._foreach_norm(v_parts + r_parts)
+        if len({n.dtype for n in norms}) > 1:
+            norms = [n.float() for n in norms]
+        norm = torch.stack(norms).float()
+        finite = torch.isfinite(norm).all()
+        self.stats = ConsensusStats(self.players, norm, len(v_parts), bounds, finite)
+        self._finite = finite
 
         index = {id(p): i for i, p in enumerate(flat_params)}
         finals: list[torch.Tensor | None] = list(v)
@@ -314,7 +336,7 @@ class ConsensusOptimizer(GameOptimizer):
             losses = tuple(losses)
             self.zero_grad(set_to_none=True)
             reg = {id(p): t for p, t in zip(reg_params, r) if t is not None}
-            self._apply(v, reg, params, losses[0])
+            self._apply(v, reg, params)
         elif closure is not None:
             with torch.enable_grad():
                 losses = closure()
@@ -331,6 +353,11 @@ class ConsensusOptimizer(GameOptimizer):
         if not self.last_step_skipped:
             self.base_optimizer.step()
         return losses
+
+    def _finite_per_player(self) -> list[bool]:
+        if self.stats is None:
+            return super()._finite_per_player()
+        return self.stats.finite_per_player()
 
     def monitor_stats(self) -> dict[str, Any]:
         """``||v_player||^2``, ``1/2||v||^2``, ``||v'^T v||``, lrs and skipped steps (tensors; no sync)."""

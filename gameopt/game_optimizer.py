@@ -78,7 +78,6 @@ class GameOptimizer(Optimizer):
         #: Whether the most recent ``step`` was skipped.
         self.last_step_skipped: bool = False
         self._finite: torch.Tensor | None = None
-        self._finite_per_player: torch.Tensor | None = None
 
     # --- sharing with the base optimiser -------------------------------------------------
     @property  # type: ignore[override]
@@ -204,11 +203,9 @@ class GameOptimizer(Optimizer):
         return out
 
     # --- non-finite gradients ------------------------------------------------------------
-    def _record_finite(self, per_player_sq: list[torch.Tensor]) -> None:
-        """Store (as tensors: no host sync) whether each player's new gradient is finite."""
-        stacked = torch.stack([t.to(torch.float32) for t in per_player_sq])
-        self._finite_per_player = torch.isfinite(stacked)
-        self._finite = self._finite_per_player.all()
+    def _finite_per_player(self) -> list[bool]:
+        """Which players' last gradients were finite; called only after a non-finite step."""
+        return [False] * len(self.players)
 
     def _should_skip(self) -> bool:
         """Apply the ``nonfinite`` policy; the only host read gameopt does in a step."""
@@ -218,8 +215,7 @@ class GameOptimizer(Optimizer):
         self._finite = None
         if bool(finite_flag):
             return False
-        per_player = self._finite_per_player.tolist() if self._finite_per_player is not None else []
-        bad = [name for name, ok in zip(self.players, per_player) if not ok]
+        bad = [name for name, ok in zip(self.players, self._finite_per_player()) if not ok]
         msg = (
             f"non-finite (NaN or Inf) gradient for player(s) {bad}; the step was skipped "
             "and the base optimiser's state left untouched. Lower the learning rate or "
