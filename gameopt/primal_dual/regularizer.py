@@ -17,6 +17,10 @@ __all__ = ["PrimalDualRegularizer"]
 BandwidthLike = Union[float, BandwidthSchedule, Callable[[int], float]]
 
 
+def _refresh_step_count(module: "PrimalDualRegularizer", incompatible_keys: Any) -> None:
+    module._steps = int(module.num_steps)
+
+
 class PrimalDualRegularizer(nn.Module):
     """Primal-dual subgradient term added to the generator loss (eq. 13, second term).
 
@@ -87,17 +91,22 @@ class PrimalDualRegularizer(nn.Module):
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
         self.chunk_size = chunk_size
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+        # The count the schedule reads, as a Python int: reading the buffer would be a
+        # host sync on every forward when the module lives on a GPU.
+        self._steps = 0
+        self.register_load_state_dict_post_hook(_refresh_step_count)
 
     # -- bandwidth schedule ---------------------------------------------------
     @property
     def current_bandwidth(self) -> float:
         """sigma at the current iteration count (validated positive)."""
-        t = int(self.num_steps)
+        t = self._steps
         return check_bandwidth(self.bandwidth(t), f"bandwidth schedule at step {t}")
 
     def step(self) -> None:
         """Advance the bandwidth schedule by one generator iteration. Call once per generator step."""
-        self.num_steps += 1
+        self._steps += 1
+        self.num_steps.add_(1)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
         """Call :meth:`step` automatically after every ``optimizer.step()`` (the generator's).
@@ -173,7 +182,7 @@ class PrimalDualRegularizer(nn.Module):
         return {
             "value": getattr(self, "_last_value", None),
             "bandwidth": self.current_bandwidth,
-            "num_steps": int(self.num_steps),
+            "num_steps": self._steps,
         }
 
     def extra_repr(self) -> str:
