@@ -4,12 +4,10 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 PRELUDE = '''
-import torch
 import torch.nn.functional as F
 import gameopt
 torch.manual_seed(0)
