@@ -8,6 +8,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 PRELUDE = '''
+import torch
 import torch.nn.functional as F
 import gameopt
 torch.manual_seed(0)
