@@ -111,6 +111,13 @@ class ConsensusOptimizer(GameOptimizer):
             closure that torch.compile can trace with ``fullgraph=True``; the first
             compiled step takes tens of seconds. ``backward()`` always runs eagerly.
             Not combinable with ``unbiased``.
+        distributed: data-parallel training under ``torch.distributed`` with plain
+            (not DDP-wrapped) modules: each rank passes the losses of its own equal-sized
+            share of the batch; gameopt all-reduces v (the ranks' mean) and then each
+            rank's ``J_r^T v`` (mean), which is exactly the full-batch consensus step,
+            at one extra all-reduce of parameter size. Every rank ends with the same
+            gradient, so a NaN on one rank makes every rank skip the step together.
+        process_group: the group to reduce over (default: the world).
         nonfinite: what ``step`` does when the new gradient has a NaN/Inf: ``"skip"``
             (default: skip the base step, warn, count in ``skipped_steps``), ``"raise"``
             (``FloatingPointError``), or ``"ignore"`` (no check, no host sync).
@@ -129,12 +136,21 @@ class ConsensusOptimizer(GameOptimizer):
         smoothing: bool = False,
         unbiased: bool = False,
         compile: bool = False,
+        distributed: bool = False,
+        process_group: Any = None,
         nonfinite: str = "skip",
         players: Mapping[str, ParamsLike] | None = None,
         **base_kwargs: Any,
     ) -> None:
         players = game_players(gen_params, disc_params, players)
         _check_gamma(gamma, "gamma")
+        if distributed and (compile or unbiased):
+            raise GameInputError("distributed=True does not support compile=True or unbiased=True yet")
+        if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise GameInputError(
+                "distributed=True needs an initialised torch.distributed process group: call "
+                "torch.distributed.init_process_group(...) first (e.g. under torchrun)"
+            )
         if compile and unbiased:
             raise GameInputError("compile=True does not support unbiased=True; use one or the other")
         if compile and not hasattr(getattr(torch, "_dynamo", None) and torch._dynamo.config, "trace_autograd_ops"):
@@ -154,6 +170,8 @@ class ConsensusOptimizer(GameOptimizer):
         self._graph_checked = False
         self.compile = bool(compile)
         self._compiled_core: Callable[..., Any] | None = None
+        self.distributed = bool(distributed)
+        self.process_group = process_group
 
     @property
     def regularized_players(self) -> tuple[str, ...]:
@@ -244,6 +262,12 @@ class ConsensusOptimizer(GameOptimizer):
             v = [None if t is None else t.detach().mean(0) for t in flat_grads]
         else:
             v = [None if t is None else t.detach() for t in flat_grads]
+        if self.distributed:
+            # same layout on every rank: a parameter unused here may be used elsewhere
+            flat_params = [p for ps in params for p in ps]
+            v = _all_reduce_mean(
+                [torch.zeros_like(p) if t is None else t for p, t in zip(flat_params, v)], self.process_group
+            )
 
         reg: dict[int, torch.Tensor] = {}
         if reg_params:
@@ -263,10 +287,16 @@ class ConsensusOptimizer(GameOptimizer):
                             f"@once_differentiable ({culprit}): its second derivatives would be "
                             "silently dropped"
                         )
+            r: Sequence[torch.Tensor | None] = [None] * len(reg_params)
             if outs:
                 with explain_double_backward(True):
                     r = torch.autograd.grad(outs, reg_params, grad_outputs=seeds, allow_unused=True)
-                reg = {id(p): t for p, t in zip(reg_params, r) if t is not None}
+            if self.distributed:  # every rank joins the reduction, whatever its graph
+                r = _all_reduce_mean(
+                    [torch.zeros_like(p) if t is None else t for p, t in zip(reg_params, r)],
+                    self.process_group,
+                )
+            reg = {id(p): t for p, t in zip(reg_params, r) if t is not None}
         return v, reg
 
     def _apply(
@@ -378,6 +408,16 @@ class ConsensusOptimizer(GameOptimizer):
         super()._load_extra_state(extra)
         self.smoothing = bool(extra.get("smoothing", self.smoothing))
         self.unbiased = bool(extra.get("unbiased", self.unbiased))
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor], group: Any) -> list[torch.Tensor]:
+    """Mean over the ranks of ``group`` of a list of tensors, in one flat all-reduce."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat.div_(dist.get_world_size(group))
+    return [part.view_as(t) for part, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors)]
 
 
 def _consensus_core(

@@ -1,0 +1,83 @@
+"""ConsensusOptimizer(distributed=True) over 2 gloo processes equals one process on the full batch."""
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import gameopt
+from conftest import TinyGAN
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+
+STEPS = 3
+BATCH = 8
+
+
+def _batches(step):
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(BATCH, 3, generator=g, dtype=torch.float64), torch.randn(BATCH, 2, generator=g, dtype=torch.float64)
+
+
+def _train(gan, opt, rank, world, nan_at=None):
+    for step in range(STEPS):
+        z, x = _batches(step)
+        share = BATCH // world
+        gan.z, gan.x = z[rank * share:(rank + 1) * share], x[rank * share:(rank + 1) * share]
+        opt.zero_grad()
+        lg, ld = gan.losses()
+        if nan_at == step and rank == world - 1:
+            lg = lg * float("nan")
+        opt.backward(lg, ld)
+        opt.step()
+
+
+def _worker(rank, world, init_file, out_dir, kind):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        gan = TinyGAN(seed=21)
+        opt = gameopt.ConsensusOptimizer(torch.optim.Adam, *gan.params(), gamma=2.0, lr=1e-2, distributed=True)
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _train(gan, opt, rank, world, nan_at=1 if kind == "nan" else None)
+        params = [p.detach() for p in list(gan.G.parameters()) + list(gan.D.parameters())]
+        torch.save({"params": params, "skipped": opt.skipped_steps}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(kind):
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(2, os.path.join(tmp, "init"), tmp, kind), nprocs=2, join=True)
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
+
+
+def test_two_ranks_equal_one_process_on_the_full_batch():
+    results = _run("plain")
+    gan = TinyGAN(seed=21)
+    opt = gameopt.ConsensusOptimizer(torch.optim.Adam, *gan.params(), gamma=2.0, lr=1e-2)
+    _train(gan, opt, rank=0, world=1)
+    single = [p.detach() for p in list(gan.G.parameters()) + list(gan.D.parameters())]
+    for res in results:
+        for a, b in zip(res["params"], single):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    for a, b in zip(results[0]["params"], results[1]["params"]):
+        assert torch.equal(a, b)
+
+
+def test_nan_on_one_rank_makes_every_rank_skip():
+    results = _run("nan")
+    assert [r["skipped"] for r in results] == [1, 1]
+    for a, b in zip(results[0]["params"], results[1]["params"]):
+        assert torch.equal(a, b)
+
+
+def test_distributed_needs_a_process_group():
+    gan = TinyGAN()
+    with pytest.raises(ValueError, match="init_process_group"):
+        gameopt.ConsensusOptimizer(torch.optim.SGD, *gan.params(), lr=0.1, distributed=True)
