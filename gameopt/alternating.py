@@ -84,9 +84,8 @@ class AlternatingOptimizer(GameOptimizer):
             raise GameInputError(
                 f"{name} does not depend on any parameter of player '{player}'"
             )
-        finite = torch.isfinite(
-            torch.stack([torch.linalg.vector_norm(g).float() for g in grads if g is not None]).sum()
-        )
+        norms = torch._foreach_norm([g for g in grads if g is not None])
+        finite = torch.isfinite(torch.stack(norms).float()).all()
         self._finite = finite
         self._stepping = player
         others = [p for g in self.param_groups if g["player"] != player for p in g["params"]]

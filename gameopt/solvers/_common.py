@@ -85,8 +85,20 @@ def logit_of_box(e: Tensor, m: int) -> Tensor:
     return torch.log(u) - torch.log(one_minus)
 
 
+class _SolveStatus:
+    """``success`` shared by the solver results (they define ``converged`` and ``gap``)."""
+
+    converged: Tensor
+    gap: Tensor
+
+    @property
+    def success(self) -> bool:
+        """True when every problem of the batch converged and all numbers are finite."""
+        return bool(self.converged.all()) and bool(torch.isfinite(self.gap).all())
+
+
 @dataclass
-class LinearDualResult:
+class LinearDualResult(_SolveStatus):
     """Solution of the linear dual (Claim 1) for one problem or a batch.
 
     Shapes: ``lam``, ``mu``: (..., n); ``w``: (..., d); scalars per problem:
@@ -107,14 +119,9 @@ class LinearDualResult:
     solver: str
     status: list[str] | None = None
 
-    @property
-    def success(self) -> bool:
-        """True when every problem of the batch converged and all numbers are finite."""
-        return bool(self.converged.all()) and bool(torch.isfinite(self.gap).all())
-
 
 @dataclass
-class TrustRegionDualResult:
+class TrustRegionDualResult(_SolveStatus):
     """Solution of the score-linearised trust-region dual (Claim 2, methods.md 3b).
 
     With J the (2n, p) score Jacobian and eta = (lam, -mu) the step is
@@ -137,11 +144,6 @@ class TrustRegionDualResult:
     iterations: Tensor
     solver: str
     status: list[str] | None = None
-
-    @property
-    def success(self) -> bool:
-        """True when every problem of the batch converged and all numbers are finite."""
-        return bool(self.converged.all()) and bool(torch.isfinite(self.gap).all())
 
 
 def check_finite(name: str, x: Tensor) -> None:
