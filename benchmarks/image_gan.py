@@ -1,0 +1,302 @@
+"""Image GAN benchmark runner: one command trains one method on one image game.
+
+    python benchmarks/image_gan.py --data stacked_digits --method consensus --steps 3000 --seed 0 \\
+        --out runs/stacked_digits/consensus_s0
+    python benchmarks/image_gan.py --data cifar10 --data-path ~/data/cifar-10-batches-py \\
+        --model dcgan --method consensus --steps 100000 --device cuda --out runs/cifar10/consensus
+
+Games:
+  * ``stacked_digits``: three 8x8 scikit-learn digits stacked as colour channels (1000 modes,
+    the papers' stacked MNIST, offline). Metrics: modes covered out of 1000, KL(mode
+    histogram || uniform), a classifier score and a Frechet distance in the feature space of
+    gameopt's own digit classifier (``gameopt.images.StackedDigitsEvaluator``).
+  * ``cifar10``: the standard python-format batches from ``--data-path`` or ``$GAMEOPT_CIFAR10``.
+    Metrics: classifier score and Frechet distance in the feature space of a small CIFAR-10
+    classifier trained on the same data (cached); real FID with ``--fid`` when a backend is
+    installed (``pip install "gameopt[fid]"``).
+
+Models (``--model``): ``dcgan`` (DCGAN-like, no batch norm: the consensus paper's setting),
+``dcgan_bn`` (with batch norm), ``conv4`` (one more convolution per player, the consensus
+paper's Fig. 11 variant). Methods: see ``benchmarks/image_methods.py``.
+
+Writes into ``--out``: ``checkpoint.pt`` (models, optimiser and method state, random number
+generators, history) every ``--ckpt-every`` steps and at the end; ``metrics.json`` (settings and
+the metrics history); ``samples/step_XXXXXX.png`` sample grids and ``metrics.png`` (metrics over
+steps) at every evaluation. Running the same command again resumes from the checkpoint and
+gives exactly the parameters an uninterrupted run gives; ``--steps`` may be raised to extend a
+finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
+from image_methods import METHODS, add_method_arguments, build_method  # noqa: E402
+
+CHECKPOINT = "checkpoint.pt"
+MODELS = ("dcgan", "dcgan_bn", "conv4")
+# settings that may differ between a run and its resumption
+RESUMABLE = {"steps", "out", "eval_every", "ckpt_every", "progress", "threads", "device", "fid", "data_path"}
+
+
+# ----------------------------------------------------------------------------- data
+class ImageGame:
+    """Real-image source and evaluator of one benchmark: ``sample(n, gen)`` and ``evaluate(images)``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from gameopt import images
+
+        self.name = args.data
+        if args.data == "stacked_digits":
+            self._digits = images.StackedDigits("train", size=args.size, seed=0)
+            self.shape = tuple(self._digits.image_shape)
+            self._evaluator: Any = images.StackedDigitsEvaluator(n_real=args.eval_real, seed=0)
+        elif args.data == "cifar10":
+            data, _ = images.load_cifar10(args.data_path, "train")
+            self._data = data
+            self.shape = tuple(data.shape[1:])
+            self._evaluator = images.CIFAR10Evaluator(root=args.data_path, n_real=args.eval_real)
+            self._fid_real = None
+            if args.fid:
+                test, _ = images.load_cifar10(args.data_path, "test")
+                self._fid_real = images.to_signed_unit(test[: args.eval_samples])
+        else:
+            raise ValueError(f"unknown data {args.data!r}: use stacked_digits or cifar10")
+        self.fid = bool(args.fid)
+
+    def sample(self, n: int, gen: torch.Generator) -> Tensor:
+        """n real images (n, C, H, W), float32 in [-1, 1], drawn with ``gen`` (CPU)."""
+        if self.name == "stacked_digits":
+            return self._digits.sample(n, gen)[0]
+        from gameopt.images import to_signed_unit
+
+        idx = torch.randint(len(self._data), (n,), generator=gen)
+        return to_signed_unit(self._data[idx])
+
+    def evaluate(self, fake: Tensor) -> dict[str, float]:
+        out = dict(self._evaluator(fake))
+        if self.fid:
+            from gameopt.images import inception_fid
+
+            real = self._fid_real if self._fid_real is not None else self.sample(len(fake), torch.Generator().manual_seed(1))
+            out["fid"] = inception_fid(fake, real)
+        return out
+
+
+def build_models(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    c, h, _ = shape
+    kw = {"size": h, "channels": c, "batch_norm": args.model == "dcgan_bn", "extra_conv": args.model == "conv4"}
+    G = dcgan_generator(z_dim=args.z_dim, width=args.width, **kw)
+    D = dcgan_discriminator(width=args.width, **kw)
+    return G, D
+
+
+# ------------------------------------------------------------------------ outputs
+def save_grid(images: Tensor, path: Path, nrow: int = 8) -> None:
+    """Save images (N, C, H, W) in [-1, 1] as one PNG grid of ``nrow`` columns (1-pixel gaps)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2)
+    n, c, h, w = x.shape
+    rows = math.ceil(n / nrow)
+    grid = torch.ones(c, rows * (h + 1) + 1, nrow * (w + 1) + 1)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = x[i]
+    img = grid.permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, img if c == 3 else img[..., 0], cmap=None if c == 3 else "gray")
+
+
+def plot_history(history: list[dict[str, Any]], title: str, path: Path) -> None:
+    """One panel per logged quantity over training steps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in history[-1] if k not in ("step", "train_seconds") and isinstance(history[-1][k], (int, float))]
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    steps = [h["step"] for h in history]
+    for ax, k in zip(axes.flat, keys):
+        ax.plot(steps, [h.get(k, math.nan) for h in history], marker=".")
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------- training
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=["stacked_digits", "cifar10"], default="stacked_digits")
+    ap.add_argument("--data-path", default=None, help="cifar10: the cifar-10-batches-py folder (default $GAMEOPT_CIFAR10)")
+    ap.add_argument("--size", type=int, default=16, choices=[8, 16, 32], help="stacked_digits: image size (upsampled 8x8 digits)")
+    ap.add_argument("--model", choices=MODELS, default="dcgan")
+    ap.add_argument("--width", type=int, default=None, help="base channel width (default 32 for stacked_digits, 64 for cifar10)")
+    ap.add_argument("--z-dim", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--method", choices=METHODS, default="consensus")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="output folder (default runs/<data>/<method>_s<seed>)")
+    ap.add_argument("--eval-every", type=int, default=500, help="evaluate, save a sample grid and metrics (0: end only)")
+    ap.add_argument("--eval-samples", type=int, default=5000, help="generated samples per evaluation")
+    ap.add_argument("--eval-real", type=int, default=10000, help="real samples for the reference statistics")
+    ap.add_argument("--ckpt-every", type=int, default=500, help="checkpoint interval in steps (0: end only)")
+    ap.add_argument("--fid", action="store_true", help="also compute real FID (needs gameopt[fid] and its weights)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_method_arguments(ap)
+    args = ap.parse_args(argv)
+    if args.width is None:
+        args.width = 32 if args.data == "stacked_digits" else 64
+    if args.out is None:
+        args.out = f"runs/{args.data}/{args.method}_s{args.seed}"
+    if args.data == "cifar10" and args.data_path is None:
+        args.data_path = os.environ.get("GAMEOPT_CIFAR10")
+    return args
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k not in RESUMABLE}
+
+
+def _progress(args: argparse.Namespace, start: int) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the dev extra
+        tqdm = None
+    if not args.progress or tqdm is None:
+        return None
+    return tqdm(total=args.steps, initial=start, desc=f"{args.data}/{args.method}", dynamic_ncols=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or resume) one run; returns the summary written to ``metrics.json``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    game = ImageGame(args)
+    args.image_numel = math.prod(game.shape)
+
+    torch.manual_seed(args.seed)
+    G, D = build_models(args, game.shape)
+    G.to(device), D.to(device)
+    method = build_method(G, D, args)
+    data_gen = torch.Generator().manual_seed(args.seed + 1)   # real batches
+    z_gen = torch.Generator().manual_seed(args.seed + 2)      # latent batches
+    z_eval = torch.randn(args.eval_samples, args.z_dim, generator=torch.Generator().manual_seed(10_000 + args.seed))
+
+    step, train_seconds, history = 0, 0.0, []
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        differ = {k: (ck["settings"].get(k), v) for k, v in _settings(args).items() if ck["settings"].get(k) != v}
+        if differ:
+            raise ValueError(
+                f"{ckpt_path} was written by a run with other settings {differ} (saved, given): "
+                "pass the same settings to resume, or another --out to start afresh"
+            )
+        G.load_state_dict(ck["G"])
+        D.load_state_dict(ck["D"])
+        method.load_state_dict(ck["method"])
+        data_gen.set_state(ck["data_gen"])
+        z_gen.set_state(ck["z_gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, train_seconds, history = ck["step"], ck["train_seconds"], ck["history"]
+
+    def checkpoint() -> None:
+        state = {
+            "settings": _settings(args), "G": G.state_dict(), "D": D.state_dict(),
+            "method": method.state_dict(), "data_gen": data_gen.get_state(), "z_gen": z_gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "step": step, "train_seconds": train_seconds,
+            "history": history,
+        }
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_path)   # a run killed while saving keeps the previous checkpoint
+
+    def evaluate(losses: dict[str, float]) -> None:
+        G.eval()
+        with torch.no_grad():
+            fake = torch.cat([G(zb.to(device)) for zb in z_eval.split(500)]).cpu()
+        G.train()
+        record = {"step": step, "train_seconds": round(train_seconds, 2), **losses, **game.evaluate(fake)}
+        history[:] = [h for h in history if h["step"] < step] + [record]
+        save_grid(fake[:64], out / "samples" / f"step_{step:06d}.png")
+        plot_history(history, f"{args.data} / {args.model} / {args.method} (seed {args.seed})", out / "metrics.png")
+        write_summary()
+        if bar is not None:
+            bar.set_postfix({k: round(v, 3) for k, v in record.items()
+                             if k in ("modes_covered", "kl", "frechet_distance", "classifier_score")})
+
+    def write_summary() -> dict[str, Any]:
+        summary = {"settings": _settings(args) | {"steps": args.steps}, "device": str(device),
+                   "threads": torch.get_num_threads(), "skipped_steps": method.skipped_steps,
+                   "train_seconds": round(train_seconds, 2), "history": history}
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    bar = _progress(args, step)
+    if step == 0 and args.eval_every:
+        evaluate({})
+    losses: dict[str, Tensor] = {}
+    while step < args.steps:
+        real = game.sample(args.batch, data_gen).to(device)
+        z = torch.randn(args.batch, args.z_dim, generator=z_gen).to(device)
+        t0 = time.perf_counter()
+        losses = method.step(real, z)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - t0
+        step += 1
+        if bar is not None:
+            bar.update(1)
+        last = step == args.steps
+        if last or (args.eval_every and step % args.eval_every == 0):
+            evaluate({k: float(v) for k, v in losses.items()})
+        if last or (args.ckpt_every and step % args.ckpt_every == 0):
+            checkpoint()
+    if bar is not None:
+        bar.close()
+    if not history or history[-1]["step"] != step:
+        evaluate({k: float(v) for k, v in losses.items()})
+    return write_summary()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    summary = run(args)
+    final = summary["history"][-1]
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float) and k != "train_seconds")
+    print(f"{args.data}/{args.model}/{args.method} seed {args.seed}: step {final['step']}, "
+          f"{summary['train_seconds']:.0f} s training; {shown}")
+    print(f"wrote {Path(args.out) / 'metrics.json'}, {Path(args.out) / 'metrics.png'}, samples/ and {CHECKPOINT}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The training methods the image benchmarks compare, each one step of a GAN on an image batch.
+
+Every method trains the same (G, D) pair on the non-saturating GAN loss in gameopt's
+convention (both players minimise):
+
+    gen_loss  = mean softplus(-D(G(z)))
+    disc_loss = mean softplus(-D(x)) + mean softplus(D(G(z)))
+
+except where a method replaces a player's step:
+
+| name | what one step does |
+|---|---|
+| ``simga`` | simultaneous gradient step of both players (``gameopt.SimultaneousOptimizer``) |
+| ``altga`` | ``disc_steps`` discriminator steps, then a generator step (``gameopt.AlternatingOptimizer``) |
+| ``consensus`` | simultaneous step with ``gamma * grad(1/2 ||v||^2)`` (``gameopt.ConsensusOptimizer``) |
+| ``primal_dual`` | Algorithm 1 of Chen et al.: an alternating step whose generator loss adds ``PrimalDualRegularizer`` |
+| ``dual_score`` / ``dual_cost`` | a ``TrustRegionDualDiscriminator`` step (score / cost linearisation), then a generator step |
+
+Each method object has ``step(real, z) -> dict`` (detached losses and statistics of the step),
+``state_dict()`` and ``load_state_dict()`` covering every optimiser, schedule and radius, so a
+run resumes bit-for-bit from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import gameopt
+
+METHODS = ("simga", "altga", "consensus", "primal_dual", "dual_score", "dual_cost")
+
+#: Per-method defaults of the optimiser settings (overridden by the command line).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "simga": {"optim": "adam", "lr": 2e-4},
+    "altga": {"optim": "adam", "lr": 2e-4},
+    "consensus": {"optim": "rmsprop", "lr": 1e-4},  # the consensus paper's CIFAR-10 setting
+    "primal_dual": {"optim": "adam", "lr": 2e-4},
+    "dual_score": {"optim": "adam", "lr": 2e-4},
+    "dual_cost": {"optim": "adam", "lr": 2e-4},
+}
+
+
+def add_method_arguments(ap: argparse.ArgumentParser) -> None:
+    """Command-line options of the methods (``None`` = the method's default, see ``DEFAULTS``)."""
+    g = ap.add_argument_group("method hyper-parameters")
+    g.add_argument("--optim", choices=["adam", "rmsprop", "sgd"], default=None,
+                   help="base optimiser (default: rmsprop for consensus, adam otherwise)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate of both players (default per method)")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
+    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
+    g.add_argument("--gamma", type=float, default=10.0, help="consensus: weight of grad(1/2||v||^2)")
+    g.add_argument("--smoothing", action="store_true", help="consensus: regulariser on D only")
+    g.add_argument("--disc-steps", type=int, default=1, help="altga / primal_dual: D steps per G step")
+    g.add_argument("--divergence", default="js", help="primal_dual: Table 1 variant (js, kl, wgan, ...)")
+    g.add_argument("--alpha", type=float, default=1.0, help="primal_dual: dual step size alpha")
+    g.add_argument("--bandwidth", type=float, default=None,
+                   help="primal_dual: kernel sigma in pixel units (default sqrt(number of pixels) / 2)")
+    g.add_argument("--pd-gen-loss", choices=["nonsat", "algorithm1"], default="nonsat",
+                   help="primal_dual: generator loss beside the term: the non-saturating loss, or "
+                        "Algorithm 1's f1(D(G(z))) (saturating for js)")
+    g.add_argument("--C", type=float, default=1e-4, help="dual_*: weight decay C of the discriminator loss")
+    g.add_argument("--delta", type=float, default=1e-3, help="dual_*: initial trust-region radius")
+
+
+def _base(args: argparse.Namespace) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    name = args.optim or DEFAULTS[args.method]["optim"]
+    lr = args.lr if args.lr is not None else DEFAULTS[args.method]["lr"]
+    if name == "adam":
+        return torch.optim.Adam, {"lr": lr, "betas": (args.beta1, args.beta2)}
+    if name == "rmsprop":
+        return torch.optim.RMSprop, {"lr": lr}
+    return torch.optim.SGD, {"lr": lr}
+
+
+def gan_losses(d_real: Tensor, d_fake: Tensor) -> tuple[Tensor, Tensor]:
+    """Non-saturating GAN losses (gen_loss, disc_loss) from raw logits; one D(fake) pass serves both."""
+    gen_loss = F.softplus(-d_fake).mean()
+    disc_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+    return gen_loss, disc_loss
+
+
+class GameStep:
+    """simga / altga / consensus / primal_dual: one gameopt optimiser over both players."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, args: argparse.Namespace) -> None:
+        self.G, self.D, self.method = G, D, args.method
+        base, kw = _base(args)
+        gp, dp = G.parameters(), D.parameters()
+        self.reg: gameopt.PrimalDualRegularizer | None = None
+        if args.method == "consensus":
+            self.opt: gameopt.GameOptimizer = gameopt.ConsensusOptimizer(
+                base, gp, dp, gamma=args.gamma, smoothing=args.smoothing, **kw)
+        elif args.method == "simga":
+            self.opt = gameopt.SimultaneousOptimizer(base, gp, dp, **kw)
+        else:
+            self.opt = gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, **kw)
+        if args.method == "primal_dual":
+            pixels = args.image_numel
+            sigma = args.bandwidth if args.bandwidth is not None else 0.5 * pixels**0.5
+            self.reg = gameopt.PrimalDualRegularizer(args.divergence, alpha=args.alpha, bandwidth=sigma)
+            self.reg.attach(self.opt)
+            self.pd_gen_loss = args.pd_gen_loss
+
+    def _closure(self, real: Tensor, z: Tensor) -> Callable[[], tuple[Tensor, Tensor]]:
+        def losses() -> tuple[Tensor, Tensor]:
+            fake = self.G(z)
+            d_fake, d_real = self.D(fake).flatten(), self.D(real).flatten()
+            if self.reg is None:
+                return gan_losses(d_real, d_fake)
+            div = self.reg.divergence
+            disc_loss = div.discriminator_loss(d_real, d_fake)
+            gen_loss = gan_losses(d_real, d_fake)[0] if self.pd_gen_loss == "nonsat" else div.generator_loss(d_fake)
+            # the term's gradient reaches only fake; D(real) is a constant for it
+            return gen_loss + self.reg(real.flatten(1), fake.flatten(1), d_real.detach()), disc_loss
+
+        return losses
+
+    def step(self, real: Tensor, z: Tensor) -> dict[str, Tensor]:
+        gen_loss, disc_loss = self.opt.step(self._closure(real, z))
+        out = {"gen_loss": gen_loss.detach(), "disc_loss": disc_loss.detach()}
+        if isinstance(self.opt, gameopt.ConsensusOptimizer) and self.opt.stats is not None:
+            out["consensus_loss"] = self.opt.stats.consensus_loss.detach()
+        return out
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.opt.skipped_steps
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict(), "reg": None if self.reg is None else self.reg.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["opt"])
+        if self.reg is not None:
+            self.reg.load_state_dict(state["reg"])
+
+
+class DualStep:
+    """dual_score / dual_cost: a trust-region dual discriminator step, then a generator step."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, args: argparse.Namespace) -> None:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules()):
+            raise ValueError(
+                f"{args.method} needs a discriminator that scores samples independently; "
+                "batch norm couples them: use --model dcgan or conv4 (no batch norm)"
+            )
+        self.G, self.D = G, D
+        base, kw = _base(args)
+        self.g_opt = base(G.parameters(), **kw)
+        self.d_step = gameopt.TrustRegionDualDiscriminator(
+            D, model=args.method.removeprefix("dual_"), C=args.C, delta=args.delta)
+        self.skipped_steps = 0
+
+    def step(self, real: Tensor, z: Tensor) -> dict[str, Tensor]:
+        fake = self.G(z)
+        stats = self.d_step.step(real, fake.detach())
+        gen_loss = self.d_step.generator_loss(real, fake)
+        self.g_opt.zero_grad(set_to_none=True)
+        gen_loss.backward()
+        if all(torch.isfinite(p.grad).all() for p in self.G.parameters() if p.grad is not None):
+            self.g_opt.step()
+        else:
+            self.skipped_steps += 1
+        d_loss = stats.loss_after if stats.accepted else stats.loss_before  # f(w) incl. C/2 ||w||^2
+        return {"gen_loss": gen_loss.detach(), "disc_loss": torch.tensor(d_loss),
+                "delta": torch.tensor(stats.delta), "accepted": torch.tensor(float(stats.accepted))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"g_opt": self.g_opt.state_dict(), "d_step": self.d_step.state_dict(),
+                "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.d_step.load_state_dict(state["d_step"])
+        self.skipped_steps = int(state["skipped_steps"])
+
+
+def build_method(G: nn.Module, D: nn.Module, args: argparse.Namespace) -> GameStep | DualStep:
+    """The method object named by ``args.method`` for the players G and D."""
+    if args.method not in METHODS:
+        raise ValueError(f"unknown method {args.method!r}; use one of {METHODS}")
+    if args.method.startswith("dual_"):
+        return DualStep(G, D, args)
+    return GameStep(G, D, args)

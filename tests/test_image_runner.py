@@ -1,0 +1,115 @@
+"""The image benchmark runner (benchmarks/image_gan.py): every method runs, resumes bit-for-bit, writes its outputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import image_gan  # noqa: E402
+from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
+from image_methods import METHODS  # noqa: E402
+
+TINY = ["--size", "8", "--width", "8", "--z-dim", "8", "--batch", "8", "--eval-samples", "64",
+        "--eval-real", "300", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # one trained classifier for the whole session, outside the user's cache
+    monkeypatch.setenv("GAMEOPT_CACHE", str(tmp_path_factory.getbasetemp() / "gameopt-cache"))
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    ck = torch.load(path / image_gan.CHECKPOINT, weights_only=False)
+    return {f"G.{k}": v for k, v in ck["G"].items()} | {f"D.{k}": v for k, v in ck["D"].items()}
+
+
+@pytest.mark.parametrize("size,extra", [(8, False), (16, False), (32, False), (16, True)])
+def test_model_shapes(size, extra):
+    G = dcgan_generator(z_dim=8, width=8, size=size, extra_conv=extra)
+    D = dcgan_discriminator(width=8, size=size, extra_conv=extra)
+    x = G(torch.randn(5, 8))
+    assert x.shape == (5, 3, size, size) and x.abs().max() <= 1
+    assert D(x).shape == (5, 1)
+    with pytest.raises(ValueError, match="image size"):
+        dcgan_generator(size=24)
+
+
+def test_default_dcgan_unchanged():
+    # the step-cost benchmarks' 32x32 players keep their architecture (and so their figures)
+    G, D = dcgan_generator(), dcgan_discriminator()
+    assert sum(p.numel() for p in G.parameters()) == 128 * 256 * 16 + 256 * 16 + 256 * 128 * 16 + 128 + 128 * 64 * 16 + 64 + 64 * 3 * 16 + 3
+    assert [type(m).__name__ for m in D] == ["Conv2d", "LeakyReLU"] * 3 + ["Flatten", "Linear"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_step_smoke_run(method, tmp_path):
+    out = tmp_path / method
+    summary = image_gan.main(["--method", method, "--steps", "2", "--eval-every", "1", "--out", str(out), *TINY])
+    hist = summary["history"]
+    assert [h["step"] for h in hist] == [0, 1, 2]
+    final = hist[-1]
+    for key in ("modes_covered", "kl", "classifier_score", "frechet_distance", "gen_loss", "disc_loss"):
+        assert key in final and final[key] == final[key], key   # present and not NaN
+    assert 0 <= final["modes_covered"] <= 64 and 0 <= final["kl"] <= torch.log(torch.tensor(1000.0)) + 1e-6
+    assert json.loads((out / "metrics.json").read_text())["history"] == hist
+    assert (out / "samples" / "step_000002.png").stat().st_size > 0
+    assert (out / "metrics.png").stat().st_size > 0
+    # training moved both players
+    torch.manual_seed(0)
+    G0 = dcgan_generator(z_dim=8, width=8, size=8)
+    G1 = _params(out)
+    assert any(not torch.equal(v, G1[f"G.{k}"]) for k, v in G0.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["consensus", "altga", "primal_dual", "dual_score"])
+def test_resume_equals_uninterrupted(method, tmp_path):
+    common = ["--method", method, "--eval-every", "0", "--ckpt-every", "0", *TINY]
+    image_gan.main([*common, "--steps", "4", "--out", str(tmp_path / "straight")])
+    image_gan.main([*common, "--steps", "2", "--out", str(tmp_path / "resumed")])
+    image_gan.main([*common, "--steps", "4", "--out", str(tmp_path / "resumed")])   # picks up at step 2
+    a, b = _params(tmp_path / "straight"), _params(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma = torch.load(tmp_path / "straight" / image_gan.CHECKPOINT, weights_only=False)["method"]
+    mb = torch.load(tmp_path / "resumed" / image_gan.CHECKPOINT, weights_only=False)["method"]
+    assert repr(ma) == repr(mb)   # optimiser moments, step counts, radius, bandwidth schedule
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    out = str(tmp_path / "run")
+    image_gan.main(["--method", "simga", "--steps", "1", "--eval-every", "0", "--out", out, *TINY])
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        image_gan.main(["--method", "simga", "--steps", "2", "--lr", "0.1", "--eval-every", "0", "--out", out, *TINY])
+
+
+def test_dual_rejects_batch_norm(tmp_path):
+    with pytest.raises(ValueError, match="batch norm"):
+        image_gan.main(["--method", "dual_score", "--model", "dcgan_bn", "--steps", "1",
+                        "--out", str(tmp_path / "x"), *TINY])
+
+
+def test_cifar10_run_from_a_data_path(tmp_path, monkeypatch):
+    from gameopt.images import write_cifar10_like
+
+    root = write_cifar10_like(tmp_path / "cifar", n_train_per_batch=20, n_test=20)
+    out = tmp_path / "cifar_run"
+    summary = image_gan.main(["--data", "cifar10", "--data-path", str(root), "--method", "consensus",
+                              "--steps", "2", "--width", "8", "--z-dim", "8", "--batch", "8",
+                              "--eval-samples", "32", "--eval-real", "20", "--eval-every", "0",
+                              "--no-progress", "--out", str(out)])
+    final = summary["history"][-1]
+    assert final["step"] == 2 and "frechet_distance" in final and "classifier_score" in final
+    assert (out / "samples" / "step_000002.png").exists()
+
+    monkeypatch.setenv("GAMEOPT_CIFAR10", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="cifar-10"):
+        image_gan.main(["--data", "cifar10", "--steps", "1", "--out", str(tmp_path / "y"), *TINY])
