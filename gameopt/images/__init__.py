@@ -1,0 +1,53 @@
+"""Image benchmarks: offline data sets (stacked digits, CIFAR-10 from a user's path) and metrics.
+
+Importing this package is cheap: scikit-learn (digits) is imported only when digits are loaded.
+The classifier score and Frechet distance in :mod:`gameopt.images.metrics` use gameopt's own
+small classifiers and are NOT comparable to published IS/FID; :mod:`gameopt.images.inception`
+gives real FID through an optional, maintained backend.
+"""
+
+from .cifar10 import (
+    CIFAR10_ENV,
+    CIFAR10FormatError,
+    CIFAR10NotFoundError,
+    load_cifar10,
+    to_signed_unit,
+    write_cifar10_like,
+)
+from .classifier import SmallCNN, cifar10_classifier, digit_classifier, train_classifier
+from .metrics import (
+    CIFAR10Evaluator,
+    NonFiniteImagesError,
+    StackedDigitsEvaluator,
+    classifier_score,
+    feature_statistics,
+    frechet_distance,
+    mode_histogram,
+    mode_kl,
+    modes_covered,
+)
+from .stacked_digits import StackedDigits, digit_images
+
+__all__ = [
+    "CIFAR10_ENV",
+    "CIFAR10Evaluator",
+    "CIFAR10FormatError",
+    "CIFAR10NotFoundError",
+    "NonFiniteImagesError",
+    "SmallCNN",
+    "StackedDigits",
+    "StackedDigitsEvaluator",
+    "cifar10_classifier",
+    "classifier_score",
+    "digit_classifier",
+    "digit_images",
+    "feature_statistics",
+    "frechet_distance",
+    "load_cifar10",
+    "mode_histogram",
+    "mode_kl",
+    "modes_covered",
+    "to_signed_unit",
+    "train_classifier",
+    "write_cifar10_like",
+]

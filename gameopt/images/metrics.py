@@ -1,0 +1,318 @@
+"""Image-GAN metrics: mode coverage, mode KL, a classifier score and a Frechet distance.
+
+The classifier score and the Frechet distance here are computed with gameopt's own small
+classifiers (:mod:`gameopt.images.classifier`), so they rank methods against each other on the
+same benchmark but are NOT comparable to published Inception Scores or FIDs. For real FID use
+:func:`gameopt.images.inception.inception_fid`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NonFiniteImagesError(ValueError):
+    """Generated images contain NaN or inf (usually a diverged run); no metric is meaningful."""
+
+
+def _check_modes(modes: torch.Tensor, n_modes: int) -> torch.Tensor:
+    modes = torch.as_tensor(modes)
+    if modes.dim() != 1 or modes.dtype in (torch.float16, torch.float32, torch.float64, torch.bool):
+        raise ValueError(f"modes must be a 1-D integer tensor, got {modes.dtype} {tuple(modes.shape)}")
+    if n_modes < 1:
+        raise ValueError(f"n_modes must be >= 1, got {n_modes}")
+    if modes.numel() and (int(modes.min()) < 0 or int(modes.max()) >= n_modes):
+        raise ValueError(f"modes must lie in [0, {n_modes}), got [{int(modes.min())}, {int(modes.max())}]")
+    return modes.long().cpu()
+
+
+def mode_histogram(modes: torch.Tensor, n_modes: int) -> torch.Tensor:
+    """Count of samples in each mode: int64 ``(n_modes,)`` for integer ``modes`` ``(N,)`` in ``[0, n_modes)``."""
+    return torch.bincount(_check_modes(modes, n_modes), minlength=n_modes)
+
+
+def modes_covered(modes: torch.Tensor, n_modes: int, min_count: int = 1) -> int:
+    """Number of modes hit by at least ``min_count`` samples (0 to ``n_modes``)."""
+    return int((mode_histogram(modes, n_modes) >= min_count).sum())
+
+
+def mode_kl(modes: torch.Tensor, n_modes: int) -> float:
+    """KL(mode histogram || uniform) in nats: ``sum_k p_k log(p_k * n_modes)``.
+
+    0 when the samples are spread evenly over all modes, ``log(n_modes)`` when they all fall in
+    one mode (the convention of the stacked-MNIST tables and of
+    :func:`gameopt.toy_games.mixture_metrics`). A finite sample of the uniform distribution gives
+    a small positive value (about ``(n_modes - 1) / (2 N)``).
+    """
+    counts = mode_histogram(modes, n_modes).double()
+    if counts.sum() == 0:
+        raise ValueError("mode_kl needs at least one sample")
+    p = counts / counts.sum()
+    nz = p > 0
+    return float((p[nz] * torch.log(p[nz] * n_modes)).sum())
+
+
+def classifier_score(logits: torch.Tensor, splits: int = 1) -> float:
+    """Inception-score-like ``exp(E_x KL(p(y|x) || p(y)))`` from classifier logits ``(N, K)``.
+
+    ``p(y|x) = softmax(logits)`` (log-probabilities work too), ``p(y)`` its mean over the
+    samples. 1 when every sample gets the same prediction, ``K`` when predictions are confident
+    and spread evenly over the ``K`` classes. With ``splits > 1`` the samples are cut into that
+    many equal chunks and the mean of the per-chunk scores is returned (the IS convention).
+    """
+    if logits.dim() != 2 or logits.shape[0] < 1:
+        raise ValueError(f"logits must have shape (N, K) with N >= 1, got {tuple(logits.shape)}")
+    if splits < 1 or splits > logits.shape[0]:
+        raise ValueError(f"splits must be in [1, N={logits.shape[0]}], got {splits}")
+    logp = F.log_softmax(logits.detach().double().cpu(), dim=1)
+    scores = []
+    for chunk in torch.tensor_split(logp, splits):
+        log_py = torch.logsumexp(chunk, 0) - math.log(chunk.shape[0])
+        kl = (chunk.exp() * (chunk - log_py)).sum(1)
+        scores.append(math.exp(float(kl.mean())))
+    return float(np.mean(scores))
+
+
+def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(D,)`` and covariance ``(D, D)`` (unbiased, N-1) of features ``(N, D)``, float64 numpy."""
+    f = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must have shape (N, D) with N >= 2, got {f.shape}")
+    return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Frechet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2) (squared units of the features).
+
+    ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2)``. The matrix square roots
+    come from symmetric eigen-decompositions with tiny negative eigenvalues (round-off) clamped
+    to zero, so the result is real, >= 0, and 0 for identical statistics.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError(
+            f"shape mismatch: mu {mu1.shape} / {mu2.shape}, sigma {s1.shape} / {s2.shape}"
+        )
+    r1 = _psd_sqrt(s1)
+    m = r1 @ s2 @ r1
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
+    d = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * cross)
+    return max(d, 0.0)
+
+
+def _as_images(images: torch.Tensor, channels: int) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != channels:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a tensor (N, {channels}, H, W) in [-1, 1], got {shape}")
+    if images.shape[0] < 2:
+        raise ValueError(f"need at least 2 images for the statistics, got {images.shape[0]}")
+    images = images.detach()
+    bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+    if bad:
+        raise NonFiniteImagesError(f"{bad} of {images.shape[0]} images contain NaN or inf")
+    return images
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class StackedDigitsEvaluator:
+    """Scores generated stacked-digit images against the held-out test split.
+
+    Each channel is classified by :func:`~gameopt.images.classifier.digit_classifier`; the mode
+    of an image is ``100 * a + 10 * b + c`` for the three argmax digits.
+
+    ``__call__(images)`` takes ``(N, 3, H, W)`` in [-1, 1] with ``H == W`` in 8, 16, 32 (16 and 32
+    are area-averaged down to 8x8) and returns:
+
+    - ``"modes_covered"`` (int, 0-1000): modes with at least one sample;
+    - ``"kl"``: KL(mode histogram || uniform) in nats (0 best, log 1000 = 6.91 worst);
+    - ``"classifier_score"``: the classifier score over the 1000-way mode distribution, whose
+      probabilities are the products of the three per-channel softmaxes (1 worst, 1000 best);
+    - ``"frechet_distance"``: Frechet distance between the concatenated per-channel features
+      (3 x 128 = 384 dims) of the images and of ``n_real`` real test-split samples.
+
+    Real statistics are computed once per image size, from test-split samples generated at that
+    size and downsampled the same way, so real data scores ~0 at every size. ``real_metrics(size)``
+    gives those real-data values as a reference. The scores live in our classifier's feature
+    space: compare methods with each other, not with published FID/IS.
+
+    Args:
+        classifier: a digit classifier with ``features``; default :func:`digit_classifier`
+            (trained and cached on first use, about 10 s).
+        n_real: real samples for the reference statistics.
+        seed: seed of the real samples.
+        batch_size: images per forward pass.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module | None = None,
+        n_real: int = 10000,
+        seed: int = 0,
+        batch_size: int = 2000,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if classifier is None:
+            from .classifier import digit_classifier
+
+            classifier = digit_classifier(cache_dir)
+        self.classifier = classifier.eval()
+        self.n_real = n_real
+        self.seed = seed
+        self.batch_size = batch_size
+        self._real: dict[int, tuple[np.ndarray, np.ndarray, dict]] = {}
+        self._real_stats(8)
+
+    @torch.no_grad()
+    def _outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel log-probabilities ``(N, 3, 10)`` and concatenated features ``(N, 384)``."""
+        n, c, h, w = images.shape
+        if h != w or h % 8:
+            raise ValueError(f"images must be square with a side that is a multiple of 8, got {h}x{w}")
+        device = _model_device(self.classifier)
+        logps, feats = [], []
+        for i in range(0, n, self.batch_size):
+            x = images[i : i + self.batch_size].to(device=device, dtype=torch.float32)
+            if h != 8:
+                x = F.avg_pool2d(x, h // 8)
+            x = x.reshape(-1, 1, 8, 8)  # channels become separate digits
+            f = self.classifier.features(x)
+            logits = self.classifier.head(f) if hasattr(self.classifier, "head") else self.classifier(x)
+            logps.append(F.log_softmax(logits.double(), 1).reshape(-1, c, 10).cpu())
+            feats.append(f.reshape(-1, c * f.shape[1]).double().cpu())
+        return torch.cat(logps), torch.cat(feats)
+
+    @staticmethod
+    def _scores(logp: torch.Tensor, chunk: int = 2000) -> tuple[torch.Tensor, float]:
+        """Modes ``(N,)`` and the 1000-way classifier score, in chunks (N x 1000 is large)."""
+        modes = (logp.argmax(2) * torch.tensor([100, 10, 1])).sum(1)
+
+        def joint(lp: torch.Tensor) -> torch.Tensor:  # log p(a, b, c | x) = sum of channel terms
+            j = lp[:, 0, :, None, None] + lp[:, 1, None, :, None] + lp[:, 2, None, None, :]
+            return j.reshape(len(lp), 1000)
+
+        chunks = torch.split(logp, chunk)
+        log_py = torch.logsumexp(
+            torch.stack([torch.logsumexp(joint(c), 0) for c in chunks]), 0
+        ) - math.log(len(logp))
+        kl_sum = 0.0
+        for c in chunks:
+            j = joint(c)
+            kl_sum += float((j.exp() * (j - log_py)).sum())
+        return modes, math.exp(kl_sum / len(logp))
+
+    def _real_stats(self, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        if size not in self._real:
+            from .stacked_digits import StackedDigits
+
+            data = StackedDigits("test", size=size)
+            images, true_modes = data.sample(self.n_real, torch.Generator().manual_seed(self.seed))
+            logp, feats = self._outputs(images)
+            mu, sigma = feature_statistics(feats)
+            modes, score = self._scores(logp)
+            ref = {
+                "modes_covered": modes_covered(modes, 1000),
+                "kl": mode_kl(modes, 1000),
+                "classifier_score": score,
+                "frechet_distance": 0.0,
+                "mode_accuracy": float((modes == true_modes).double().mean()),
+            }
+            self._real[size] = (mu, sigma, ref)
+        return self._real[size]
+
+    def real_metrics(self, size: int = 8) -> dict[str, float]:
+        """The metrics of the ``n_real`` real test samples themselves (FD 0 by construction),
+        plus ``"mode_accuracy"``: how often the classifier recovers the true label triple."""
+        return dict(self._real_stats(size)[2])
+
+    def __call__(self, images: torch.Tensor) -> dict[str, float]:
+        """Metrics of generated images ``(N, 3, H, W)`` in [-1, 1]; see the class docstring."""
+        images = _as_images(images, 3)
+        h, w = images.shape[-2:]
+        if h != w or h not in (8, 16, 32):
+            raise ValueError(f"stacked-digit images must be 8x8, 16x16 or 32x32, got {h}x{w}")
+        mu_r, sigma_r, _ = self._real_stats(h)
+        logp, feats = self._outputs(images)
+        mu, sigma = feature_statistics(feats)
+        modes, score = self._scores(logp)
+        return {
+            "modes_covered": modes_covered(modes, 1000),
+            "kl": mode_kl(modes, 1000),
+            "classifier_score": score,
+            "frechet_distance": frechet_distance(mu, sigma, mu_r, sigma_r),
+        }
+
+
+class CIFAR10Evaluator:
+    """Classifier score and Frechet distance of generated CIFAR-10-like images.
+
+    Uses :func:`~gameopt.images.classifier.cifar10_classifier` (trained on the user's data and
+    cached; slow on CPU). ``__call__(images)`` takes ``(N, 3, 32, 32)`` in [-1, 1] and returns
+    ``{"classifier_score", "frechet_distance"}``: the 10-class classifier score (1 to 10) and
+    the Frechet distance of the 256-dim features to ``n_real`` test-split images. Our
+    classifier's feature space, NOT comparable to published IS/FID (use
+    :func:`gameopt.images.inception.inception_fid` for that).
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module | None = None,
+        root: str | os.PathLike | None = None,
+        n_real: int = 10000,
+        seed: int = 0,
+        batch_size: int = 500,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        from .cifar10 import load_cifar10, to_signed_unit
+
+        if classifier is None:
+            from .classifier import cifar10_classifier
+
+            classifier = cifar10_classifier(root, cache_dir)
+        self.classifier = classifier.eval()
+        self.batch_size = batch_size
+        x, _ = load_cifar10(root, "test")
+        if n_real < len(x):
+            keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n_real]
+            x = x[keep]
+        logits, feats = self._outputs(to_signed_unit(x))
+        self.mu_real, self.sigma_real = feature_statistics(feats)
+        self.real_classifier_score = classifier_score(logits)
+
+    @torch.no_grad()
+    def _outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = _model_device(self.classifier)
+        logits, feats = [], []
+        for i in range(0, len(images), self.batch_size):
+            x = images[i : i + self.batch_size].to(device=device, dtype=torch.float32)
+            f = self.classifier.features(x)
+            logits.append(self.classifier.head(f).double().cpu())
+            feats.append(f.double().cpu())
+        return torch.cat(logits), torch.cat(feats)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, float]:
+        """Metrics of generated images ``(N, 3, 32, 32)`` in [-1, 1]."""
+        images = _as_images(images, 3)
+        if images.shape[-2:] != (32, 32):
+            raise ValueError(f"CIFAR-10 images must be 32x32, got {tuple(images.shape[-2:])}")
+        logits, feats = self._outputs(images)
+        mu, sigma = feature_statistics(feats)
+        return {
+            "classifier_score": classifier_score(logits),
+            "frechet_distance": frechet_distance(mu, sigma, self.mu_real, self.sigma_real),
+        }
