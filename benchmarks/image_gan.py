@@ -86,6 +86,9 @@ class ImageGame:
         return to_signed_unit(self._data[idx])
 
     def evaluate(self, fake: Tensor) -> dict[str, float]:
+        """Metrics of generated images; NaN metrics (not a crash) when the generator has diverged."""
+        if not torch.isfinite(fake).all():
+            return {"nonfinite_samples": float((~torch.isfinite(fake.flatten(1))).any(1).sum())}
         out = dict(self._evaluator(fake))
         if self.fid:
             from gameopt.images import inception_fid
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     summary = run(args)
     final = summary["history"][-1]
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float) and k != "train_seconds")
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("step", "train_seconds"))
     print(f"{args.data}/{args.model}/{args.method} seed {args.seed}: step {final['step']}, "
           f"{summary['train_seconds']:.0f} s training; {shown}")
     print(f"wrote {Path(args.out) / 'metrics.json'}, {Path(args.out) / 'metrics.png'}, samples/ and {CHECKPOINT}")

@@ -93,8 +93,8 @@ def test_resume_refuses_other_settings(tmp_path):
 
 def test_dual_rejects_batch_norm(tmp_path):
     with pytest.raises(ValueError, match="batch norm"):
-        image_gan.main(["--method", "dual_score", "--model", "dcgan_bn", "--steps", "1",
-                        "--out", str(tmp_path / "x"), *TINY])
+        image_gan.main(["--method", "dual_score", "--model", "dcgan_bn", "--steps", "1", "--size", "16",
+                        "--out", str(tmp_path / "x"), *TINY[2:]])
 
 
 def test_cifar10_run_from_a_data_path(tmp_path, monkeypatch):
