@@ -108,12 +108,14 @@ def build_models(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[nn.M
 
 # ------------------------------------------------------------------------ outputs
 def save_grid(images: Tensor, path: Path, nrow: int = 8) -> None:
-    """Save images (N, C, H, W) in [-1, 1] as one PNG grid of ``nrow`` columns (1-pixel gaps)."""
+    """Save images (N, C, H, W) in [-1, 1] as one PNG grid of ``nrow`` columns (1-pixel gaps; sides under 32 enlarged)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2)
+    scale = max(1, 32 // x.shape[-1])   # small images are enlarged (nearest) to stay visible
+    x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
     n, c, h, w = x.shape
     rows = math.ceil(n / nrow)
     grid = torch.ones(c, rows * (h + 1) + 1, nrow * (w + 1) + 1)

@@ -113,3 +113,21 @@ def test_cifar10_run_from_a_data_path(tmp_path, monkeypatch):
     monkeypatch.setenv("GAMEOPT_CIFAR10", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="cifar-10"):
         image_gan.main(["--data", "cifar10", "--steps", "1", "--out", str(tmp_path / "y"), *TINY])
+
+
+def test_table_collects_runs(tmp_path):
+    import image_table
+
+    folders = []
+    for method, seed in [("simga", 0), ("simga", 1), ("consensus", 0)]:
+        out = tmp_path / f"{method}_s{seed}"
+        image_gan.main(["--method", method, "--seed", str(seed), "--steps", "1", "--eval-every", "0",
+                        "--out", str(out), *TINY])
+        folders.append(str(out))
+    md = image_table.main([*folders, "--out", str(tmp_path / "table")])
+    rows = md.splitlines()
+    assert sum(r.startswith("| simga | ") for r in rows) == 3          # two seeds, one mean row
+    assert any(r.startswith("| consensus (gamma 10) | 0 | 1 |") for r in rows)
+    assert "| simga | 2 |" in md
+    assert (tmp_path / "table" / "curves.png").stat().st_size > 0
+    assert len(json.loads((tmp_path / "table" / "summary.json").read_text())) == 3

@@ -1,0 +1,123 @@
+"""Collect finished image-benchmark runs into a Markdown table (and a JSON summary).
+
+    python benchmarks/image_table.py runs/stacked_digits/* --out benchmarks/results/stacked_digits
+
+Reads each run folder's ``metrics.json`` (written by ``benchmarks/image_gan.py``), prints one
+row per run and one mean +- std row per method over seeds, and writes ``table.md``,
+``summary.json``, ``curves.png`` (each metric over steps, one line per run) and each run's last
+sample grid (``samples/<run folder>.png``) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+METRICS = [("modes_covered", "modes (/1000)", "{:.0f}"), ("kl", "KL", "{:.2f}"),
+           ("classifier_score", "score", "{:.1f}"), ("frechet_distance", "FD (ours)", "{:.0f}")]
+
+
+def load_runs(folders: list[str]) -> list[dict[str, Any]]:
+    runs = []
+    for f in folders:
+        path = Path(f) / "metrics.json"
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        s = d["settings"]
+        label = s["method"]
+        if s["method"] == "consensus":
+            label += f" (gamma {s['gamma']:g})"
+        if s["method"] == "primal_dual":
+            label += f" ({s['divergence']}, alpha {s['alpha']:g})"
+        runs.append({"folder": str(f), "label": label, "seed": s["seed"], "settings": s,
+                     "final": d["history"][-1], "history": d["history"], "seconds": d["train_seconds"],
+                     "skipped": d["skipped_steps"]})
+    return sorted(runs, key=lambda r: (r["label"], r["seed"]))
+
+
+def _fmt(fmt: str, v: Any) -> str:
+    return "diverged" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    head = "| method | seed | steps | train time (s) | " + " | ".join(m[1] for m in METRICS) + " |"
+    lines = [head, "|" + "---|" * (4 + len(METRICS))]
+    for r in runs:
+        f = r["final"]
+        lines.append(f"| {r['label']} | {r['seed']} | {f['step']} | {r['seconds']:.0f} | "
+                     + " | ".join(_fmt(fmt, f.get(k)) for k, _, fmt in METRICS) + " |")
+    lines += ["", "| method | runs | " + " | ".join(m[1] for m in METRICS) + " |",
+              "|" + "---|" * (2 + len(METRICS))]
+    for label in dict.fromkeys(r["label"] for r in runs):
+        group = [r["final"] for r in runs if r["label"] == label]
+        cells = []
+        for k, _, fmt in METRICS:
+            vals = [g[k] for g in group if k in g and math.isfinite(g[k])]
+            if not vals:
+                cells.append("diverged")
+                continue
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{_fmt(fmt, statistics.mean(vals))} +- {_fmt(fmt, sd)}"
+                         + (f" ({len(vals)}/{len(group)})" if len(vals) < len(group) else ""))
+        lines.append(f"| {label} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    colours = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
+    for ax, (k, title, _) in zip(axes, METRICS):
+        for r in runs:
+            pts = [(h["step"], h[k]) for h in r["history"] if k in h]
+            if pts:
+                ax.plot(*zip(*pts), color=colours[r["label"]], alpha=0.8, lw=1,
+                        label=r["label"] if r["seed"] == min(q["seed"] for q in runs if q["label"] == r["label"]) else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    if k == "frechet_distance":
+        axes[-1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="run folders (each with metrics.json)")
+    ap.add_argument("--out", default=None, help="write table.md, summary.json and curves.png here")
+    args = ap.parse_args(argv)
+    runs = load_runs(args.runs)
+    if not runs:
+        raise SystemExit("no metrics.json found in the given folders")
+    md = table(runs)
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(md + "\n")
+        (out / "summary.json").write_text(json.dumps(
+            [{k: r[k] for k in ("folder", "label", "seed", "final", "seconds", "skipped", "settings")} for r in runs],
+            indent=2))
+        plot(runs, out / "curves.png")
+        for r in runs:   # the last sample grid of every run, named after its folder
+            grids = sorted((Path(r["folder"]) / "samples").glob("step_*.png"))
+            if grids:
+                (out / "samples").mkdir(exist_ok=True)
+                shutil.copyfile(grids[-1], out / "samples" / f"{Path(r['folder']).name}.png")
+    return md
+
+
+if __name__ == "__main__":
+    main()
