@@ -81,7 +81,19 @@ def _dual(model):
     return run
 
 
-CASES = {"primal_dual": _primal_dual,
+def _mismatch(rank, world, distributed):
+    """Rank 1 passes one sample fewer: every rank must raise (none may hang in a collective)."""
+    reg = gameopt.PrimalDualRegularizer("js", distributed=distributed)
+    x = torch.randn(4 - rank, 2, dtype=torch.float64)
+    try:
+        reg(x, x.clone().requires_grad_(), torch.zeros(4 - rank, dtype=torch.float64))
+    except gameopt.GameInputError as e:
+        assert "same shapes" in str(e)
+        return [torch.ones(1)]
+    return [torch.zeros(1)]
+
+
+CASES = {"mismatch": _mismatch,"primal_dual": _primal_dual,
          "primal_dual_local": lambda rank, world, distributed: _primal_dual(rank, world, distributed, False), "linear": _dual("linear"), "cost": _dual("cost"), "score": _dual("score")}
 
 
@@ -111,7 +123,7 @@ def _run(kind):
             return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
 
 
-@pytest.mark.parametrize("kind", ["primal_dual"])
+@pytest.mark.parametrize("kind", ["primal_dual", "linear", "cost", "score"])
 def test_two_ranks_equal_one_process(kind):
     results = _run(kind)
     with warnings.catch_warnings():
@@ -127,3 +139,15 @@ def test_per_rank_kernel_density_differs():
     results = _run("primal_dual_local")
     single = [p.detach() for p in _primal_dual(0, 1, False)]
     assert max(float((a - c).abs().max()) for a, c in zip(results[0], single)) > 1e-6
+
+
+def test_unequal_shares_raise_on_every_rank():
+    results = _run("mismatch")
+    assert [float(r[0]) for r in results] == [1.0, 1.0]
+
+
+def test_distributed_needs_a_process_group():
+    with pytest.raises(gameopt.GameInputError, match="init_process_group"):
+        gameopt.PrimalDualRegularizer("js", distributed=True)
+    with pytest.raises(gameopt.GameInputError, match="init_process_group"):
+        gameopt.TrustRegionDualDiscriminator(mlp([2, 4, 1], 0), model="score", distributed=True)
