@@ -92,23 +92,20 @@ class _ReduceScatterRows(torch.autograd.Function):
 def check_same_shapes(shapes: dict[str, tuple[int, ...]], group: Any = None) -> None:
     """Raise :class:`GameInputError` on every rank unless every rank passes the same shapes.
 
-    One small all-gather of the shapes, so a mismatch is an error on all ranks at once
-    instead of a hang in the next collective.
+    One small all-gather of the shapes (every rank names the same tensors), so a
+    mismatch is an error on all ranks at once instead of a hang in the next collective.
     """
     import torch.distributed as dist
 
     _, world = _world(group)
     flat: list[int] = []
-    for shape in shapes.values():
-        flat += [len(shape), *shape]
+    for shape in shapes.values():  # fixed width (9 per shape), so one all-gather suffices
+        if len(shape) > 8:
+            raise GameInputError(f"tensors of more than 8 dimensions are not supported here, got {tuple(shape)}")
+        flat += [len(shape), *shape, *([-1] * (8 - len(shape)))]
     mine = torch.tensor(flat, dtype=torch.int64)
-    lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(lengths, torch.tensor([mine.numel()], dtype=torch.int64), group=group)
-    width = int(max(int(n) for n in lengths))
-    padded = torch.full((width,), -1, dtype=torch.int64)
-    padded[: mine.numel()] = mine
-    every = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(every, padded, group=group)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
     if any(not torch.equal(e, every[0]) for e in every):
         names = ", ".join(shapes)
         raise GameInputError(
