@@ -312,12 +312,21 @@ class TrustRegionDualDiscriminator:
         Updates the parameters in place (no autograd graph), returns the stats (also
         kept in ``last_stats``). Pass ``fake.detach()``.
         """
-        _check_batch(real, fake)
         if self.distributed:
+            # Collectives first, checks after, on what every rank sees: a bad batch on one
+            # rank then raises on every rank instead of leaving the others waiting.
             check_same_shapes({"real": tuple(real.shape), "fake": tuple(fake.shape)}, self.process_group)
             if self.model != "cost":
                 real = gather_rows(real.detach(), self.process_group)
                 fake = gather_rows(fake.detach(), self.process_group)
+            else:
+                (ok,) = self._all_reduce_mean(
+                    [(torch.isfinite(real).all() & torch.isfinite(fake).all()).to(torch.float64).reshape(1)]
+                )
+                if float(ok) < 1.0:
+                    raise ValueError("a rank's real or fake batch contains NaN or inf values; check the "
+                                     "generator output (e.g. a diverged generator) on every rank")
+        _check_batch(real, fake)
         if self.model == "linear":
             stats = self._step_linear(real, fake)
         elif self.model == "cost":

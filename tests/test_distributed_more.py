@@ -93,7 +93,23 @@ def _mismatch(rank, world, distributed):
     return [torch.zeros(1)]
 
 
-CASES = {"mismatch": _mismatch,"primal_dual": _primal_dual,
+def _nan_dual(model):
+    def run(rank, world, distributed):
+        disc = gameopt.TrustRegionDualDiscriminator(mlp([2, 6, 1], 7), model=model, distributed=distributed)
+        before = [p.detach().clone() for p in disc.parameters()]
+        x = torch.randn(4, 2, dtype=torch.float64)
+        fake = x * float("nan") if rank == 1 else x + 1
+        try:
+            disc.step(x, fake)
+        except ValueError as e:
+            assert "NaN" in str(e)
+            assert all(torch.equal(a, b) for a, b in zip(before, disc.parameters()))
+            return [torch.ones(1)]
+        return [torch.zeros(1)]
+    return run
+
+
+CASES = {"mismatch": _mismatch, "nan_cost": _nan_dual("cost"), "nan_score": _nan_dual("score"),"primal_dual": _primal_dual,
          "primal_dual_local": lambda rank, world, distributed: _primal_dual(rank, world, distributed, False), "linear": _dual("linear"), "cost": _dual("cost"), "score": _dual("score")}
 
 
@@ -151,3 +167,10 @@ def test_distributed_needs_a_process_group():
         gameopt.PrimalDualRegularizer("js", distributed=True)
     with pytest.raises(gameopt.GameInputError, match="init_process_group"):
         gameopt.TrustRegionDualDiscriminator(mlp([2, 4, 1], 0), model="score", distributed=True)
+
+
+@pytest.mark.parametrize("model", ["cost", "score"])
+def test_nan_on_one_rank_raises_on_every_rank(model):
+    """One rank's NaN batch: every rank refuses the step (none hangs, none steps alone)."""
+    results = _run(f"nan_{model}")
+    assert [float(r[0]) for r in results] == [1.0, 1.0]
