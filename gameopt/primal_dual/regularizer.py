@@ -161,6 +161,10 @@ class PrimalDualRegularizer(nn.Module):
         for name, t in (("real", real), ("fake", fake), ("d_real", d_real)):
             if not isinstance(t, Tensor):
                 raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+        if self.distributed:  # before any local check, so a bad share raises on every rank, not only here
+            check_same_shapes(
+                {"real": tuple(real.shape), "fake": tuple(fake.shape), "d_real": tuple(d_real.shape)}, self.process_group
+            )
         if real.dim() == 0 or real.shape[0] == 0:
             raise ValueError(f"real batch is empty (shape {tuple(real.shape)}); pass at least one data sample.")
         if fake.dim() == 0 or fake.shape[0] == 0:
@@ -187,7 +191,6 @@ class PrimalDualRegularizer(nn.Module):
         if not y.is_floating_point():
             raise ValueError(f"fake must be a floating-point tensor, got {y.dtype}.")
         if self.distributed:
-            check_same_shapes({"real": tuple(x.shape), "fake features": tuple(y.shape)}, self.process_group)
             y = gather_rows(y, self.process_group)
 
         w = self.alpha * self.divergence.f1_from_output(d_real.detach().reshape(n).to(device=y.device, dtype=y.dtype))
