@@ -347,7 +347,8 @@ class TrustRegionDualDiscriminator:
         flat = torch.cat([t.reshape(-1).double() for t in tensors])
         dist.all_reduce(flat, group=self.process_group)
         flat /= dist.get_world_size(self.process_group)
-        return [part.view_as(t).to(t.dtype) for part, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors)]
+        parts = torch.split(flat, [t.numel() for t in tensors])
+        return [part.view_as(t).to(t.dtype) for part, t in zip(parts, tensors)]
 
     def _broadcast_state(self) -> None:
         """Copy the group's first rank's weights and radius to every rank (guards against drift)."""

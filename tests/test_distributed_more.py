@@ -109,8 +109,16 @@ def _nan_dual(model):
     return run
 
 
-CASES = {"mismatch": _mismatch, "nan_cost": _nan_dual("cost"), "nan_score": _nan_dual("score"),"primal_dual": _primal_dual,
-         "primal_dual_local": lambda rank, world, distributed: _primal_dual(rank, world, distributed, False), "linear": _dual("linear"), "cost": _dual("cost"), "score": _dual("score")}
+CASES = {
+    "primal_dual": _primal_dual,
+    "primal_dual_local": lambda rank, world, distributed: _primal_dual(rank, world, distributed, False),
+    "linear": _dual("linear"),
+    "cost": _dual("cost"),
+    "score": _dual("score"),
+    "mismatch": _mismatch,
+    "nan_cost": _nan_dual("cost"),
+    "nan_score": _nan_dual("score"),
+}
 
 
 def _worker(rank, world, init_file, out_dir, kind):

@@ -162,9 +162,8 @@ class PrimalDualRegularizer(nn.Module):
             if not isinstance(t, Tensor):
                 raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
         if self.distributed:  # before any local check, so a bad share raises on every rank, not only here
-            check_same_shapes(
-                {"real": tuple(real.shape), "fake": tuple(fake.shape), "d_real": tuple(d_real.shape)}, self.process_group
-            )
+            shapes = {"real": tuple(real.shape), "fake": tuple(fake.shape), "d_real": tuple(d_real.shape)}
+            check_same_shapes(shapes, self.process_group)
         if real.dim() == 0 or real.shape[0] == 0:
             raise ValueError(f"real batch is empty (shape {tuple(real.shape)}); pass at least one data sample.")
         if fake.dim() == 0 or fake.shape[0] == 0:
