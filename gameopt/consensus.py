@@ -172,6 +172,7 @@ class ConsensusOptimizer(GameOptimizer):
         self._compiled_core: Callable[..., Any] | None = None
         self.distributed = bool(distributed)
         self.process_group = process_group
+        self._loss_scale = 1.0  # the GradScaler's scale of the last backward (1: unscaled)
 
     @property
     def regularized_players(self) -> tuple[str, ...]:
@@ -185,11 +186,17 @@ class ConsensusOptimizer(GameOptimizer):
             return ["gen_loss", "disc_loss"]
         return [f"loss of player '{p}'" for p in self.players]
 
-    def backward(self, *losses: torch.Tensor) -> ConsensusStats:
+    def backward(self, *losses: torch.Tensor, scaler: Any = None) -> ConsensusStats:
         """Accumulate the consensus-corrected gradient into ``p.grad`` (like ``loss.backward()``).
 
         Takes one loss per player, in player order: ``backward(gen_loss, disc_loss)``.
         Nothing is written to ``p.grad`` unless every check passes.
+
+        ``scaler``: the ``torch.amp.GradScaler`` whose ``scale()`` the losses went through
+        (fp16 mixed precision). The gradients are then ``s v`` and, if nothing were done,
+        the regulariser's ``s^2 v'^T v``; gameopt seeds the second pass with ``v`` unscaled,
+        so ``p.grad = s (v + gamma v'^T v)`` is consistently scaled and ``scaler.step(opt)``
+        unscales it, checks it for inf/NaN and skips the step on overflow as usual.
         """
         if len(losses) != len(self.players):
             raise GameInputError(
@@ -201,6 +208,16 @@ class ConsensusOptimizer(GameOptimizer):
             check_loss(loss, player, name, self.unbiased)
             for loss, player, name in zip(losses, self.players, names)
         )
+        scale = 1.0
+        if scaler is not None:
+            if not (hasattr(scaler, "get_scale") and hasattr(scaler, "unscale_")):
+                raise GameInputError(
+                    f"scaler must be the torch.amp.GradScaler that scaled the losses, got {type(scaler).__name__}"
+                )
+            scale = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
+            if not (math.isfinite(scale) and scale > 0):
+                raise GameInputError(f"the GradScaler's scale must be finite and > 0, got {scale}")
+        self._loss_scale = scale
         with torch.enable_grad():
             return self._backward(losses, names)
 
@@ -278,6 +295,9 @@ class ConsensusOptimizer(GameOptimizer):
                 seeds = [(v[i] - flat_grads[i].detach() / batch) / (batch - 1) for i in keep]
             else:
                 seeds = [v[i] for i in keep]
+            scale = self._loss_scale
+            if scale != 1.0:  # losses scaled by s: seed with v, not s v, so grad L comes out s-scaled like v
+                seeds = [t / scale for t in seeds]
             if outs and not self._graph_checked:
                 culprit = find_once_differentiable(outs)
                 if culprit is not None:
@@ -322,6 +342,9 @@ class ConsensusOptimizer(GameOptimizer):
         if len({n.dtype for n in norms}) > 1:
             norms = [n.float() for n in norms]
         norm = torch.stack(norms).float()
+        scale = self._loss_scale
+        if scale != 1.0:  # statistics of the unscaled gradients
+            norm = norm / scale
         finite = torch.isfinite(norm).all()
         self.stats = ConsensusStats(self.players, norm, len(v_parts), bounds, finite)
         self._finite = finite

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from . import solvers as _solvers
+from .distributed import check_distributed, check_same_shapes, gather_rows
 from .solvers._common import check_finite, check_positive, softplus_exact
 
 __all__ = ["TrustRegionDualDiscriminator", "RBFFeatures", "DualStepStats", "DualSolverWarning", "DualSolverError"]
@@ -171,6 +172,21 @@ class TrustRegionDualDiscriminator:
             products; nn.Linear / nn.Conv2d only), "auto" (hooks when possible).
         on_failure: "warn" (warn with :class:`DualSolverWarning`, flag the stats, leave
             the discriminator unchanged) or "raise" (:class:`DualSolverError`).
+        distributed: data parallel under ``torch.distributed``; each rank passes its own
+            equal share of the batch to :meth:`step` and :meth:`generator_loss`, and every
+            rank makes exactly the full-batch step (tested against one process):
+
+            * "cost": the gradient and the loss are all-reduced (mean): one all-reduce of
+              parameter size plus one scalar per attempt; the work is split over ranks.
+            * "linear" and "score": the dual couples every pair of samples (K = J J^T has
+              cross-rank blocks J_r J_s^T), so the samples are all-gathered (2n inputs per
+              rank, far smaller than the p numbers per sample that gathering J would
+              cost) and every rank solves the full-batch dual; the kernel work is not
+              split. The updated weights (and radius) are then broadcast from the group's
+              first rank, so replicas cannot drift apart by rounding.
+            * :meth:`generator_loss` of "linear" gathers the features (gradient path kept
+              for the local fakes); average the generator's gradients over ranks as usual.
+        process_group: the group to use (default: the world).
     """
 
     def __init__(
@@ -193,6 +209,8 @@ class TrustRegionDualDiscriminator:
         jacobian_budget_bytes: int = 512 * 2**20,
         per_sample: str = "auto",
         on_failure: str = "warn",
+        distributed: bool = False,
+        process_group: Any = None,
     ) -> None:
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; use one of {MODELS}")
@@ -227,6 +245,10 @@ class TrustRegionDualDiscriminator:
         self.weight: Tensor | None = None  # linear model only
         self.last_stats: DualStepStats | None = None
         self._cached_duals: tuple[Tensor, Tensor] | None = None
+        if distributed:
+            check_distributed("TrustRegionDualDiscriminator")
+        self.distributed = bool(distributed)
+        self.process_group = process_group
 
     # ----------------------------------------------------------- public API
     def parameters(self) -> list[Tensor]:
@@ -265,9 +287,13 @@ class TrustRegionDualDiscriminator:
         if real is None:
             raise ValueError("the linear model's generator loss needs the real batch")
         _check_batch(real, fake.detach())
-        n = real.shape[0]
         phi_r = self.module(real)
         phi_f = self.module(fake)
+        if self.distributed:  # the dual couples all samples: every rank forms the full-batch loss
+            check_same_shapes({"real": tuple(real.shape), "fake": tuple(fake.shape)}, self.process_group)
+            phi_r = gather_rows(phi_r.detach(), self.process_group)
+            phi_f = gather_rows(phi_f, self.process_group)
+        n = phi_r.shape[0]
         if resolve or self._cached_duals is None or self._cached_duals[0].shape[-1] != n:
             with torch.no_grad():
                 res = _solvers.solve_linear_dual(phi_r.detach(), phi_f.detach(), self.C, solver=self.solver)
@@ -286,6 +312,20 @@ class TrustRegionDualDiscriminator:
         Updates the parameters in place (no autograd graph), returns the stats (also
         kept in ``last_stats``). Pass ``fake.detach()``.
         """
+        if self.distributed:
+            # Collectives first, checks after, on what every rank sees: a bad batch on one
+            # rank then raises on every rank instead of leaving the others waiting.
+            check_same_shapes({"real": tuple(real.shape), "fake": tuple(fake.shape)}, self.process_group)
+            if self.model != "cost":
+                real = gather_rows(real.detach(), self.process_group)
+                fake = gather_rows(fake.detach(), self.process_group)
+            else:
+                (ok,) = self._all_reduce_mean(
+                    [(torch.isfinite(real).all() & torch.isfinite(fake).all()).to(torch.float64).reshape(1)]
+                )
+                if float(ok) < 1.0:
+                    raise ValueError("a rank's real or fake batch contains NaN or inf values; check the "
+                                     "generator output (e.g. a diverged generator) on every rank")
         _check_batch(real, fake)
         if self.model == "linear":
             stats = self._step_linear(real, fake)
@@ -293,8 +333,37 @@ class TrustRegionDualDiscriminator:
             stats = self._step_cost(real, fake)
         else:
             stats = self._step_score(real, fake)
+        if self.distributed and self.model != "cost":
+            self._broadcast_state()
         self.last_stats = stats
         return stats
+
+    def _all_reduce_mean(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Mean over ranks (one flat all-reduce); identity when not distributed."""
+        if not self.distributed:
+            return tensors
+        import torch.distributed as dist
+
+        flat = torch.cat([t.reshape(-1).double() for t in tensors])
+        dist.all_reduce(flat, group=self.process_group)
+        flat /= dist.get_world_size(self.process_group)
+        parts = torch.split(flat, [t.numel() for t in tensors])
+        return [part.view_as(t).to(t.dtype) for part, t in zip(parts, tensors)]
+
+    def _broadcast_state(self) -> None:
+        """Copy the group's first rank's weights and radius to every rank (guards against drift)."""
+        import torch.distributed as dist
+
+        ps = self.parameters()
+        flat = torch.cat([p.detach().reshape(-1).double() for p in ps]
+                         + [torch.tensor([self.delta], dtype=torch.float64, device=ps[0].device if ps else None)])
+        src = 0 if self.process_group is None else dist.get_global_rank(self.process_group, 0)
+        dist.broadcast(flat, src=src, group=self.process_group)
+        offset = 0
+        for p in ps:
+            p.copy_(flat[offset: offset + p.numel()].view_as(p))
+            offset += p.numel()
+        self.delta = float(flat[-1])
 
     def monitor_stats(self) -> dict[str, Any]:
         """Radius, acceptance ratio, duality gap and dual variables of the last step, for :class:`gameopt.Monitor`."""
@@ -379,7 +448,10 @@ class TrustRegionDualDiscriminator:
 
     def _batch_loss(self, x: Tensor, n: int) -> float:
         scores = self.module(x).reshape(x.shape[0])
-        return float(self._loss_from_scores(scores[:n], scores[n:], self._sq_norm()))
+        loss = self._loss_from_scores(scores[:n], scores[n:], self._sq_norm())
+        if self.model == "cost":  # the cost model's batch is split over ranks
+            (loss,) = self._all_reduce_mean([loss.reshape(1)])
+        return float(loss)
 
     def _apply(self, params: dict[str, Tensor], steps: dict[str, Tensor]) -> None:
         for k, p in params.items():
@@ -425,8 +497,10 @@ class TrustRegionDualDiscriminator:
                 sq = sum((p**2).sum() for p in params.values())
                 f = 0.5 * self.C * sq + (softplus_exact(-scores[:n]).sum() + softplus_exact(scores[n:]).sum()) / (2 * n)
                 grads = torch.autograd.grad(f, list(params.values()))
+            f0_t = self._loss_from_scores(scores[:n].detach(), scores[n:].detach(), self._sq_norm())
+            *grads, f0_t = self._all_reduce_mean([*grads, f0_t.reshape(1)])  # mean over ranks: full batch
+            f0 = float(f0_t)
             gnorm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
-            f0 = float(self._loss_from_scores(scores[:n].detach(), scores[n:].detach(), self._sq_norm()))
             if not math.isfinite(gnorm) or gnorm == 0.0:
                 if not math.isfinite(gnorm):
                     return self._fail("non-finite gradient in the cost-linearised step", stats)

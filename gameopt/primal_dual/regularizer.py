@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .bandwidth import BandwidthSchedule, ConstantBandwidth, check_bandwidth
 from .divergences import Divergence, as_divergence
+from ..distributed import check_distributed, check_same_shapes, gather_rows
 from .kernel import primal_dual_term
 
 __all__ = ["PrimalDualRegularizer"]
@@ -54,6 +55,15 @@ class PrimalDualRegularizer(nn.Module):
             ``fake`` (freeze its parameters yourself if it has any).
         chunk_size: block size of the pairwise kernel; batches larger than this are
             processed in chunk x chunk blocks so memory stays bounded.
+        distributed: data parallel under ``torch.distributed``: each rank passes its own
+            equal share of real and generated samples; the generated features are
+            all-gathered (one all-gather of m x d per forward, its adjoint in backward),
+            so the kernel density at each rank's data points uses every rank's samples.
+            Each rank's term is then the mean over its own data points, and with the
+            ranks' gradients averaged (``ConsensusOptimizer(distributed=True)`` or an
+            all-reduce mean) the step equals one process on the full batch, double
+            backward included. The value returned is the rank's own share.
+        process_group: the group to gather over (default: the world).
 
     Gradients flow only to ``fake`` (and through ``feature_map`` applied to it);
     ``real`` and ``d_real`` are treated as constants.
@@ -68,8 +78,15 @@ class PrimalDualRegularizer(nn.Module):
         bandwidth: BandwidthLike = 0.5,
         feature_map: Callable[[Tensor], Tensor] | None = None,
         chunk_size: int = 2048,
+        *,
+        distributed: bool = False,
+        process_group: Any = None,
     ) -> None:
         super().__init__()
+        if distributed:
+            check_distributed("PrimalDualRegularizer")
+        self.distributed = bool(distributed)
+        self.process_group = process_group
         self.divergence = as_divergence(divergence)
         alpha = float(alpha)
         if not (math.isfinite(alpha) and alpha >= 0.0):
@@ -144,6 +161,9 @@ class PrimalDualRegularizer(nn.Module):
         for name, t in (("real", real), ("fake", fake), ("d_real", d_real)):
             if not isinstance(t, Tensor):
                 raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+        if self.distributed:  # before any local check, so a bad share raises on every rank, not only here
+            shapes = {"real": tuple(real.shape), "fake": tuple(fake.shape), "d_real": tuple(d_real.shape)}
+            check_same_shapes(shapes, self.process_group)
         if real.dim() == 0 or real.shape[0] == 0:
             raise ValueError(f"real batch is empty (shape {tuple(real.shape)}); pass at least one data sample.")
         if fake.dim() == 0 or fake.shape[0] == 0:
@@ -169,6 +189,8 @@ class PrimalDualRegularizer(nn.Module):
             )
         if not y.is_floating_point():
             raise ValueError(f"fake must be a floating-point tensor, got {y.dtype}.")
+        if self.distributed:
+            y = gather_rows(y, self.process_group)
 
         w = self.alpha * self.divergence.f1_from_output(d_real.detach().reshape(n).to(device=y.device, dtype=y.dtype))
         # (p_tilde - p_hat) = -w by construction, so the value is mean(w^2); the kernel

@@ -1,0 +1,127 @@
+"""Collectives gameopt uses under ``torch.distributed`` (data parallel over ranks).
+
+The convention everywhere: every rank holds the same parameters, passes its own
+equal-sized share of the batch, and the ranks' gradients are averaged. A term that
+couples all samples of the batch (the primal-dual kernel density, the linear dual)
+gathers the other ranks' samples with :func:`gather_rows`, whose backward sums the
+ranks' gradients for each rank's own rows: rank r then holds the gradient, with
+respect to its replica of the parameters, of the *sum* of all ranks' losses, and the
+mean over ranks is the gradient of the mean loss, i.e. of the full-batch loss when
+each rank's loss is the full-batch loss or a mean over its own share.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import GameInputError
+
+__all__ = ["gather_rows", "check_same_shapes", "check_distributed"]
+
+
+def check_distributed(what: str) -> None:
+    """Raise a :class:`GameInputError` unless a default process group is initialised."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise GameInputError(
+            f"{what} with distributed=True needs an initialised torch.distributed process group: call "
+            "torch.distributed.init_process_group(...) first (e.g. under torchrun)"
+        )
+
+
+def _world(group: Any) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _all_gather_cat(t: Tensor, group: Any) -> Tensor:
+    import torch.distributed as dist
+
+    _, world = _world(group)
+    t = t.contiguous()
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t, group=group)
+    return torch.cat(parts)
+
+
+def _reduce_scatter_rows(t: Tensor, group: Any) -> Tensor:
+    """Sum over ranks of ``t`` (R * rows, ...), then this rank's block of rows.
+
+    Done as an all-reduce and a slice: gloo has no reduce-scatter on the CPU, and the
+    tensors here are sample-sized, not parameter-sized.
+    """
+    import torch.distributed as dist
+
+    rank, world = _world(group)
+    total = t.detach().clone().contiguous()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    rows = t.shape[0] // world
+    return total[rank * rows:(rank + 1) * rows]
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0; backward: sum the ranks' gradients, keep this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        return _all_gather_cat(t, group)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        # Through an autograd Function, so create_graph=True (double backward) works.
+        return _ReduceScatterRows.apply(grad, ctx.group), None
+
+
+class _ReduceScatterRows(torch.autograd.Function):
+    """Adjoint of :class:`_GatherRows`: its backward is the all-gather."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        return _reduce_scatter_rows(t, group)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _GatherRows.apply(grad, ctx.group), None
+
+
+def check_same_shapes(shapes: dict[str, tuple[int, ...]], group: Any = None) -> None:
+    """Raise :class:`GameInputError` on every rank unless every rank passes the same shapes.
+
+    One small all-gather of the shapes (every rank names the same tensors), so a
+    mismatch is an error on all ranks at once instead of a hang in the next collective.
+    """
+    import torch.distributed as dist
+
+    _, world = _world(group)
+    flat: list[int] = []
+    for shape in shapes.values():  # fixed width (9 per shape), so one all-gather suffices
+        if len(shape) > 8:
+            raise GameInputError(f"tensors of more than 8 dimensions are not supported here, got {tuple(shape)}")
+        flat += [len(shape), *shape, *([-1] * (8 - len(shape)))]
+    mine = torch.tensor(flat, dtype=torch.int64)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
+    if any(not torch.equal(e, every[0]) for e in every):
+        names = ", ".join(shapes)
+        raise GameInputError(
+            f"distributed=True needs the same shapes of {names} on every rank (an equal share of the "
+            f"batch per rank); rank {dist.get_rank(group)} has {list(shapes.values())}. Split the batch "
+            "evenly (e.g. DistributedSampler with drop_last=True)"
+        )
+
+
+def gather_rows(t: Tensor, group: Any = None) -> Tensor:
+    """Concatenate every rank's ``t`` along dim 0 (rank order), keeping the autograd path.
+
+    Gradients reach only this rank's rows, summed over the ranks' losses (the adjoint
+    of the gather); double backward works. Every rank must pass the same shape (check
+    with :func:`check_same_shapes` first, or the ranks may hang).
+    """
+    if not t.requires_grad:
+        return _all_gather_cat(t, group)
+    return _GatherRows.apply(t, group)
