@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from .distributed import all_reduce_mean
 from .errors import GameInputError
 from .game_optimizer import GameOptimizer
 from .gradients import check_loss
@@ -30,6 +31,9 @@ class AlternatingOptimizer(GameOptimizer):
     loss is computed and only that player is stepped. ``disc_steps`` repeats the
     discriminator's update (k discriminator steps per generator step).
     After the step each player's ``p.grad`` holds the gradient it stepped on.
+    ``distributed=True`` (torch.distributed, plain or DDP-wrapped modules) averages
+    each player's gradient over the ranks of ``process_group`` before its step (one
+    all-reduce per player step), which equals one process on the full batch.
     """
 
     def __init__(
@@ -40,6 +44,8 @@ class AlternatingOptimizer(GameOptimizer):
         *,
         disc_steps: int = 1,
         order: Sequence[str] | None = None,
+        distributed: bool = False,
+        process_group: Any = None,
         nonfinite: str = "skip",
         players: Mapping[str, ParamsLike] | None = None,
         **base_kwargs: Any,
@@ -47,7 +53,8 @@ class AlternatingOptimizer(GameOptimizer):
         players = game_players(gen_params, disc_params, players)
         if not isinstance(disc_steps, int) or disc_steps < 1:
             raise GameInputError(f"disc_steps must be an integer >= 1, got {disc_steps!r}")
-        super().__init__(base_optimizer, players, nonfinite=nonfinite, **base_kwargs)
+        super().__init__(base_optimizer, players, nonfinite=nonfinite, distributed=distributed,
+                         process_group=process_group, **base_kwargs)
         if order is None:
             order = [p for p in self.players if p != GENERATOR] + (
                 [GENERATOR] if GENERATOR in self.players else []
@@ -84,6 +91,9 @@ class AlternatingOptimizer(GameOptimizer):
             raise GameInputError(
                 f"{name} does not depend on any parameter of player '{player}'"
             )
+        if self.distributed:  # the ranks' mean: the full-batch gradient; a NaN anywhere reaches every rank
+            grads = tuple(all_reduce_mean([torch.zeros_like(p) if g is None else g for p, g in zip(own, grads)],
+                                          self.process_group))
         norms = torch._foreach_norm([g for g in grads if g is not None])
         finite = torch.isfinite(torch.stack(norms).float()).all()
         self._finite = finite

@@ -17,6 +17,7 @@ import torch
 from torch.optim import Optimizer
 
 from .errors import GameInputError
+from .distributed import all_reduce_mean
 from .game_optimizer import GameOptimizer
 from .gradients import (
     check_loss,
@@ -111,8 +112,9 @@ class ConsensusOptimizer(GameOptimizer):
             closure that torch.compile can trace with ``fullgraph=True``; the first
             compiled step takes tens of seconds. ``backward()`` always runs eagerly.
             Not combinable with ``unbiased``.
-        distributed: data-parallel training under ``torch.distributed`` with plain
-            (not DDP-wrapped) modules: each rank passes the losses of its own equal-sized
+        distributed: data-parallel training under ``torch.distributed``, with plain or
+            DDP-wrapped modules (gameopt does the reductions; DDP's own hooks only fire
+            on ``.backward()``): each rank passes the losses of its own equal-sized
             share of the batch; gameopt all-reduces v (the ranks' mean) and then each
             rank's ``J_r^T v`` (mean), which is exactly the full-batch consensus step,
             at one extra all-reduce of parameter size. Every rank ends with the same
@@ -146,11 +148,6 @@ class ConsensusOptimizer(GameOptimizer):
         _check_gamma(gamma, "gamma")
         if distributed and (compile or unbiased):
             raise GameInputError("distributed=True does not support compile=True or unbiased=True yet")
-        if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            raise GameInputError(
-                "distributed=True needs an initialised torch.distributed process group: call "
-                "torch.distributed.init_process_group(...) first (e.g. under torchrun)"
-            )
         if compile and unbiased:
             raise GameInputError("compile=True does not support unbiased=True; use one or the other")
         if compile and not hasattr(getattr(torch, "_dynamo", None) and torch._dynamo.config, "trace_autograd_ops"):
@@ -160,7 +157,8 @@ class ConsensusOptimizer(GameOptimizer):
                 "lacks; upgrade torch or use compile=False"
             )
         self._group_options = {"gamma": float(gamma)}
-        super().__init__(base_optimizer, players, nonfinite=nonfinite, **base_kwargs)
+        super().__init__(base_optimizer, players, nonfinite=nonfinite, distributed=distributed,
+                         process_group=process_group, **base_kwargs)
         for group in self.param_groups:
             _check_gamma(group["gamma"], f"gamma of a '{group['player']}' param group")
         self.smoothing = bool(smoothing)
@@ -170,8 +168,6 @@ class ConsensusOptimizer(GameOptimizer):
         self._graph_checked = False
         self.compile = bool(compile)
         self._compiled_core: Callable[..., Any] | None = None
-        self.distributed = bool(distributed)
-        self.process_group = process_group
         self._loss_scale = 1.0  # the GradScaler's scale of the last backward (1: unscaled)
 
     @property
@@ -282,7 +278,7 @@ class ConsensusOptimizer(GameOptimizer):
         if self.distributed:
             # same layout on every rank: a parameter unused here may be used elsewhere
             flat_params = [p for ps in params for p in ps]
-            v = _all_reduce_mean(
+            v = all_reduce_mean(
                 [torch.zeros_like(p) if t is None else t for p, t in zip(flat_params, v)], self.process_group
             )
 
@@ -312,7 +308,7 @@ class ConsensusOptimizer(GameOptimizer):
                 with explain_double_backward(True):
                     r = torch.autograd.grad(outs, reg_params, grad_outputs=seeds, allow_unused=True)
             if self.distributed:  # every rank joins the reduction, whatever its graph
-                r = _all_reduce_mean(
+                r = all_reduce_mean(
                     [torch.zeros_like(p) if t is None else t for p, t in zip(reg_params, r)],
                     self.process_group,
                 )
@@ -433,16 +429,6 @@ class ConsensusOptimizer(GameOptimizer):
         self.unbiased = bool(extra.get("unbiased", self.unbiased))
 
 
-def _all_reduce_mean(tensors: list[torch.Tensor], group: Any) -> list[torch.Tensor]:
-    """Mean over the ranks of ``group`` of a list of tensors, in one flat all-reduce."""
-    import torch.distributed as dist
-
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-    flat.div_(dist.get_world_size(group))
-    return [part.view_as(t) for part, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors)]
-
-
 def _consensus_core(
     closure: Callable[[], Losses], params: list[list[torch.Tensor]], reg_params: list[torch.Tensor]
 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[torch.Tensor | None]]:
@@ -463,6 +449,7 @@ class SimultaneousOptimizer(ConsensusOptimizer):
 
     The same API as :class:`ConsensusOptimizer` with ``gamma=0``: no second
     derivatives are computed, so a step costs what plain training costs.
+    ``distributed=True`` averages v over the ranks (one all-reduce).
     """
 
     def __init__(
@@ -471,13 +458,15 @@ class SimultaneousOptimizer(ConsensusOptimizer):
         gen_params: ParamsLike | None = None,
         disc_params: ParamsLike | None = None,
         *,
+        distributed: bool = False,
+        process_group: Any = None,
         nonfinite: str = "skip",
         players: Mapping[str, ParamsLike] | None = None,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(
-            base_optimizer, gen_params, disc_params, gamma=0.0,
-            nonfinite=nonfinite, players=players, **base_kwargs,
+            base_optimizer, gen_params, disc_params, gamma=0.0, distributed=distributed,
+            process_group=process_group, nonfinite=nonfinite, players=players, **base_kwargs,
         )
 
 

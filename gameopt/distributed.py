@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .errors import GameInputError
 
-__all__ = ["gather_rows", "check_same_shapes", "check_distributed"]
+__all__ = ["gather_rows", "check_same_shapes", "check_distributed", "all_reduce_mean", "warn_if_unreduced"]
 
 
 def check_distributed(what: str) -> None:
@@ -28,6 +28,36 @@ def check_distributed(what: str) -> None:
         raise GameInputError(
             f"{what} with distributed=True needs an initialised torch.distributed process group: call "
             "torch.distributed.init_process_group(...) first (e.g. under torchrun)"
+        )
+
+
+def all_reduce_mean(tensors: list[Tensor], group: Any = None) -> list[Tensor]:
+    """Mean over the ranks of ``group`` of a list of tensors, in one flat all-reduce."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat.div_(dist.get_world_size(group))
+    return [part.view_as(t) for part, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors)]
+
+
+def warn_if_unreduced(what: str) -> None:
+    """Warn when several ranks run but ``distributed=False``: nothing would average or gather across them.
+
+    gameopt computes gradients with ``torch.autograd.grad``, which does not fire the
+    hooks through which ``DistributedDataParallel`` averages ``.backward()`` gradients,
+    so a DDP-wrapped model alone would silently train each rank on its own share.
+    """
+    import warnings
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        warnings.warn(
+            f"{what}: torch.distributed runs {torch.distributed.get_world_size()} ranks but "
+            "distributed=False, so each rank works on its own share of the batch alone (DistributedDataParallel "
+            "does not average gradients that gameopt computes with torch.autograd.grad). Pass "
+            "distributed=True for the full-batch step",
+            stacklevel=3,
         )
 
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from . import solvers as _solvers
-from .distributed import check_distributed, check_same_shapes, gather_rows
+from .distributed import check_distributed, check_same_shapes, gather_rows, warn_if_unreduced
 from .solvers._common import check_finite, check_positive, softplus_exact
 
 __all__ = ["TrustRegionDualDiscriminator", "RBFFeatures", "DualStepStats", "DualSolverWarning", "DualSolverError"]
@@ -247,6 +247,8 @@ class TrustRegionDualDiscriminator:
         self._cached_duals: tuple[Tensor, Tensor] | None = None
         if distributed:
             check_distributed("TrustRegionDualDiscriminator")
+        else:
+            warn_if_unreduced("TrustRegionDualDiscriminator")
         self.distributed = bool(distributed)
         self.process_group = process_group
 

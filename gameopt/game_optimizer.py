@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from .distributed import check_distributed, warn_if_unreduced
 from .errors import GameInputError
 from .players import ParamsLike, player_param_groups
 
@@ -37,8 +38,14 @@ class GameOptimizer(Optimizer):
         players: Mapping[str, ParamsLike],
         *,
         nonfinite: str = "skip",
+        distributed: bool = False,
+        process_group: Any = None,
         **base_kwargs: Any,
     ) -> None:
+        if distributed:
+            check_distributed(type(self).__name__)
+        else:
+            warn_if_unreduced(type(self).__name__)
         if isinstance(base_optimizer, Optimizer):
             raise GameInputError(
                 "base_optimizer must be an optimiser class such as torch.optim.Adam, "
@@ -65,6 +72,9 @@ class GameOptimizer(Optimizer):
                 group.setdefault(key, value)
         self.players: tuple[str, ...] = tuple(players)
         self.nonfinite = nonfinite
+        #: Whether gradients are averaged over the ranks of ``process_group`` (torch.distributed).
+        self.distributed = bool(distributed)
+        self.process_group = process_group
         self.base_optimizer: Optimizer = base_optimizer(groups, **base_kwargs)
         self.base_optimizer.defaults.update(self._group_options)
         # Optimizer.__init__ installs the hook machinery; our properties route its

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .bandwidth import BandwidthSchedule, ConstantBandwidth, check_bandwidth
 from .divergences import Divergence, as_divergence
-from ..distributed import check_distributed, check_same_shapes, gather_rows
+from ..distributed import check_distributed, check_same_shapes, gather_rows, warn_if_unreduced
 from .kernel import primal_dual_term
 
 __all__ = ["PrimalDualRegularizer"]
@@ -85,6 +85,8 @@ class PrimalDualRegularizer(nn.Module):
         super().__init__()
         if distributed:
             check_distributed("PrimalDualRegularizer")
+        else:
+            warn_if_unreduced("PrimalDualRegularizer")
         self.distributed = bool(distributed)
         self.process_group = process_group
         self.divergence = as_divergence(divergence)
