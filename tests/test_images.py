@@ -426,6 +426,14 @@ def test_evaluator_on_real_samples(digits_evaluator):
     assert m32["modes_covered"] >= 980 and m32["frechet_distance"] < 10
 
 
+def test_evaluator_reference_split_option(digit_model):
+    ev = StackedDigitsEvaluator(digit_model, n_real=2000, real_split="train")
+    x, _ = StackedDigits("train", seed=11).sample(2000)
+    assert ev(x)["frechet_distance"] < 15
+    with pytest.raises(ValueError, match="real_split"):
+        StackedDigitsEvaluator(digit_model, real_split="val")
+
+
 def test_evaluator_on_one_repeated_image(digits_evaluator):
     x, _ = StackedDigits("test", seed=11).sample(1)
     m = digits_evaluator(x.repeat(2000, 1, 1, 1))
