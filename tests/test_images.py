@@ -394,6 +394,9 @@ def test_cifar10_classifier_and_evaluator_on_tiny_data(tiny_cifar, tmp_path, mon
     with pytest.raises(AssertionError, match="cached"):  # other settings -> another cache key
         cifar10_classifier(parent, cache_dir=tmp_path, epochs=2)
 
+    with pytest.raises(CIFAR10NotFoundError, match="data_batch_5, test_batch"):
+        cifar10_classifier(tmp_path / "empty", cache_dir=tmp_path)
+
     ev = CIFAR10Evaluator(model, root=parent)
     real = to_signed_unit(load_cifar10(parent, "test")[0])
     same = ev(real)  # the test split is the reference: identical statistics

@@ -11,6 +11,7 @@ from .cifar10 import (
     CIFAR10FormatError,
     CIFAR10NotFoundError,
     load_cifar10,
+    require_cifar10,
     to_signed_unit,
     write_cifar10_like,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "mode_histogram",
     "mode_kl",
     "modes_covered",
+    "require_cifar10",
     "to_signed_unit",
     "train_classifier",
     "write_cifar10_like",
