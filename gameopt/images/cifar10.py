@@ -97,6 +97,29 @@ def resolve_cifar10_root(root: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def require_cifar10(
+    root: str | os.PathLike | None = None, splits: tuple[str, ...] = ("train", "test")
+) -> Path:
+    """The resolved ``cifar-10-batches-py`` folder, after checking every batch of ``splits`` is there.
+
+    Raises :class:`CIFAR10NotFoundError` naming all missing files, the path tried and how to
+    obtain the data.
+    """
+    for split in splits:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    folder = resolve_cifar10_root(root)
+    names = [n for split in splits for n in (TRAIN_FILES if split == "train" else TEST_FILES)]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        where = "does not exist" if not folder.exists() else "exists but lacks them"
+        raise CIFAR10NotFoundError(
+            f"CIFAR-10 {'+'.join(splits)}: missing {', '.join(missing)} in {folder} ({where}). "
+            + HOW_TO_GET
+        )
+    return folder
+
+
 def load_cifar10(
     root: str | os.PathLike | None = None, split: str = "train"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,17 +138,8 @@ def load_cifar10(
             obtain the data).
         CIFAR10FormatError: a file does not hold the standard arrays.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    folder = resolve_cifar10_root(root)
+    folder = require_cifar10(root, (split,))
     names = TRAIN_FILES if split == "train" else TEST_FILES
-    missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        where = "does not exist" if not folder.exists() else "exists but lacks them"
-        raise CIFAR10NotFoundError(
-            f"CIFAR-10 {split} split: missing {', '.join(missing)} in {folder} ({where}). "
-            + HOW_TO_GET
-        )
     images, labels = [], []
     for name in names:
         path = folder / name

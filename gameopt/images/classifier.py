@@ -270,10 +270,9 @@ def cifar10_classifier(
     sizes and modification times, and every setting. Slow on CPU (several minutes per epoch on
     one thread); use ``device="cuda"`` where there is one.
     """
-    from .cifar10 import TEST_FILES, TRAIN_FILES, load_cifar10, resolve_cifar10_root, to_signed_unit
+    from .cifar10 import TEST_FILES, TRAIN_FILES, load_cifar10, require_cifar10, to_signed_unit
 
-    folder = resolve_cifar10_root(root).resolve()
-    x, y = load_cifar10(folder, "train")  # raises the clear error if anything is missing
+    folder = require_cifar10(root).resolve()  # names every missing file of both splits
     stamp = [
         (n, (folder / n).stat().st_size, int((folder / n).stat().st_mtime))
         for n in TRAIN_FILES + TEST_FILES
@@ -286,6 +285,7 @@ def cifar10_classifier(
         return SmallCNN(3, 10, widths=(64, 128, 256), feature_dim=256)
 
     def train() -> tuple[nn.Module, dict]:
+        x, y = load_cifar10(folder, "train")
         xt, yt = load_cifar10(folder, "test")
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):

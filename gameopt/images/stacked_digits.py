@@ -18,7 +18,12 @@ TEST_FRACTION = 0.2
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits  # lazy: importing sklearn takes about a second
+    try:  # lazy: importing sklearn takes about a second
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError(
+            'StackedDigits reads the 8x8 digits bundled in scikit-learn: pip install "gameopt[images]"'
+        ) from e
 
     d = load_digits()
     return d.images.astype(np.float32), d.target.astype(np.int64)
