@@ -59,15 +59,19 @@ class ImageGame:
         from gameopt import images
 
         self.name = args.data
+        device = torch.device(args.device)
         if args.data == "stacked_digits":
             self._digits = images.StackedDigits("train", size=args.size, seed=0)
             self.shape = tuple(self._digits.image_shape)
-            self._evaluator: Any = images.StackedDigitsEvaluator(n_real=args.eval_real, seed=0)
+            self._evaluator: Any = images.StackedDigitsEvaluator(
+                images.digit_classifier(device=device), n_real=args.eval_real, seed=0)
         elif args.data == "cifar10":
             data, _ = images.load_cifar10(args.data_path, "train")
             self._data = data
             self.shape = tuple(data.shape[1:])
-            self._evaluator = images.CIFAR10Evaluator(root=args.data_path, n_real=args.eval_real)
+            # trained on this data set once (cached), on the run's device
+            self._evaluator = images.CIFAR10Evaluator(
+                images.cifar10_classifier(args.data_path, device=device), root=args.data_path, n_real=args.eval_real)
             self._fid_real = None
             if args.fid:
                 test, _ = images.load_cifar10(args.data_path, "test")
