@@ -58,27 +58,31 @@ class ImageGame:
     def __init__(self, args: argparse.Namespace) -> None:
         from gameopt import images
 
-        self.name = args.data
-        device = torch.device(args.device)
+        self.name, self.args = args.data, args
         if args.data == "stacked_digits":
             self._digits = images.StackedDigits("train", size=args.size, seed=0)
             self.shape = tuple(self._digits.image_shape)
-            self._evaluator: Any = images.StackedDigitsEvaluator(
-                images.digit_classifier(device=device), n_real=args.eval_real, seed=0)
         elif args.data == "cifar10":
             data, _ = images.load_cifar10(args.data_path, "train")
             self._data = data
             self.shape = tuple(data.shape[1:])
-            # trained on this data set once (cached), on the run's device
-            self._evaluator = images.CIFAR10Evaluator(
-                images.cifar10_classifier(args.data_path, device=device), root=args.data_path, n_real=args.eval_real)
-            self._fid_real = None
-            if args.fid:
-                test, _ = images.load_cifar10(args.data_path, "test")
-                self._fid_real = images.to_signed_unit(test[: args.eval_samples])
         else:
             raise ValueError(f"unknown data {args.data!r}: use stacked_digits or cifar10")
-        self.fid = bool(args.fid)
+        self._evaluator: Any = None   # built at the first evaluation (a finished run needs none)
+        self._fid_real: Tensor | None = None
+
+    def _build_evaluator(self) -> Any:
+        from gameopt import images
+
+        args, device = self.args, torch.device(self.args.device)
+        if self.name == "stacked_digits":
+            return images.StackedDigitsEvaluator(images.digit_classifier(device=device), n_real=args.eval_real, seed=0)
+        if args.fid:
+            test, _ = images.load_cifar10(args.data_path, "test")
+            self._fid_real = images.to_signed_unit(test[: args.eval_samples])
+        # trained on this data set once (cached), on the run's device
+        return images.CIFAR10Evaluator(
+            images.cifar10_classifier(args.data_path, device=device), root=args.data_path, n_real=args.eval_real)
 
     def sample(self, n: int, gen: torch.Generator) -> Tensor:
         """n real images (n, C, H, W), float32 in [-1, 1], drawn with ``gen`` (CPU)."""
@@ -93,8 +97,10 @@ class ImageGame:
         """Metrics of generated images; NaN metrics (not a crash) when the generator has diverged."""
         if not torch.isfinite(fake).all():
             return {"nonfinite_samples": float((~torch.isfinite(fake.flatten(1))).any(1).sum())}
+        if self._evaluator is None:
+            self._evaluator = self._build_evaluator()
         out = dict(self._evaluator(fake))
-        if self.fid:
+        if self.args.fid:
             from gameopt.images import inception_fid
 
             real = self._fid_real if self._fid_real is not None else self.sample(len(fake), torch.Generator().manual_seed(1))

@@ -35,10 +35,12 @@ def load_runs(folders: list[str]) -> list[dict[str, Any]]:
             label += f" (gamma {s['gamma']:g})"
         if s["method"] == "primal_dual":
             label += f" ({s['divergence']}, alpha {s['alpha']:g})"
+        if s.get("model", "dcgan") != "dcgan":
+            label += f", {s['model']}"
         runs.append({"folder": str(f), "label": label, "seed": s["seed"], "settings": s,
                      "final": d["history"][-1], "history": d["history"], "seconds": d["train_seconds"],
                      "skipped": d["skipped_steps"]})
-    return sorted(runs, key=lambda r: (r["label"], r["seed"]))
+    return sorted(runs, key=lambda r: (r["label"], r["final"]["step"], r["seed"]))
 
 
 def _fmt(fmt: str, v: Any) -> str:
@@ -52,10 +54,10 @@ def table(runs: list[dict[str, Any]]) -> str:
         f = r["final"]
         lines.append(f"| {r['label']} | {r['seed']} | {f['step']} | {r['seconds']:.0f} | "
                      + " | ".join(_fmt(fmt, f.get(k)) for k, _, fmt in METRICS) + " |")
-    lines += ["", "| method | runs | " + " | ".join(m[1] for m in METRICS) + " |",
-              "|" + "---|" * (2 + len(METRICS))]
-    for label in dict.fromkeys(r["label"] for r in runs):
-        group = [r["final"] for r in runs if r["label"] == label]
+    lines += ["", "| method | steps | runs | " + " | ".join(m[1] for m in METRICS) + " |",
+              "|" + "---|" * (3 + len(METRICS))]
+    for label, steps in dict.fromkeys((r["label"], r["final"]["step"]) for r in runs):
+        group = [r["final"] for r in runs if r["label"] == label and r["final"]["step"] == steps]
         cells = []
         for k, _, fmt in METRICS:
             vals = [g[k] for g in group if k in g and math.isfinite(g[k])]
@@ -65,7 +67,7 @@ def table(runs: list[dict[str, Any]]) -> str:
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{_fmt(fmt, statistics.mean(vals))} +- {_fmt(fmt, sd)}"
                          + (f" ({len(vals)}/{len(group)})" if len(vals) < len(group) else ""))
-        lines.append(f"| {label} | {len(group)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {steps} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -5,6 +5,9 @@
 # <out>/<run>.log). Re-running resumes unfinished runs and skips finished ones. All methods share
 # the players (DCGAN-like, no batch norm, 16x16, width 32), batch 64 and Adam 2e-4 (beta1 0.5);
 # one CPU thread per run. PYTHON picks the interpreter (default: .venv/bin/python, else python3).
+# Besides the main grid: SimGA and AltGA for as many steps as consensus takes in the same time
+# (a consensus step costs about 2.5 SimGA or 2 AltGA steps here), consensus with the paper's
+# gamma 10, AltGA with batch norm (the consensus paper's Fig. 5 baseline), and the 4-conv players.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-3000}; jobs=${2:-2}; out=${3:-runs/stacked_digits}
@@ -28,5 +31,12 @@ export -f one
     echo "dual_cost_s$seed --method dual_cost --seed $seed"
   done
   echo "consensus_g10_s0 --method consensus --gamma 10 --seed 0"
+  for seed in 0 1 2; do   # equal wall time: later --steps override the first
+    echo "simga_long_s$seed --method simga --seed $seed --steps $((steps * 5 / 2))"
+    echo "altga_long_s$seed --method altga --seed $seed --steps $((steps * 2))"
+  done
+  echo "altga_bn_s0 --method altga --model dcgan_bn --seed 0"
+  echo "consensus_g1_conv4_s0 --method consensus --gamma 1 --model conv4 --seed 0"
+  echo "altga_conv4_s0 --method altga --model conv4 --seed 0"
 } | xargs -P "$jobs" -L 1 bash -c 'one "$@"' _
 "$py" benchmarks/image_table.py "$out"/*/ --out benchmarks/results/stacked_digits
