@@ -47,3 +47,26 @@ class TinyGAN:
 @pytest.fixture
 def tiny_gan():
     return TinyGAN()
+
+
+def spawn_ranks(worker, kind, world=2):
+    """Run ``worker(rank, world, init_file, out_dir, kind)`` in ``world`` processes; each saves
+    ``out_dir/rank{r}.pt``, returned in rank order.
+
+    One retry: about 1 run in 40 lost a child process during the gloo rendezvous on a busy
+    2-core machine. The computations are deterministic, so a real bug fails both tries.
+    """
+    import os
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    for attempt in range(2):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                mp.spawn(worker, args=(world, os.path.join(tmp, "init"), tmp, kind), nprocs=world, join=True)
+            except (mp.ProcessRaisedException, mp.ProcessExitedException):
+                if attempt == 1:
+                    raise
+                continue
+            return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]

@@ -1,15 +1,13 @@
 """ConsensusOptimizer(distributed=True) over 2 gloo processes equals one process on the full batch."""
 
 import os
-import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import gameopt
-from conftest import TinyGAN
+from conftest import TinyGAN, spawn_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 
@@ -83,17 +81,7 @@ def _worker(rank, world, init_file, out_dir, kind):
 
 
 def _run(kind):
-    # One retry: about 1 run in 40 lost a child process here (gloo rendezvous on a busy
-    # 2-core machine). The computation is deterministic, so a real bug fails both tries.
-    for attempt in range(2):
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                mp.spawn(_worker, args=(2, os.path.join(tmp, "init"), tmp, kind), nprocs=2, join=True)
-            except (mp.ProcessRaisedException, mp.ProcessExitedException):
-                if attempt == 1:
-                    raise
-                continue
-            return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
+    return spawn_ranks(_worker, kind)
 
 
 @pytest.mark.parametrize("kind", ["plain", "ddp", "altga"])

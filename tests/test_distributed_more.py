@@ -5,16 +5,14 @@ and compares the parameters with one process on the whole batch.
 """
 
 import os
-import tempfile
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import gameopt
-from conftest import mlp
+from conftest import mlp, spawn_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 
@@ -134,17 +132,7 @@ def _worker(rank, world, init_file, out_dir, kind):
 
 
 def _run(kind):
-    # One retry: a child is occasionally lost in the gloo rendezvous on a busy machine.
-    # The computation is deterministic, so a real bug fails both tries.
-    for attempt in range(2):
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                mp.spawn(_worker, args=(2, os.path.join(tmp, "init"), tmp, kind), nprocs=2, join=True)
-            except (mp.ProcessRaisedException, mp.ProcessExitedException):
-                if attempt == 1:
-                    raise
-                continue
-            return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
+    return spawn_ranks(_worker, kind)
 
 
 @pytest.mark.parametrize("kind", ["primal_dual", "linear", "cost", "score"])
