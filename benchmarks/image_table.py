@@ -76,20 +76,25 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(dict.fromkeys(r["label"] for r in runs))
-    colours = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
+    def key(r: dict[str, Any]) -> str:
+        return f"{r['label']}, {r['final']['step']} steps"
+
+    keys = list(dict.fromkeys(key(r) for r in runs))
+    colours = {k: plt.cm.tab20(i % 20) for i, k in enumerate(keys)}
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6))
     for ax, (k, title, _) in zip(axes, METRICS):
+        shown: set[str] = set()
         for r in runs:
             pts = [(h["step"], h[k]) for h in r["history"] if k in h]
             if pts:
-                ax.plot(*zip(*pts), color=colours[r["label"]], alpha=0.8, lw=1,
-                        label=r["label"] if r["seed"] == min(q["seed"] for q in runs if q["label"] == r["label"]) else None)
+                ax.plot(*zip(*pts), color=colours[key(r)], alpha=0.8, lw=1,
+                        label=None if key(r) in shown else key(r))
+                shown.add(key(r))
         ax.set_title(title)
         ax.set_xlabel("step")
     if k == "frechet_distance":
         axes[-1].set_yscale("log")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
