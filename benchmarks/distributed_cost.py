@@ -16,7 +16,8 @@ Configurations (8-Gaussian GAN MLPs, 4 hidden layers of ``width`` units, float32
     torchrun --nproc_per_node=2 benchmarks/distributed_cost.py   # same, launched by torchrun
 
 Uses NCCL and one GPU per rank when CUDA is available, unchanged. Writes
-``results.json`` and ``distributed_cost.png`` to ``benchmarks/results/distributed_cost/``.
+``results.json`` and ``distributed_cost.png`` to ``--out`` (default ``runs/distributed_cost``; the
+committed copy is ``benchmarks/results/distributed_cost/``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import torch.nn.functional as F
 import gameopt
 from gameopt.toy_games import mlp, ring_centers, sample_mixture
 
-OUT = Path(__file__).resolve().parent / "results" / "distributed_cost"
 CONFIGS = ["simga", "consensus", "consensus_pd", "dual_cost", "dual_score"]
 COLLECTIVES = ("all_reduce", "all_gather", "broadcast")
 
@@ -218,8 +218,9 @@ def report(args, single: list[dict], multi: list[dict], backend: str) -> None:
     meta = {"backend": backend, "world": multi[0]["world"], "batch": args.batch, "reps": args.reps,
             "threads_per_process": 1 if backend == "gloo" else None, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps({"meta": meta, "rows": multi, "consensus_extra": extra}, indent=1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": multi, "consensus_extra": extra}, indent=1))
     print(json.dumps(extra, indent=1))
     try:
         import matplotlib
@@ -241,7 +242,7 @@ def report(args, single: list[dict], multi: list[dict], backend: str) -> None:
         ax.set_title(f"width {width} ({rows[0]['params']} params), batch {args.batch}, {backend}")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(OUT / "distributed_cost.png", dpi=110)
+    fig.savefig(out / "distributed_cost.png", dpi=110)
 
 
 def main() -> None:
@@ -252,6 +253,8 @@ def main() -> None:
     ap.add_argument("--dual-max-width", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--out", default="runs/distributed_cost",
+                    help="folder for results.json and distributed_cost.png (committed copy: benchmarks/results/distributed_cost)")
     args = ap.parse_args()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if "RANK" in os.environ:  # under torchrun: rank 0 also times the single process first

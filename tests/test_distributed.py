@@ -40,6 +40,8 @@ def _train(gan, opt, rank, world, nan_at=None):
 
 
 def _optimizer(gan, kind, distributed):
+    if kind == "simga":
+        return gameopt.SimultaneousOptimizer(torch.optim.Adam, *gan.params(), lr=1e-2, distributed=distributed)
     if kind.startswith("altga"):
         return gameopt.AlternatingOptimizer(torch.optim.Adam, *gan.params(), disc_steps=2, lr=1e-2,
                                             distributed=distributed)
@@ -84,7 +86,7 @@ def _run(kind):
     return spawn_ranks(_worker, kind)
 
 
-@pytest.mark.parametrize("kind", ["plain", "ddp", "altga"])
+@pytest.mark.parametrize("kind", ["plain", "ddp", "simga", "altga"])
 def test_two_ranks_equal_one_process_on_the_full_batch(kind):
     results = _run(kind)
     gan = TinyGAN(seed=21)
