@@ -162,7 +162,8 @@ class DualStep:
         gen_loss = self.d_step.generator_loss(real, fake)
         self.g_opt.zero_grad(set_to_none=True)
         gen_loss.backward()
-        if all(torch.isfinite(p.grad).all() for p in self.G.parameters() if p.grad is not None):
+        grads = [p.grad for p in self.G.parameters() if p.grad is not None]
+        if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):   # one host sync
             self.g_opt.step()
         else:
             self.skipped_steps += 1
