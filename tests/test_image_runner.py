@@ -127,7 +127,7 @@ def test_table_collects_runs(tmp_path):
     md = image_table.main([*folders, "--out", str(tmp_path / "table")])
     rows = md.splitlines()
     assert sum(r.startswith("| simga | ") for r in rows) == 3          # two seeds, one mean row
-    assert any(r.startswith("| consensus (gamma 10) | 0 | 1 |") for r in rows)
+    assert any(r.startswith("| consensus (gamma 1) | 0 | 1 |") for r in rows)
     assert "| simga | 1 | 2 |" in md
     assert (tmp_path / "table" / "curves.png").stat().st_size > 0
     assert len(json.loads((tmp_path / "table" / "summary.json").read_text())) == 3
