@@ -19,11 +19,18 @@ from torch import Tensor
 
 from .errors import GameInputError
 
-__all__ = ["gather_rows", "check_same_shapes", "check_distributed", "all_reduce_mean", "warn_if_unreduced"]
+__all__ = ["gather_rows", "check_same_shapes", "check_distributed", "all_reduce_mean"]
 
 
-def check_distributed(what: str) -> None:
-    """Raise a :class:`GameInputError` unless a default process group is initialised."""
+def check_distributed(what: str, distributed: bool) -> None:
+    """Validate a ``distributed=`` flag at construction.
+
+    ``True`` needs an initialised process group (:class:`GameInputError` otherwise);
+    ``False`` while several ranks run warns (see :func:`_warn_if_unreduced`).
+    """
+    if not distributed:
+        _warn_if_unreduced(what)
+        return
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise GameInputError(
             f"{what} with distributed=True needs an initialised torch.distributed process group: call "
@@ -41,7 +48,7 @@ def all_reduce_mean(tensors: list[Tensor], group: Any = None) -> list[Tensor]:
     return [part.view_as(t) for part, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors)]
 
 
-def warn_if_unreduced(what: str) -> None:
+def _warn_if_unreduced(what: str) -> None:
     """Warn when several ranks run but ``distributed=False``: nothing would average or gather across them.
 
     gameopt computes gradients with ``torch.autograd.grad``, which does not fire the
@@ -57,7 +64,7 @@ def warn_if_unreduced(what: str) -> None:
             "distributed=False, so each rank works on its own share of the batch alone (DistributedDataParallel "
             "does not average gradients that gameopt computes with torch.autograd.grad). Pass "
             "distributed=True for the full-batch step",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -119,21 +126,24 @@ class _ReduceScatterRows(torch.autograd.Function):
         return _GatherRows.apply(grad, ctx.group), None
 
 
-def check_same_shapes(shapes: dict[str, tuple[int, ...]], group: Any = None) -> None:
-    """Raise :class:`GameInputError` on every rank unless every rank passes the same shapes.
+def check_same_shapes(tensors: dict[str, Tensor], group: Any = None) -> None:
+    """Raise :class:`GameInputError` on every rank unless every rank passes tensors of the same shapes.
 
     One small all-gather of the shapes (every rank names the same tensors), so a
     mismatch is an error on all ranks at once instead of a hang in the next collective.
+    The shapes travel on the tensors' device (NCCL only moves CUDA tensors).
     """
     import torch.distributed as dist
 
     _, world = _world(group)
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    device = next(iter(tensors.values())).device
     flat: list[int] = []
     for shape in shapes.values():  # fixed width (9 per shape), so one all-gather suffices
         if len(shape) > 8:
             raise GameInputError(f"tensors of more than 8 dimensions are not supported here, got {tuple(shape)}")
         flat += [len(shape), *shape, *([-1] * (8 - len(shape)))]
-    mine = torch.tensor(flat, dtype=torch.int64)
+    mine = torch.tensor(flat, dtype=torch.int64, device=device)
     every = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(every, mine, group=group)
     if any(not torch.equal(e, every[0]) for e in every):

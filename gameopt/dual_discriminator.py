@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from . import solvers as _solvers
-from .distributed import check_distributed, check_same_shapes, gather_rows, warn_if_unreduced
+from .distributed import check_distributed, check_same_shapes, gather_rows
 from .solvers._common import check_finite, check_positive, softplus_exact
 
 __all__ = ["TrustRegionDualDiscriminator", "RBFFeatures", "DualStepStats", "DualSolverWarning", "DualSolverError"]
@@ -245,10 +245,7 @@ class TrustRegionDualDiscriminator:
         self.weight: Tensor | None = None  # linear model only
         self.last_stats: DualStepStats | None = None
         self._cached_duals: tuple[Tensor, Tensor] | None = None
-        if distributed:
-            check_distributed("TrustRegionDualDiscriminator")
-        else:
-            warn_if_unreduced("TrustRegionDualDiscriminator")
+        check_distributed("TrustRegionDualDiscriminator", distributed)
         self.distributed = bool(distributed)
         self.process_group = process_group
 
@@ -292,7 +289,7 @@ class TrustRegionDualDiscriminator:
         phi_r = self.module(real)
         phi_f = self.module(fake)
         if self.distributed:  # the dual couples all samples: every rank forms the full-batch loss
-            check_same_shapes({"real": tuple(real.shape), "fake": tuple(fake.shape)}, self.process_group)
+            check_same_shapes({"real": real, "fake": fake}, self.process_group)
             phi_r = gather_rows(phi_r.detach(), self.process_group)
             phi_f = gather_rows(phi_f, self.process_group)
         n = phi_r.shape[0]
@@ -317,7 +314,7 @@ class TrustRegionDualDiscriminator:
         if self.distributed:
             # Collectives first, checks after, on what every rank sees: a bad batch on one
             # rank then raises on every rank instead of leaving the others waiting.
-            check_same_shapes({"real": tuple(real.shape), "fake": tuple(fake.shape)}, self.process_group)
+            check_same_shapes({"real": real, "fake": fake}, self.process_group)
             if self.model != "cost":
                 real = gather_rows(real.detach(), self.process_group)
                 fake = gather_rows(fake.detach(), self.process_group)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from .distributed import check_distributed, warn_if_unreduced
+from .distributed import check_distributed
 from .errors import GameInputError
 from .players import ParamsLike, player_param_groups
 
@@ -42,10 +42,7 @@ class GameOptimizer(Optimizer):
         process_group: Any = None,
         **base_kwargs: Any,
     ) -> None:
-        if distributed:
-            check_distributed(type(self).__name__)
-        else:
-            warn_if_unreduced(type(self).__name__)
+        check_distributed(type(self).__name__, distributed)
         if isinstance(base_optimizer, Optimizer):
             raise GameInputError(
                 "base_optimizer must be an optimiser class such as torch.optim.Adam, "

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .bandwidth import BandwidthSchedule, ConstantBandwidth, check_bandwidth
 from .divergences import Divergence, as_divergence
-from ..distributed import check_distributed, check_same_shapes, gather_rows, warn_if_unreduced
+from ..distributed import check_distributed, check_same_shapes, gather_rows
 from .kernel import primal_dual_term
 
 __all__ = ["PrimalDualRegularizer"]
@@ -83,10 +83,7 @@ class PrimalDualRegularizer(nn.Module):
         process_group: Any = None,
     ) -> None:
         super().__init__()
-        if distributed:
-            check_distributed("PrimalDualRegularizer")
-        else:
-            warn_if_unreduced("PrimalDualRegularizer")
+        check_distributed("PrimalDualRegularizer", distributed)
         self.distributed = bool(distributed)
         self.process_group = process_group
         self.divergence = as_divergence(divergence)
@@ -164,8 +161,7 @@ class PrimalDualRegularizer(nn.Module):
             if not isinstance(t, Tensor):
                 raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
         if self.distributed:  # before any local check, so a bad share raises on every rank, not only here
-            shapes = {"real": tuple(real.shape), "fake": tuple(fake.shape), "d_real": tuple(d_real.shape)}
-            check_same_shapes(shapes, self.process_group)
+            check_same_shapes({"real": real, "fake": fake, "d_real": d_real}, self.process_group)
         if real.dim() == 0 or real.shape[0] == 0:
             raise ValueError(f"real batch is empty (shape {tuple(real.shape)}); pass at least one data sample.")
         if fake.dim() == 0 or fake.shape[0] == 0:
