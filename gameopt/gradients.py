@@ -7,6 +7,7 @@ of two) and turn autograd's double-backward failures into actionable errors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Iterator
@@ -50,6 +51,20 @@ def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch
     return loss
 
 
+def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Whether every element of every tensor is finite, as a 0-d bool tensor (no host sync).
+
+    One fused reduction (``torch._foreach_norm`` with ``ord=inf``, which propagates
+    NaN) over all tensors: elementwise, so fp16 tensors whose L2 norm would exceed
+    65504 but whose entries are finite count as finite.
+    """
+    maxima = torch._foreach_norm(list(tensors), ord=math.inf)
+    device = maxima[0].device
+    if any(m.device != device for m in maxima):
+        maxima = [m.to(device) for m in maxima]
+    return torch.stack(maxima).isfinite().all()
+
+
 def is_negation_of(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when ``a`` was computed as ``-b`` (so the two losses share one backward pass)."""
     fn = a.grad_fn
@@ -57,6 +72,29 @@ def is_negation_of(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     nxt = fn.next_functions
     return len(nxt) == 1 and nxt[0][0] is b.grad_fn
+
+
+def grad_scaler_factor(loss: torch.Tensor) -> float | None:
+    """The scale ``s`` when ``loss`` was computed as ``scaler.scale(x) = x * s``, else None.
+
+    Recognises the product ``torch.amp.GradScaler.scale`` builds: a multiplication
+    by a one-element float32 tensor that needs no gradient and holds a power of two
+    >= 2. Reads that value from the device (one sync): call it once, not every step.
+    """
+    fn = loss.grad_fn
+    if fn is None or type(fn).__name__ != "MulBackward0":
+        return None
+    try:
+        other = fn._saved_other
+    except (AttributeError, RuntimeError):
+        return None
+    if not isinstance(other, torch.Tensor) or other.numel() != 1 or other.dtype != torch.float32:
+        return None
+    if other.requires_grad:
+        return None
+    value = float(other)
+    mantissa, _ = math.frexp(value)
+    return value if mantissa == 0.5 and value >= 2 else None
 
 
 def find_once_differentiable(outputs: Sequence[torch.Tensor]) -> str | None:
