@@ -22,6 +22,7 @@ _DOUBLE_BACKWARD_MARKERS = (
     "once_differentiable",
     "derivative for",
 )
+_COMPILED_MARKERS = ("aot_autograd", "donated buffer")
 
 
 def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch.Tensor:
@@ -138,22 +139,46 @@ def reaches_any(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
 
 @contextmanager
 def explain_double_backward(enabled: bool) -> Iterator[None]:
-    """Re-raise autograd errors about missing second derivatives with the fix to apply."""
+    """Re-raise autograd errors about missing second derivatives with the fix to apply.
+
+    Players wrapped in ``torch.compile`` fail here too: AOTAutograd's compiled
+    backward cannot be differentiated again ("does not support double backward"
+    with ``backend="aot_eager"``, or the "donated buffers" check first with
+    inductor; turning that check off only brings back the first message).
+    """
     try:
         yield
     except RuntimeError as err:
         msg = str(err)
-        if not enabled or not any(m in msg.lower() for m in _DOUBLE_BACKWARD_MARKERS):
+        low = msg.lower()
+        compiled = any(m in low for m in _COMPILED_MARKERS)
+        if not enabled or not (compiled or any(m in low for m in _DOUBLE_BACKWARD_MARKERS)):
             raise
+        if compiled:
+            fix = (
+                "The players were compiled with torch.compile, whose compiled backward (AOTAutograd) "
+                "cannot be differentiated again, whatever the backend or "
+                "torch._functorch.config.donated_buffer says. Pass the uncompiled modules and let "
+                "gameopt compile the whole step: ConsensusOptimizer(..., compile=True) with "
+                "opt.step(closure), closure() returning (gen_loss, disc_loss); it compiles the "
+                "forward pass, both backward passes and the vector-Jacobian product together. "
+                "Compiled players do work with gamma=0 (SimultaneousOptimizer) and with "
+                "gameopt.AlternatingOptimizer, which need first derivatives only"
+            )
+        else:
+            fix = (
+                "Ways around it: for attention, run the forward pass inside "
+                "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH); for cuDNN "
+                "RNNs, disable cuDNN (torch.backends.cudnn.flags(enabled=False)); for a custom "
+                "autograd.Function, make its backward differentiable (no @once_differentiable); "
+                "for torch.compile'd players, pass them uncompiled and use "
+                "ConsensusOptimizer(compile=True) with step(closure); or train without the "
+                "regulariser (gamma=0) or with gameopt.AlternatingOptimizer, which need first "
+                "derivatives only"
+            )
         raise RuntimeError(
             "consensus optimisation needs second derivatives (double backward), but an "
-            f"operation in the players' losses does not support them:\n  {msg}\n"
-            "Ways around it: for attention, run the forward pass inside "
-            "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH); for cuDNN "
-            "RNNs, disable cuDNN (torch.backends.cudnn.flags(enabled=False)); for a custom "
-            "autograd.Function, make its backward differentiable (no @once_differentiable); "
-            "or train without the regulariser (gamma=0) or with gameopt.AlternatingOptimizer, "
-            "which need first derivatives only"
+            f"operation in the players' losses does not support them:\n  {msg}\n{fix}"
         ) from err
 
 
