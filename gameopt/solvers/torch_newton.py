@@ -171,8 +171,8 @@ class TorchNewtonSolver:
             res = _cat_results([self._solve_linear(A[i:i + ch], C[i:i + ch]) for i in range(0, B, ch)])
         else:
             res = self._solve_linear(A, C)
-        trace_k = (A.to(self.dtype) ** 2).sum((-2, -1))
-        return self._finish(res, trace_k, C, lambda s, idx: s.solve_linear(A[idx], C[idx]))
+        return self._finish(res, lambda: torch.linalg.vector_norm(A.to(self.dtype), dim=(-2, -1)) ** 2, C,
+                            lambda s, idx: s.solve_linear(A[idx], C[idx]))
 
     def _solve_linear(self, A: Tensor, C: Tensor) -> LinearDualResult:
         A = A.to(self.dtype)
@@ -267,18 +267,19 @@ class TorchNewtonSolver:
             res = _cat_results(parts)
         else:
             res = self._solve_kernel_two_phase(Ks, c, p, W, C, delta)
-        trace_k = Ks.to(self.dtype).diagonal(dim1=-2, dim2=-1).sum(-1)
         return self._finish(
-            res, trace_k, C, lambda s, idx: s.solve_kernel(Ks[idx], c[idx], p[idx], W[idx], C[idx], delta[idx]))
+            res, lambda: Ks.to(self.dtype).diagonal(dim1=-2, dim2=-1).sum(-1), C,
+            lambda s, idx: s.solve_kernel(Ks[idx], c[idx], p[idx], W[idx], C[idx], delta[idx]))
 
     # ------------------------------------------------------------ after a solve
-    def _finish(self, res, trace_k: Tensor, C: Tensor, resolve):
+    def _finish(self, res, trace_k, C: Tensor, resolve):
         """Float32 problems that did not converge are solved again in float64 (``promote``);
         every problem still unconverged gets a ``status`` saying why and what to change.
 
-        One host read, skipped entirely with ``sync_every=None``.
+        One host read, skipped entirely with ``sync_every=None``. ``trace_k()`` gives trace(K)
+        per problem (for the status; computed only when some problem failed).
         """
-        if self._sync_period(trace_k.device) is None:
+        if self._sync_period(res.gap.device) is None:
             return res
         bad = ~res.converged
         if not bool(bad.any()):
@@ -298,7 +299,7 @@ class TorchNewtonSolver:
             bad = ~res.converged
             if not bool(bad.any()):
                 return res
-        res.status = unconverged_status(res, trace_k, C, self.tol, self.dtype, self.max_iter)
+        res.status = unconverged_status(res, trace_k(), C, self.tol, self.dtype, self.max_iter)
         return res
 
     def _solve_kernel_two_phase(
