@@ -119,13 +119,16 @@ def _report(res, slv, on_failure: str, where: str) -> None:
 def check_psd_kernel(K: Tensor) -> None:
     """GameInputError unless K is symmetric positive semi-definite up to rounding (one host read).
 
-    K = J J^T always is; rounding in forming it leaves eigenvalues of order -m eps ||K||, so the
-    test is a Cholesky factorisation of K + 64 m eps max(diag K) I (and symmetry to the same
-    relative tolerance). Costs one m x m Cholesky per problem, once per solve.
+    K = J J^T always is; rounding in forming it leaves eigenvalues of order -m eps ||K||, with
+    eps that of the dtype J J^T was computed in, often float32 even when K arrives in float64
+    (per-sample gradients of a float32 network). So the test allows
+    tol = 64 m max(eps(K.dtype), eps(float32)) max(diag K): symmetry to that tolerance, then a
+    Cholesky factorisation of (K + K^T) / 2 + tol I. Costs one m x m Cholesky per problem,
+    once per solve (about 3-5% of a trust-region solve at m = 64-128).
     """
     Kf = K if K.is_floating_point() else K.double()
     m = Kf.shape[-1]
-    eps = torch.finfo(Kf.dtype).eps
+    eps = max(torch.finfo(Kf.dtype).eps, torch.finfo(torch.float32).eps)
     scale = Kf.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(Kf.dtype).tiny)
     tol = 64 * m * eps * scale
     asym = (Kf - Kf.transpose(-1, -2)).abs().amax((-2, -1))
@@ -248,7 +251,7 @@ def solve_trust_region_dual(
     Raises:
         GameInputError: shapes, an empty K, NaN/inf inputs, w_norm_sq < 0, C <= 0, delta <= 0,
             or a K that is not symmetric positive semi-definite (K = J J^T always is; the check
-            allows rounding of order 64 * 2n * eps * max diag K).
+            allows rounding of order 64 * 2n * eps(float32) * max diag K).
     """
     K = torch.as_tensor(K)
     batched = K.ndim == 3
