@@ -796,18 +796,42 @@ def test_copied_optimizer_and_regularizer_drive_only_each_other(how):
     opt = gameopt.ConsensusOptimizer(torch.optim.SGD, G.parameters(), D.parameters(), gamma=0.5, lr=0.01)
     reg = gameopt.PrimalDualRegularizer("js", bandwidth=StepBandwidth([0.5, 0.1], [2]))
     reg.attach(opt)
+    reg.step()
     opt2, reg2 = copy.deepcopy((opt, reg)) if how == "deepcopy" else pickle.loads(pickle.dumps((opt, reg)))
-    G2 = [p for g in opt2.param_groups if g["player"] == "generator" for p in g["params"]]
-    for _ in range(3):
-        opt2.zero_grad()
-        for p in opt2.player_params("generator") + opt2.player_params("discriminator"):
+    assert reg2._steps == 1 and reg2.current_bandwidth == 0.5
+
+    def step(o):
+        o.zero_grad()
+        for p in o.player_params("generator") + o.player_params("discriminator"):
             p.grad = torch.ones_like(p)
-        opt2.step()
-    assert reg2._steps == 3 and int(reg2.num_steps) == 3
-    assert reg._steps == 0 and int(reg.num_steps) == 0  # the original is not driven by the copy
-    assert all(not torch.equal(a, b) for a, b in zip(G2, G.parameters()))
-    opt.step()  # and the original still drives the original
-    assert reg._steps == 1 and reg2._steps == 3
+        o.step()
+
+    # gameopt optimisers, like torch.optim, do not copy hooks: the copy drives nothing until attached
+    step(opt2)
+    assert reg._steps == 1 and reg2._steps == 1
+    reg2.attach(opt2)
+    for _ in range(2):
+        step(opt2)
+    assert reg2._steps == 3 and int(reg2.num_steps) == 3 and reg2.current_bandwidth == 0.1
+    assert reg._steps == 1 and int(reg.num_steps) == 1  # the original is not driven by the copy
+    step(opt)  # and the original still drives the original
+    assert reg._steps == 2 and reg2._steps == 3
+
+
+def test_schedule_stepper_hook_pickles_with_its_regularizer():
+    from gameopt.primal_dual.regularizer import ScheduleStepper
+
+    reg = gameopt.PrimalDualRegularizer("js")
+    hook = ScheduleStepper(reg)
+    hook2 = pickle.loads(pickle.dumps(hook))
+    hook3 = copy.deepcopy(hook)
+    for h in (hook2, hook3):
+        h(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), (), {})
+        assert h.regularizer._steps == 1
+    assert reg._steps == 0
+    skipped = type("Opt", (), {"last_step_skipped": True})()
+    hook(skipped, (), {})
+    assert reg._steps == 0
 
 
 def test_plain_torch_optimizer_copy_after_attach():

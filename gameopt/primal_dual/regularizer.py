@@ -26,11 +26,11 @@ def _refresh_step_count(module: "PrimalDualRegularizer", incompatible_keys: Any)
 class ScheduleStepper:
     """The post-step hook :meth:`PrimalDualRegularizer.attach` installs: one ``reg.step()`` per applied step.
 
-    A small class rather than a lambda so that an optimiser holding it can be pickled and
-    deep-copied; copying the optimiser and the regulariser together (one ``deepcopy`` call
-    or one pickle) gives a copied hook that drives the copied regulariser, never the original.
-    A step the optimiser reports as skipped (``last_step_skipped``, gameopt's NaN/Inf
-    policy) does not advance the schedule.
+    A small class rather than a lambda, so that whatever holds it can be pickled and
+    deep-copied; a copied hook drives the copied regulariser (copied in the same call),
+    never the original. A step the optimiser reports as skipped (``last_step_skipped``,
+    gameopt's NaN/Inf policy) does not advance the schedule; gameopt optimisers also run
+    post-step hooks only on steps that moved the parameters.
     """
 
     def __init__(self, regularizer: "PrimalDualRegularizer") -> None:
@@ -166,9 +166,10 @@ class PrimalDualRegularizer(nn.Module):
         """Call :meth:`step` automatically after every applied ``optimizer.step()`` (the generator's).
 
         The hook is a :class:`ScheduleStepper`: it skips steps the optimiser reports as skipped
-        (``last_step_skipped``), and it pickles and deep-copies with the optimiser. Note that
-        plain torch optimisers drop their hooks when copied or pickled (torch.optim keeps only
-        defaults, state and groups): attach the copy again.
+        (``last_step_skipped``), and it pickles and deep-copies wherever it is held. Optimisers,
+        torch's and gameopt's alike, do not copy their hooks (a copy keeps defaults, state and
+        groups), so a copied optimiser never drives the original regulariser: attach the copy
+        to the copied regulariser again.
 
         Returns the hook handle; ``handle.remove()`` detaches it.
         """
