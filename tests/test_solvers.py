@@ -454,7 +454,7 @@ def test_float32_newton_direction_has_no_cancellation(seed):
     assert abs(float(res.dual_value) - float(ref.dual_value)) <= 1e-4 * (1 + abs(float(ref.dual_value)))
 
 
-@pytest.mark.parametrize("seed", STALLED_F32 + FLOOR_F32)
+@pytest.mark.parametrize("seed", STALLED_F32[:3] + FLOOR_F32)
 def test_float32_problems_float32_cannot_certify_are_promoted(seed):
     real, fake, C = grid_problem(seed)
     res = solve_linear_dual(real.float(), fake.float(), C, solver=TorchNewtonSolver(dtype=torch.float32))

@@ -116,36 +116,38 @@ def _report(res, slv, on_failure: str, where: str) -> None:
     )
 
 
-def check_psd_kernel(K: Tensor) -> None:
-    """GameInputError unless K is symmetric positive semi-definite up to rounding (one host read).
+def check_psd_kernel(K: Tensor, C) -> None:
+    """GameInputError unless K is symmetric and positive semi-definite up to a tolerance (one host read).
 
-    K = J J^T always is; rounding in forming it leaves eigenvalues of order -m eps ||K||, with
-    eps that of the dtype J J^T was computed in, often float32 even when K arrives in float64
-    (per-sample gradients of a float32 network). So the test allows
-    tol = 64 m max(eps(K.dtype), eps(float32)) max(diag K): symmetry to that tolerance, then a
-    Cholesky factorisation of (K + K^T) / 2 + tol I. Costs one m x m Cholesky per problem,
-    once per solve (about 3-5% of a trust-region solve at m = 64-128).
+    K = J J^T always is PSD, but a K formed in low precision (float32, or bf16 under autocast)
+    has eigenvalues down to about -m eps ||K||. The dual stays strictly concave as long as
+    lambda_min(K) > -4 m C (the entropy's curvature, in K's units), so the test allows
+    tol = max(64 m eps32 max(diag K), 2 m C): symmetry to 64 m eps32 max|K|, then a Cholesky
+    factorisation of (K + K^T) / 2 + tol I. One m x m Cholesky per problem, once per solve
+    (about 3-5% of a trust-region solve at m = 64-128).
     """
     Kf = K if K.is_floating_point() else K.double()
     m = Kf.shape[-1]
     eps = max(torch.finfo(Kf.dtype).eps, torch.finfo(torch.float32).eps)
     scale = Kf.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(Kf.dtype).tiny)
-    tol = 64 * m * eps * scale
+    rounding = 64 * m * eps * scale
+    Cb = torch.as_tensor(C, dtype=Kf.dtype, device=Kf.device).expand(rounding.shape)
+    tol = torch.maximum(rounding, 2 * m * Cb)
     asym = (Kf - Kf.transpose(-1, -2)).abs().amax((-2, -1))
     shifted = 0.5 * (Kf + Kf.transpose(-1, -2)) + tol[..., None, None] * torch.eye(m, dtype=Kf.dtype, device=Kf.device)
     _, info = torch.linalg.cholesky_ex(shifted)
-    flags = torch.stack([(asym > tol).any(), (info > 0).any()]).tolist()
+    flags = torch.stack([(asym > rounding).any(), (info > 0).any()]).tolist()
     if flags[0]:
         raise GameInputError(
             "K is not symmetric: it must be the kernel J J^T of the per-sample score gradients "
-            f"(largest |K - K^T| {float(asym.max()):.3g}, allowed {float(tol.min()):.3g})."
+            f"(largest |K - K^T| {float(asym.max()):.3g}, allowed {float(rounding.min()):.3g})."
         )
     if flags[1]:
         lowest = float(torch.linalg.eigvalsh(0.5 * (Kf + Kf.transpose(-1, -2))).min())
         raise GameInputError(
-            "K is not positive semi-definite (smallest eigenvalue "
-            f"{lowest:.3g}, below the rounding allowance -{float(tol.max()):.3g}): it must be the kernel J J^T "
-            "of the per-sample score gradients (the dual and its closed-form step assume a PSD K)."
+            f"K is not positive semi-definite (smallest eigenvalue {lowest:.3g}, below the allowance "
+            f"-{float(tol.max()):.3g} = -max(float32 rounding, 2 * 2n * C)): it must be the kernel J J^T of the "
+            "per-sample score gradients; with it the dual is not concave and its answer meaningless."
         )
 
 
@@ -250,8 +252,9 @@ def solve_trust_region_dual(
 
     Raises:
         GameInputError: shapes, an empty K, NaN/inf inputs, w_norm_sq < 0, C <= 0, delta <= 0,
-            or a K that is not symmetric positive semi-definite (K = J J^T always is; the check
-            allows rounding of order 64 * 2n * eps(float32) * max diag K).
+            or a K that is not symmetric positive semi-definite (K = J J^T always is; eigenvalues
+            down to -max(64 * 2n * eps(float32) * max diag K, 2 * 2n * C) are allowed, since a K
+            formed in low precision is PSD only up to rounding and the dual stays concave there).
     """
     K = torch.as_tensor(K)
     batched = K.ndim == 3
@@ -273,7 +276,7 @@ def solve_trust_region_dual(
                    hint="it is ||w_k||^2, the squared norm of the current discriminator weights")
     check_positive("C", C)
     check_positive("delta", delta, allow_inf=True)
-    check_psd_kernel(K)
+    check_psd_kernel(K, C)
     check_on_failure(on_failure)
     slv = get_solver(solver, **solver_options)
     if not batched:
