@@ -54,19 +54,27 @@ def _describe(chain: list[Any]) -> str:
     return " -> ".join(type(obj).__name__ for obj in chain)
 
 
-def game_optimizer(opt: Any) -> GameOptimizer:
-    """The gameopt optimiser inside ``opt``, or ``opt`` itself when it is one.
+def find_game_optimizer(opt: Any) -> GameOptimizer | None:
+    """The gameopt optimiser inside ``opt`` (or ``opt`` itself when it is one), or None.
 
     Follows wrappers through ``._optimizer`` (Lightning's ``LightningOptimizer``,
     Fabric's optimiser) and ``.optimizer`` (accelerate's ``AcceleratedOptimizer``, or
     any wrapper exposing it), outermost first.
+    """
+    inner = _chain(opt)[-1]
+    return inner if isinstance(inner, GameOptimizer) else None
+
+
+def game_optimizer(opt: Any) -> GameOptimizer:
+    """Like :func:`find_game_optimizer`, but raises when there is none.
 
     Raises:
-        GameInputError: no gameopt optimiser in the chain; the message names the chain.
+        GameInputError: no gameopt optimiser inside ``opt``; the message names the chain found.
     """
+    game = find_game_optimizer(opt)
+    if game is not None:
+        return game
     chain = _chain(opt)
-    if isinstance(chain[-1], GameOptimizer):
-        return chain[-1]
     raise GameInputError(
         f"gameopt.backward needs a gameopt optimiser or a framework's wrapper around one, "
         f"but found {_describe(chain)}, with no gameopt optimiser inside. Build one, e.g. "

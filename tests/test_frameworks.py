@@ -113,3 +113,22 @@ def test_fabric_fp16_scaler_is_found_and_used():
         return torch.cat([p.detach().reshape(-1) for ps in gan.params() for p in ps])
 
     assert torch.equal(run(True), run(False))
+
+
+def _wrapped(real, wrap):
+    if wrap == "lightning":
+        return LightningOptimizer(real)
+    Accelerator(cpu=True)
+    return AcceleratedOptimizer(real, device_placement=False)
+
+
+@pytest.mark.parametrize("wrap", ["lightning", "accelerate"])
+def test_game_field_and_monitor_take_a_wrapped_optimiser(wrap):
+    """Diagnostics and monitoring see the players and statistics of the optimiser inside the wrapper."""
+    gan = TinyGAN(seed=3)
+    real = gameopt.ConsensusOptimizer(torch.optim.SGD, *gan.params(), gamma=2.0, lr=0.1)
+    opt = _wrapped(real, wrap)
+    field = gameopt.GameField(gan.losses, opt, gamma=2.0)
+    assert torch.equal(field.jacobian(), gameopt.GameField(gan.losses, real, gamma=2.0).jacobian())
+    gameopt.backward(opt, *gan.losses())
+    assert gameopt.Monitor(opt=opt).read() == gameopt.Monitor(opt=real).read()
