@@ -280,3 +280,33 @@ def test_post_step_hook_fires_once_per_applied_step():
         warnings.simplefilter("ignore", RuntimeWarning)
         trainer(steps, callbacks=[Hooks()]).fit(module, loader(*game_data(nan_batch=nan_batch)))
     assert len(calls) == steps - 1
+
+
+class AlternatingModule(GameModule):
+    """AltGA re-evaluates the losses between the players' updates: it trains through opt.step(closure)."""
+
+    def configure_optimizers(self):
+        return gameopt.AlternatingOptimizer(torch.optim.Adam, self.G.parameters(), self.D.parameters(), lr=LR)
+
+    def training_step(self, batch, batch_idx):
+        x, z = batch
+        self.optimizers().step(closure=lambda: losses(self.G, self.D, x, z))
+
+    def on_before_optimizer_step(self, optimizer):
+        self.seen_grads.append(None)
+
+
+def test_alternating_optimizer_steps_through_lightnings_closure():
+    steps = 3
+    module = AlternatingModule()
+    t = trainer(steps)
+    t.fit(module, loader(*game_data()))
+    G, D = mlp([3, 8, 2], 0, torch.float32), mlp([2, 8, 1], 1, torch.float32)
+    opt = gameopt.AlternatingOptimizer(torch.optim.Adam, G.parameters(), D.parameters(), lr=LR)
+    x, z = game_data()
+    for i in range(steps):
+        opt.step(lambda: losses(G, D, x[i * BATCH:(i + 1) * BATCH], z[i * BATCH:(i + 1) * BATCH]))
+    assert t.global_step == steps
+    assert torch.equal(module.params(), flat([*G.parameters(), *D.parameters()]))
+    # Lightning's hook runs inside its closure: once per loss evaluation, i.e. once per player
+    assert len(module.seen_grads) == 2 * steps
