@@ -220,16 +220,17 @@ def test_checkpoint_resume_is_bit_for_bit(tmp_path, precision):
             return {}
         return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))]}
 
-    full = GameModule(route="method", scheduler=True)
+    route = "method" if precision == "32" else "gameopt.backward"
+    full = GameModule(route=route, scheduler=True)
     trainer(-1, max_epochs=2, **kwargs()).fit(full, loader(*game_data()))
 
-    first = GameModule(route="method", scheduler=True)
+    first = GameModule(route=route, scheduler=True)
     t1 = trainer(-1, max_epochs=1, **kwargs())
     t1.fit(first, loader(*game_data()))
     ckpt = tmp_path / "half.ckpt"
     t1.save_checkpoint(ckpt)
 
-    resumed = GameModule(route="method", scheduler=True, seed=7)  # other weights: the checkpoint must replace them
+    resumed = GameModule(route=route, scheduler=True, seed=7)  # other weights: the checkpoint must replace them
     t2 = trainer(-1, max_epochs=2, **kwargs())
     t2.fit(resumed, loader(*game_data()), ckpt_path=ckpt)
     assert t2.global_step == 2 * N_BATCHES
@@ -310,3 +311,21 @@ def test_alternating_optimizer_steps_through_lightnings_closure():
     assert torch.equal(module.params(), flat([*G.parameters(), *D.parameters()]))
     # Lightning's hook runs inside its closure: once per loss evaluation, i.e. once per player
     assert len(module.seen_grads) == 2 * steps
+
+
+class AutomaticModule(GameModule):
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = True
+
+    def training_step(self, batch, batch_idx):
+        return sum(losses(self.G, self.D, *batch))
+
+
+def test_automatic_optimisation_is_refused_with_a_clear_error():
+    """Automatic optimisation hands step() a closure that returns the single loss it differentiated."""
+    module = AutomaticModule()
+    before = module.params()
+    with pytest.raises(gameopt.GameInputError, match="one per player"):
+        trainer(1).fit(module, loader(*game_data()))
+    assert torch.equal(module.params(), before)
