@@ -4,12 +4,13 @@ Sign convention: every player minimises its own loss; a zero-sum game has
 ``disc_loss = -gen_loss``.
 """
 
-from . import solvers
+from . import frameworks, solvers
 from .alternating import AlternatingOptimizer
 from .consensus import ConsensusOptimizer, ConsensusStats, SimultaneousOptimizer
 from .diagnostics import GameField, SpectrumSummary, max_stable_step, summarize_spectrum
 from .dual_discriminator import RBFFeatures, TrustRegionDualDiscriminator
 from .errors import GameInputError
+from .frameworks import backward
 from .game_optimizer import GameOptimizer
 from .monitor import Monitor
 from .players import DISCRIMINATOR, GENERATOR
@@ -32,6 +33,8 @@ __all__ = [
     "SimultaneousOptimizer",
     "SpectrumSummary",
     "TrustRegionDualDiscriminator",
+    "backward",
+    "frameworks",
     "get_divergence",
     "max_stable_step",
     "solvers",

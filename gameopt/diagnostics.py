@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import GameInputError
+from .frameworks import find_game_optimizer
 from .game_optimizer import GameOptimizer
 
 Closure = Callable[[], Sequence[torch.Tensor]]
@@ -35,7 +36,8 @@ class GameField:
         closure: returns one loss per player (same order as the players), e.g.
             ``lambda: (gen_loss, disc_loss)``; it is re-evaluated by :meth:`at`.
             Use a fixed batch: the spectrum is that of this batch's game.
-        players: the players' parameter lists, or a gameopt optimiser (its players).
+        players: the players' parameter lists, or a gameopt optimiser (its players), also
+            wrapped by a training framework (``LightningOptimizer``, ``AcceleratedOptimizer``).
         gamma: 0 for ``F = v``; > 0 for the consensus field ``v + gamma v'^T v``.
     """
 
@@ -45,8 +47,9 @@ class GameField:
         players: Sequence[Sequence[torch.Tensor]] | GameOptimizer,
         gamma: float = 0.0,
     ) -> None:
-        if isinstance(players, GameOptimizer):
-            params = [players.player_params(p) for p in players.players]
+        game = find_game_optimizer(players)  # also inside a framework's wrapper (Lightning, accelerate)
+        if game is not None:
+            params = [game.player_params(p) for p in game.players]
         else:
             params = [list(ps) for ps in players]
         if gamma < 0:
