@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 
 from .errors import GameInputError
 from .distributed import all_reduce_mean
+from .frameworks import through_wrappers
 from .game_optimizer import GameOptimizer, SharedState, shared, transient
 from .gradients import (
     check_loss,
@@ -209,6 +210,7 @@ class ConsensusOptimizer(GameOptimizer):
             return ["gen_loss", "disc_loss"]
         return [f"loss of player '{p}'" for p in self.players]
 
+    @through_wrappers
     def backward(self, *losses: torch.Tensor, scaler: Any = None) -> ConsensusStats:
         """Accumulate the consensus-corrected gradient into ``p.grad`` (like ``loss.backward()``).
 
@@ -222,6 +224,10 @@ class ConsensusOptimizer(GameOptimizer):
         unscales it, checks it for inf/NaN and skips the step on overflow as usual.
         Forgetting ``scaler=`` with scaled losses makes the regulariser ``s`` times too
         large; gameopt warns once when a loss looks like ``scaler.scale(loss)``.
+
+        Called on a framework's wrapper (Lightning's ``opt = self.optimizers()``), it acts
+        like :func:`gameopt.backward`: on the real optimiser, with the framework's fp16
+        ``GradScaler`` applied to the losses when there is one.
         """
         if len(losses) != len(self.players):
             raise GameInputError(

@@ -12,12 +12,16 @@ consensus term stays consistent (see ``ConsensusOptimizer.backward(scaler=)``).
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
 from .errors import GameInputError
 from .game_optimizer import GameOptimizer
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 #: Wrappers deeper than this are taken to be a cycle.
 _MAX_DEPTH = 16
@@ -166,3 +170,27 @@ def backward(opt: Any, *losses: torch.Tensor, **kwargs: Any) -> Any:
         return game.backward(*losses, **kwargs)
     scaled = tuple(scaler.scale(loss) if isinstance(loss, torch.Tensor) else loss for loss in losses)
     return game.backward(*scaled, scaler=scaler, **kwargs)
+
+
+def through_wrappers(method: _F) -> _F:
+    """Make a gameopt optimiser's ``backward`` act on the real optimiser when called on a wrapper.
+
+    Lightning's ``LightningOptimizer`` is a dynamic subclass of the optimiser's class, so
+    ``opt.backward(...)`` inside ``training_step`` runs gameopt's ``backward`` with ``self``
+    the wrapper. Decorated, that call goes through :func:`backward`: it finds the real
+    optimiser and, under fp16, the framework's ``GradScaler``, so the losses are scaled the
+    way the framework's ``step`` will unscale them. A call that passes ``scaler=`` itself is
+    forwarded to the real optimiser unchanged.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *losses: Any, **kwargs: Any) -> Any:
+        real = find_game_optimizer(self)
+        if real is None or real is self:
+            return method(self, *losses, **kwargs)
+        if kwargs.get("scaler") is not None:
+            return method(real, *losses, **kwargs)
+        kwargs.pop("scaler", None)
+        return backward(self, *losses, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

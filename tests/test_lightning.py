@@ -171,16 +171,7 @@ def test_16_mixed_on_cpu_is_bf16_in_lightning():
     assert t.precision_plugin.precision == "bf16-mixed" and t.precision_plugin.scaler is None
 
 
-PENDING_CORE_DELEGATION = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="opt.backward on a LightningOptimizer runs ConsensusOptimizer.backward, which does not know "
-    "the Trainer's GradScaler: the losses stay unscaled and torch's scaler asserts in step. Needs the "
-    "core's backward to delegate to gameopt.frameworks.backward when called through a wrapper "
-    "(issue 11 §1, left open by the core work); remove this mark when it lands",
-)
-
-
-@pytest.mark.parametrize("route", [pytest.param("method", marks=PENDING_CORE_DELEGATION), "gameopt.backward"])
+@pytest.mark.parametrize("route", ["method", "gameopt.backward"])
 def test_fp16_grad_scaler_path(route):
     """fp16 with Lightning's GradScaler (MixedPrecision("16-mixed", "cpu")): the losses are scaled
     by the Trainer's scaler and gameopt is told so, so after the Trainer unscales, the gradient
