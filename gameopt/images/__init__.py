@@ -1,4 +1,5 @@
-"""Image benchmarks: offline data sets (stacked digits, CIFAR-10 from a user's path) and metrics.
+"""Image benchmarks: offline data sets (stacked digits, MNIST and stacked MNIST, CIFAR-10 from a
+user's path) and metrics.
 
 Importing this package is cheap: scikit-learn (digits) is imported only when digits are loaded.
 The classifier score and Frechet distance in :mod:`gameopt.images.metrics` use gameopt's own
@@ -28,6 +29,15 @@ from .metrics import (
     mode_kl,
     modes_covered,
 )
+from .mnist import (
+    MNIST_ENV,
+    MNISTFormatError,
+    MNISTNotFoundError,
+    StackedMNIST,
+    load_mnist,
+    mnist_signed,
+    write_idx,
+)
 from .inception import InceptionUnavailableError, inception_features, inception_fid, inception_score
 from .stacked_digits import StackedDigits, digit_images
 
@@ -37,10 +47,14 @@ __all__ = [
     "CIFAR10FormatError",
     "CIFAR10NotFoundError",
     "InceptionUnavailableError",
+    "MNIST_ENV",
+    "MNISTFormatError",
+    "MNISTNotFoundError",
     "NonFiniteImagesError",
     "SmallCNN",
     "StackedDigits",
     "StackedDigitsEvaluator",
+    "StackedMNIST",
     "cifar10_classifier",
     "classifier_score",
     "digit_classifier",
@@ -52,11 +66,14 @@ __all__ = [
     "inception_fid",
     "inception_score",
     "load_cifar10",
+    "load_mnist",
     "mode_histogram",
     "mode_kl",
+    "mnist_signed",
     "modes_covered",
     "require_cifar10",
     "to_signed_unit",
     "train_classifier",
     "write_cifar10_like",
+    "write_idx",
 ]
