@@ -16,11 +16,13 @@ from .cifar10 import (
     to_signed_unit,
     write_cifar10_like,
 )
-from .classifier import SmallCNN, cifar10_classifier, digit_classifier, train_classifier
+from .classifier import LeNet5, SmallCNN, cifar10_classifier, digit_classifier, mnist_classifier, train_classifier
 from .metrics import (
     CIFAR10Evaluator,
+    MNISTEvaluator,
     NonFiniteImagesError,
     StackedDigitsEvaluator,
+    StackedMNISTEvaluator,
     classifier_score,
     feature_statistics,
     frechet_distance,
@@ -47,6 +49,8 @@ __all__ = [
     "CIFAR10FormatError",
     "CIFAR10NotFoundError",
     "InceptionUnavailableError",
+    "LeNet5",
+    "MNISTEvaluator",
     "MNIST_ENV",
     "MNISTFormatError",
     "MNISTNotFoundError",
@@ -55,6 +59,7 @@ __all__ = [
     "StackedDigits",
     "StackedDigitsEvaluator",
     "StackedMNIST",
+    "StackedMNISTEvaluator",
     "cifar10_classifier",
     "classifier_score",
     "digit_classifier",
@@ -69,6 +74,7 @@ __all__ = [
     "load_mnist",
     "mode_histogram",
     "mode_kl",
+    "mnist_classifier",
     "mnist_signed",
     "modes_covered",
     "require_cifar10",
