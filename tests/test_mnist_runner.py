@@ -155,3 +155,28 @@ def test_step_cost_script(mnist_root, tmp_path):
     assert rows["consensus"]["ratio_to_reference"] == 1.0 and rows["consensus"]["equal_time_steps"] == 1000
     assert rows["simga"]["ms_per_step"] > 0
     assert json.loads((tmp_path / "step_cost.json").read_text())["methods"] == rows
+
+
+def test_table_copies_seed0_samples_and_appends_published_numbers(mnist_root, tmp_path):
+    import image_table
+
+    folders = []
+    for method, seed in [("simga", 0), ("simga", 1)]:
+        out = tmp_path / f"{method}_s{seed}"
+        image_gan.main(["--method", method, "--seed", str(seed), "--steps", "1", "--eval-every", "0",
+                        "--out", str(out), *tiny(mnist_root)])
+        folders.append(str(out))
+    table_dir = tmp_path / "table"
+    table_dir.mkdir()
+    ref = {"what": "test", "modes_covered": 999, "kl": 0.01, "classifier_score": 900.0, "frechet_distance": 1.0,
+           "classifier_test_accuracy": 0.99}
+    (table_dir / "real_reference.json").write_text(json.dumps(ref))
+    md = image_table.main([*folders, "--out", str(table_dir), "--published", "stacked_mnist"])
+    assert "| real data | 999 | 0.01 | 900.0 | 1 |" in md
+    assert "| primal-dual (Chen et al. 2018) | 827 | 155.6 |" in md
+    assert "| Unrolled GAN, 10 unrolling steps (Metz et al. 2017) | 817 | n/a |" in md
+    assert "unrolled_nobn_d" in md
+    samples = table_dir / "samples"
+    assert (samples / "simga_s0.npz").exists() and (samples / "simga_s0.json").exists()
+    assert not (samples / "simga_s1.npz").exists()   # seed 0 only
+    assert (table_dir / "table.md").read_text().strip() == md.strip()
