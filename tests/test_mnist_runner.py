@@ -74,10 +74,10 @@ def test_mnist_players_have_the_appendix_sizes():
 def test_every_method_runs_on_stacked_mnist_and_saves_its_final_samples(method, mnist_root, tmp_path):
     out = tmp_path / method
     extra = ["--pd-features", "classifier"] if method == "primal_dual" else []
-    summary = image_gan.main(["--method", method, "--steps", "2", "--eval-every", "1", "--out", str(out),
+    summary = image_gan.main(["--method", method, "--steps", "2", "--eval-every", "0", "--out", str(out),
                               *extra, *tiny(mnist_root)])
     final = summary["history"][-1]
-    assert [h["step"] for h in summary["history"]] == [0, 1, 2]
+    assert [h["step"] for h in summary["history"]] == [2]
     for key in ("modes_covered", "kl", "classifier_score", "frechet_distance", "gen_loss", "disc_loss"):
         assert final[key] == final[key], key
     with np.load(out / "final_samples.npz") as z:
