@@ -38,8 +38,8 @@ gauss() {
 export -f one gauss
 {
   methods="consensus simga altga primal_dual dual_score dual_cost"
-  for m in $methods; do echo "${m}_s0 --method $m --seed 0"; done
   echo "GAUSS"
+  for m in $methods; do echo "${m}_s0 --method $m --seed 0"; done
   echo "mnist/altga_s0 --method altga --seed 0"
   echo "mnist/primal_dual_s0 --method primal_dual --seed 0"
   for seed in 1 2; do for m in $methods; do echo "${m}_s$seed --method $m --seed $seed"; done; done
