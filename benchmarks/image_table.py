@@ -7,7 +7,8 @@ Reads each run folder's ``metrics.json`` (written by ``benchmarks/image_gan.py``
 row per run and one mean +- std row per method over seeds, and writes ``table.md``,
 ``summary.json``, ``curves.png`` (each metric over steps, one line per run) and each run's last
 sample grid (``samples/<run folder>.png``) to ``--out``. Runs that saved their final samples
-(``final_samples.npz``/``.json``) and have seed 0 get them copied too (``samples/<run folder>.npz``).
+(``final_samples.npz``/``.json``) in a folder named ``<method>_s0`` (the main grid's seed 0) get
+them copied too (``samples/<method>_s0.npz``).
 ``--published stacked_mnist`` (or ``mnist``) appends the papers' numbers the table tests and the
 metrics of real data (the ceiling), computed with the same evaluator (``real_reference.json``).
 """
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> str:
                 (out / "samples").mkdir(exist_ok=True)
                 shutil.copyfile(grids[-1], out / "samples" / f"{Path(r['folder']).name}.png")
             final = Path(r["folder"]) / "final_samples.npz"
-            if r["seed"] == 0 and final.exists():
+            if Path(r["folder"]).name == f"{r['settings']['method']}_s0" and final.exists():   # the main grid's seed 0
                 name = Path(r["folder"]).name
                 shutil.copyfile(final, out / "samples" / f"{name}.npz")
                 shutil.copyfile(final.with_suffix(".json"), out / "samples" / f"{name}.json")
