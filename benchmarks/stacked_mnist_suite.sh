@@ -45,15 +45,14 @@ export -f one gauss
   for seed in 1 2; do for m in $methods; do echo "${m}_s$seed --method $m --seed $seed"; done; done
   for m in simga altga dual_score dual_cost; do echo "${m}_et_s0 --method $m --seed 0 --steps $(et $m)"; done
   for m in consensus simga altga primal_dual; do echo "${m}_d4_s0 --method $m --seed 0 --d-scale 0.25"; done
-  for optim in adam rmsprop; do
+  for optim in adam rmsprop; do   # half length: the sweep ranks gamma, it does not need the final figure
     lr=$([ $optim = adam ] && echo 2e-4 || echo 1e-4)
     for g in 0.1 0.3 1 3 10; do
-      [ $optim = adam ] && [ $g = 1 ] && continue   # that is consensus_s0
-      echo "consensus_${optim}_g${g}_s0 --method consensus --optim $optim --lr $lr --gamma $g --seed 0"
+      echo "consensus_${optim}_g${g}_s0 --method consensus --optim $optim --lr $lr --gamma $g --seed 0 --steps $((steps / 2)) --eval-every 500"
     done
   done
-  for seed in 1 2; do for m in simga altga dual_score dual_cost; do echo "${m}_et_s$seed --method $m --seed $seed --steps $(et $m)"; done; done
   for seed in 1 2; do for m in altga primal_dual; do echo "mnist/${m}_s$seed --method $m --seed $seed"; done; done
+  for seed in 1 2; do for m in simga altga dual_score dual_cost; do echo "${m}_et_s$seed --method $m --seed $seed --steps $(et $m)"; done; done
   for m in consensus simga altga primal_dual; do echo "${m}_bnd_s0 --method $m --seed 0 --model unrolled"; done
 } | while read -r line; do
   if [ "$line" = GAUSS ]; then echo "gauss"; else echo "one $line"; fi
