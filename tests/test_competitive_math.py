@@ -153,7 +153,7 @@ def _mixed_hessian(f, theta, phi):
 
 
 def acgd_reference(gan, steps, lr_t, lr_p, beta, eps):
-    """ACGD written out densely: Adam-like eta, the non-symmetric Nash system solved directly."""
+    """ACGD written out densely: cgds' eta, the non-symmetric Nash system solved directly."""
     theta, phi = gan.params()
     v = [torch.zeros(sum(p.numel() for p in ps), dtype=torch.float64) for ps in (theta, phi)]
     for t in range(1, steps + 1):
@@ -166,7 +166,7 @@ def acgd_reference(gan, steps, lr_t, lr_p, beta, eps):
         etas = []
         for i, (gi, lr) in enumerate(((gt, lr_t), (gp, lr_p))):
             v[i] = beta * v[i] + (1 - beta) * gi * gi
-            etas.append(lr / ((v[i] / (1 - beta**t)).sqrt() + eps))
+            etas.append(lr * math.sqrt(1 - beta**t) / (v[i].sqrt() + eps))
         et, ep = torch.diag(etas[0]), torch.diag(etas[1])
         dt = -torch.linalg.solve(torch.eye(len(gt), dtype=torch.float64) + et @ D @ ep @ D.T, et @ (gt + D @ ep @ gp))
         dp = ep @ (gp + D.T @ dt)

@@ -60,7 +60,7 @@ class CompetitiveStats:
         cg_converged: whether the residual met ``tol`` within ``max_iter`` iterations.
         grad_sq_norm: ``{player: ||grad_player f||^2}`` of the unscaled gradient.
         hessian_products: mixed Hessian-vector products computed (a host int, no sync).
-        finite: whether both players' steps are finite.
+        finite: whether both players' gradients and steps are finite.
     """
 
     def __init__(self, players: tuple[str, ...], step: NashStep, g_theta: Tensor, g_phi: Tensor,
@@ -71,10 +71,11 @@ class CompetitiveStats:
         self.grad_sq_norm = {players[0]: g_theta.square().sum(), players[1]: g_phi.square().sum()}
         self.hessian_products = products
         self.finite = finite
-        self._player_finite = (torch.isfinite(step.step_theta).all(), torch.isfinite(step.step_phi).all())
+        self._player_finite = (torch.isfinite(g_theta).all() & torch.isfinite(step.step_theta).all(),
+                               torch.isfinite(g_phi).all() & torch.isfinite(step.step_phi).all())
 
     def finite_per_player(self) -> list[bool]:
-        """Which players' steps are finite (syncs)."""
+        """Which players' gradients and steps are finite (syncs)."""
         return [bool(t) for t in self._player_finite]
 
 
@@ -96,9 +97,9 @@ class CompetitiveOptimizer(GameOptimizer):
     backward with ``create_graph=True`` and ``1 + 2k`` Hessian-vector products for
     ``k`` CG iterations (``2 + 2k`` with the warm start).
 
-    Step sizes: CGD uses each param group's ``lr`` (``eta = lr``). ACGD divides it per
-    coordinate by Adam's denominator ``sqrt(v / (1 - beta^t)) + eps``, ``v`` the moving
-    average of ``(grad f)^2`` with the group's ``beta``.
+    Step sizes: CGD uses each param group's ``lr`` (``eta = lr``). ACGD, as the cgds
+    package, uses ``eta = lr * sqrt(1 - beta^t) / (sqrt(v) + eps)`` per coordinate, ``v``
+    the moving average of ``(grad f)^2`` with the group's ``beta``.
 
     There is no ``base_optimizer``: the step sizes are part of the Nash system, so no
     torch optimiser's rule can be applied afterwards. ``backward`` writes the
@@ -123,7 +124,9 @@ class CompetitiveOptimizer(GameOptimizer):
         adaptive: ACGD's per-coordinate step sizes instead of ``lr``.
         beta: ACGD's decay of the squared-gradient average, per group (in [0, 1)); the
             cgds package's default 0.99.
-        eps: ACGD's denominator term, per group (> 0).
+        eps: ACGD's denominator term, per group (> 0); cgds' default 1e-5. ``eta`` reaches
+            ``lr / eps`` where the gradient vanishes, and the coupling term is not
+            normalised, so Adam's 1e-8 makes steps and CG iterations blow up there.
         tol: CG stops when ``||r|| <= tol * min(||u||, ||c||)`` (in (0, 1)), which bounds
             each player's relative step error (in its step-size-scaled norm) by
             ``tol / (1 - tol)`` (see ``gameopt.competitive.nash``). The default 0.1 (about 10%,
@@ -163,7 +166,7 @@ class CompetitiveOptimizer(GameOptimizer):
         *,
         adaptive: bool = False,
         beta: float = 0.99,
-        eps: float = 1e-8,
+        eps: float = 1e-5,
         tol: float = 0.1,
         max_iter: int = 10,
         check_every: int = 1,
@@ -299,7 +302,7 @@ class CompetitiveOptimizer(GameOptimizer):
         if self.warm_start:
             for p, u in zip(theta, unflatten(step.solution, theta)):
                 pending.setdefault(p, {})["cg_solution"] = u.to(p.dtype)
-        finite = torch.isfinite(step.step_theta).all() & torch.isfinite(step.step_phi).all()
+        finite = torch.isfinite(g).all() & torch.isfinite(step.step_theta).all() & torch.isfinite(step.step_phi).all()
         self._write_grads(player_t, step.step_theta, scale)
         self._write_grads(player_p, step.step_phi, scale)
         self._pending = pending

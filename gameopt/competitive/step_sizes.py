@@ -1,8 +1,8 @@
 """Per-coordinate step sizes ``eta`` of competitive gradient descent.
 
 CGD uses each param group's ``lr``; ACGD (Schafer et al., "Implicit competitive
-regularization in GANs", 2020) divides it by an Adam-like root mean square of f's
-gradient. Both give a flat vector per player; new optimiser state is returned,
+regularization in GANs", 2020, and the cgds package) divides it by an Adam-like root
+mean square of f's gradient. Both give a flat vector per player; new optimiser state is returned,
 not stored, so a skipped step leaves the state untouched.
 """
 
@@ -41,12 +41,15 @@ class ConstantStepSizes:
 
 
 class AdaptiveStepSizes:
-    """ACGD: ``eta = lr / (sqrt(v / (1 - beta^t)) + eps)``, Adam's denominator.
+    """ACGD: ``eta = lr * sqrt(1 - beta^t) / (sqrt(v) + eps)``, the cgds package's form.
 
     ``v`` (state ``"exp_avg_sq"``, the parameter's dtype) is the exponential moving
     average, with the group's ``beta``, of the squared gradient of f; ``t`` (state
-    ``"step"``) counts the steps taken. The moving average is of the plain gradient, as
-    in the cgds package, not of the competitive direction.
+    ``"step"``) counts the steps taken. As in the cgds package the average is of the
+    plain gradient, not of the competitive direction, and ``eps`` is added to the root
+    of the uncorrected average. ``eta`` is not bounded by ``lr``: a coordinate whose
+    gradient is near zero gets ``eta`` near ``lr / eps`` however strongly it is coupled
+    to the other player, which is why ``eps`` defaults to cgds' 1e-5 and not Adam's 1e-8.
     """
 
     state_keys: tuple[str, ...] = ("step", "exp_avg_sq")
@@ -55,7 +58,7 @@ class AdaptiveStepSizes:
                  ) -> tuple[Tensor, dict[Tensor, dict[str, Tensor]]]:
         params = [p for p, _ in player]
         pending: dict[Tensor, dict[str, Tensor]] = {}
-        lrs, corrections, eps = [], [], []
+        lrs, eps = [], []
         for (p, group), g in zip(player, unflatten(grad, params)):
             st = state.get(p, {})
             step = st.get("step", torch.tensor(0.0)) + 1
@@ -64,10 +67,8 @@ class AdaptiveStepSizes:
             g = g.to(p.dtype)
             new_avg = g * g * (1 - beta) if avg is None else avg * beta + g * g * (1 - beta)
             pending[p] = {"step": step, "exp_avg_sq": new_avg}
-            lrs.append(float(group["lr"]))
-            corrections.append(1.0 / math.sqrt(1 - beta ** float(step)))
+            lrs.append(float(group["lr"]) * math.sqrt(1 - beta ** float(step)))
             eps.append(float(group["eps"]))
         avg = torch.cat([pending[p]["exp_avg_sq"].reshape(-1).to(grad.dtype) for p in params])
-        denom = avg.sqrt_().mul_(per_param_vector(corrections, params, grad)).add_(
-            per_param_vector(eps, params, grad))
+        denom = avg.sqrt_().add_(per_param_vector(eps, params, grad))
         return per_param_vector(lrs, params, grad).div_(denom), pending

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -43,11 +45,14 @@ def negated_in_value(gen_loss: Tensor, disc_loss: Tensor) -> tuple[bool, float]:
 
     For losses whose graphs do not show the negation (``(-x).mean()`` and ``x.mean()``
     computed separately). Necessary for a zero-sum game, not sufficient; a game whose
-    losses sum to zero at every step but differ as functions is not detected.
+    losses sum to zero at every step but differ as functions is not detected. A NaN or
+    infinite loss passes: the step is then non-finite and the ``nonfinite`` policy applies.
     """
     with torch.no_grad():
         a, b = gen_loss.detach().double(), disc_loss.detach().double()
         total = float(a + b)
         size = float(torch.maximum(a.abs(), b.abs()))
-    eps = torch.finfo(gen_loss.dtype).eps if gen_loss.dtype.is_floating_point else 0.0
+    if not (math.isfinite(total) and math.isfinite(size)):
+        return True, total
+    eps = torch.finfo(gen_loss.dtype).eps
     return abs(total) <= 16 * eps * size, total
