@@ -330,3 +330,73 @@ def test_parameters_on_one_device_and_real():
     z = torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))
     with pytest.raises(ValueError, match="real floating-point"):
         gameopt.CompetitiveOptimizer(list(gan.G.parameters()) + [z], gan.D.parameters(), lr=0.1)
+
+
+def test_checkpoint_state_is_validated_before_anything_loads():
+    opt, gan = make(adaptive=True, warm_start=True, tol=1e-4)
+    train(gan, opt, 1)
+    good = opt.state_dict()
+    other, _ = make(adaptive=True, warm_start=True)
+    bad = copy.deepcopy(good)
+    bad["state"][0]["exp_avg_sq"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"'exp_avg_sq' has shape \(3,\).*another model"):
+        other.load_state_dict(bad)
+    bad = copy.deepcopy(good)
+    bad["state"][0]["momentum_buffer"] = bad["state"][0]["exp_avg_sq"]
+    with pytest.raises(ValueError, match="keeps.*another optimiser"):
+        other.load_state_dict(bad)
+    bad = copy.deepcopy(good)
+    bad["state"][0]["exp_avg_sq"] = bad["state"][0]["exp_avg_sq"] * float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        other.load_state_dict(bad)
+    bad = copy.deepcopy(good)
+    bad["gameopt"]["tol"] = 2.0
+    with pytest.raises(ValueError, match="checkpoint's 'tol'"):
+        other.load_state_dict(bad)
+    assert len(other.state) == 0    # nothing was loaded
+    other.load_state_dict(good)
+    assert other.tol == 1e-4 and other.warm_start and len(other.state) == len(opt.state)
+
+
+def test_closure_may_call_backward_itself():
+    opt_a, gan_a = make(seed=11)
+    opt_b, gan_b = make(seed=11)
+
+    def closure():
+        opt_b.zero_grad()
+        opt_b.backward(*gan_b.losses("zerosum"))
+
+    for _ in range(2):
+        opt_a.step(lambda: gan_a.losses("zerosum"))
+        assert opt_b.step(closure) is None
+    for a, b in zip(snapshot(gan_a), snapshot(gan_b)):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="needs the step solved first"):
+        opt_b.step(lambda: None)
+
+
+def test_scaled_losses_without_scaler_warn_once():
+    opt, gan = make()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    lg, ld = gan.losses("zerosum")
+    with pytest.warns(RuntimeWarning, match="looks scaled by a torch.amp.GradScaler.*scaler=scaler"):
+        opt.backward(scaler.scale(lg), scaler.scale(ld))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.backward(*(scaler.scale(t) for t in gan.losses("zerosum")))
+
+
+def test_through_a_forwarding_wrapper():
+    """Lightning-style wrappers forward reads: the pending state and counters live on the real optimiser."""
+    from test_wrappers import ForwardingWrapper
+
+    opt, gan = make(seed=12, adaptive=True)
+    wrapper = ForwardingWrapper(opt)
+    wrapper.zero_grad()
+    stats = wrapper.backward(*gan.losses("zerosum"))
+    wrapper.step()
+    assert opt.stats is stats and all(opt.state[p]["step"].item() == 1 for ps in gan.params() for p in ps)
+    wrapper.backward(*_nan_losses(gan))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        wrapper.step()
+    assert opt.skipped_steps == 1 and all(opt.state[p]["step"].item() == 1 for ps in gan.params() for p in ps)

@@ -75,15 +75,15 @@ class MixedHessian:
             (per parameter; None where f does not reach the parameter).
         theta, phi: the players' parameters.
         dtype: dtype of the flat vectors the products take and return.
-        scale: the factor the loss was multiplied by (a GradScaler's scale); products are
-            divided by it.
+        scale: the factor the loss was multiplied by (a GradScaler's scale, a 0-dim tensor)
+            or None; products are divided by it.
         reduce: applied to every product (the ranks' mean under ``distributed=True``).
     """
 
     def __init__(
         self, grad_theta: Sequence[Tensor | None], grad_phi: Sequence[Tensor | None],
         theta: Sequence[Tensor], phi: Sequence[Tensor], dtype: torch.dtype,
-        scale: float = 1.0, reduce: Reduce | None = None,
+        scale: Tensor | None = None, reduce: Reduce | None = None,
     ) -> None:
         self.theta, self.phi, self.dtype = list(theta), list(phi), dtype
         self._scale = scale
@@ -104,7 +104,7 @@ class MixedHessian:
                 [g for _, g in outs], inputs, grad_outputs=seeds, retain_graph=True, allow_unused=True,
             )
         flat = flatten(result, inputs, self.dtype)
-        if self._scale != 1.0:
+        if self._scale is not None:
             flat.div_(self._scale)
         return flat if self._reduce is None else self._reduce(flat)
 

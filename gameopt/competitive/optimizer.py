@@ -6,6 +6,7 @@ Schafer, Zheng & Anandkumar, "Implicit competitive regularization in GANs", ICML
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,16 +19,20 @@ from torch.optim import Optimizer
 
 from ..distributed import all_reduce_mean
 from ..errors import GameInputError
-from ..game_optimizer import GameOptimizer
-from ..gradients import check_loss, find_once_differentiable
+from ..game_optimizer import GameOptimizer, SharedState, shared
+from ..gradients import (
+    _COMPILED_MARKERS,
+    _DOUBLE_BACKWARD_MARKERS,
+    check_loss,
+    find_once_differentiable,
+    grad_scaler_factor,
+)
 from ..players import ParamsLike, game_players
 from .nash import MixedHessian, NashStep, flatten, solve_nash_step, unflatten
 from .step_sizes import AdaptiveStepSizes, ConstantStepSizes, per_param_vector
 from .zero_sum import negated_in_graph, negated_in_value
 
 Losses = Sequence[Tensor]
-
-_DOUBLE_BACKWARD_MARKERS = ("double backward", "differentiate twice", "once_differentiable", "derivative for")
 
 
 class NashUpdate(Optimizer):
@@ -71,12 +76,22 @@ class CompetitiveStats:
         self.grad_sq_norm = {players[0]: g_theta.square().sum(), players[1]: g_phi.square().sum()}
         self.hessian_products = products
         self.finite = finite
-        self._player_finite = (torch.isfinite(g_theta).all() & torch.isfinite(step.step_theta).all(),
-                               torch.isfinite(g_phi).all() & torch.isfinite(step.step_phi).all())
 
-    def finite_per_player(self) -> list[bool]:
-        """Which players' gradients and steps are finite (syncs)."""
-        return [bool(t) for t in self._player_finite]
+
+@dataclasses.dataclass
+class CompetitiveState(SharedState):
+    """:class:`SharedState` plus CGD's settings and the last backward's records."""
+
+    adaptive: bool = False
+    tol: float = 0.1
+    max_iter: int = 10
+    check_every: int = 1
+    warm_start: bool = False
+    stats: CompetitiveStats | None = None
+    #: optimiser state the last backward computed, kept only if the step moves the parameters
+    pending: dict[Tensor, dict[str, Tensor]] | None = None
+    graph_checked: bool = False
+    scale_checked: bool = False
 
 
 class CompetitiveOptimizer(GameOptimizer):
@@ -158,6 +173,14 @@ class CompetitiveOptimizer(GameOptimizer):
             that are not ``disc_loss = -gen_loss`` (see :meth:`backward`).
     """
 
+    _shared_type = CompetitiveState
+    adaptive = shared("ACGD's per-coordinate step sizes (True) or CGD's lr (False); fixed at construction.")
+    tol = shared("CG's relative residual tolerance (see ``gameopt.competitive.nash``).")
+    max_iter = shared("CG's iteration budget per step.")
+    check_every = shared("CG iterations between host reads of the stopping flag.")
+    warm_start = shared("Whether CG starts from the previous step's solution.")
+    stats = shared("Statistics of the last ``backward`` (:class:`CompetitiveStats`; None before the first).")
+
     def __init__(
         self,
         gen_params: ParamsLike | None = None,
@@ -190,10 +213,12 @@ class CompetitiveOptimizer(GameOptimizer):
         _check_number(tol, "tol", low=0.0, high=1.0, low_open=True)
         _check_count(max_iter, "max_iter")
         _check_count(check_every, "check_every")
-        self.adaptive = bool(adaptive)
-        self._group_options = {"beta": float(beta), "eps": float(eps)} if self.adaptive else {}
+        self._group_options = {"beta": float(beta), "eps": float(eps)} if adaptive else {}
         super().__init__(NashUpdate, players, nonfinite=nonfinite, distributed=distributed,
                          process_group=process_group, lr=float(lr))
+        settings = self._shared
+        settings.adaptive, settings.tol, settings.max_iter = bool(adaptive), float(tol), int(max_iter)
+        settings.check_every, settings.warm_start = int(check_every), bool(warm_start)
         self._check_groups()
         params = [p for g in self.param_groups for p in g["params"]]
         if len({p.device for p in params}) > 1:
@@ -203,15 +228,10 @@ class CompetitiveOptimizer(GameOptimizer):
             )
         if any(not p.dtype.is_floating_point for p in params):
             raise GameInputError("CompetitiveOptimizer supports real floating-point parameters only")
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self.check_every = int(check_every)
-        self.warm_start = bool(warm_start)
-        self._step_sizes = AdaptiveStepSizes() if self.adaptive else ConstantStepSizes()
-        #: Statistics of the last backward (None before the first).
-        self.stats: CompetitiveStats | None = None
-        self._pending: dict[Tensor, dict[str, Tensor]] | None = None
-        self._graph_checked = False
+
+    @property
+    def _step_sizes(self) -> ConstantStepSizes | AdaptiveStepSizes:
+        return AdaptiveStepSizes() if self.adaptive else ConstantStepSizes()
 
     # --- validation ------------------------------------------------------------------------
     def _check_groups(self) -> None:
@@ -252,25 +272,32 @@ class CompetitiveOptimizer(GameOptimizer):
         """Solve the Nash step and write the competitive gradient ``-step / lr`` into ``p.grad``.
 
         Takes ``(gen_loss, disc_loss)`` with ``disc_loss = -gen_loss``, or the one
-        objective ``f`` that the first player minimises and the second maximises. The
-        zero-sum check is free when one loss is computed as the negation of the other
-        (``disc_loss = -gen_loss``, also after ``GradScaler.scale``); otherwise it compares
-        the values (one host sync): they must cancel up to rounding, or
-        :class:`GameInputError` is raised. Only ``gen_loss`` is differentiated. ``p.grad`` is overwritten, not accumulated:
-        CGD is not linear in the gradient, so accumulate the loss over micro-batches
-        instead. ``scaler``: the ``torch.amp.GradScaler`` whose ``scale()`` the losses went
-        through; gradients and products are unscaled for the solve and ``p.grad`` is
-        scaled back, so ``scaler.step(opt)`` works as usual. Nothing is written and no
-        state changes if a check fails; optimiser state changes only in :meth:`step`.
+        objective ``f`` that the first player minimises and the second maximises; only
+        ``gen_loss`` is differentiated. The zero-sum check is free when one loss is
+        computed as the negation of the other (``disc_loss = -gen_loss``, also after
+        ``GradScaler.scale``); otherwise it compares the values (one host sync): they must
+        cancel up to rounding, or :class:`GameInputError` is raised.
+
+        ``p.grad`` is overwritten, not accumulated: CGD is not linear in the gradient, so
+        accumulate the loss over micro-batches instead. ``scaler``: the
+        ``torch.amp.GradScaler`` whose ``scale()`` the losses went through; gradients and
+        products are unscaled for the solve and ``p.grad`` is scaled back, so
+        ``scaler.step(opt)`` works as usual. Without it the Nash system is solved for
+        ``s f`` (a different step; gameopt warns once when a loss looks scaled). Nothing is
+        written if a check fails; optimiser state (moments, warm start) changes only when
+        :meth:`step` moves the parameters.
         """
         f = self._objective(gen_loss, disc_loss)
         scale = _scaler_scale(scaler)
+        if scale is None and not self._shared.scale_checked:
+            self._shared.scale_checked = True
+            _warn_scaled_loss(f)
         self._check_groups()
         with torch.enable_grad():
-            self.stats = self._backward(f, scale)
-        return self.stats
+            self._shared.stats = self._backward(f, scale)
+        return self._shared.stats
 
-    def _backward(self, f: Tensor, scale: float) -> CompetitiveStats:
+    def _backward(self, f: Tensor, scale: Tensor | None) -> CompetitiveStats:
         player_t = [(p, g) for g in self.param_groups if g["player"] == self.players[0] for p in g["params"]]
         player_p = [(p, g) for g in self.param_groups if g["player"] == self.players[1] for p in g["params"]]
         theta, phi = [p for p, _ in player_t], [p for p, _ in player_p]
@@ -284,11 +311,12 @@ class CompetitiveOptimizer(GameOptimizer):
             def reduce(t: Tensor) -> Tensor:
                 return all_reduce_mean([t], self.process_group)[0]
         g = flatten([None if t is None else t.detach() for t in grads], theta + phi, dtype)
-        if scale != 1.0:
+        if scale is not None:
             g.div_(scale)
         if reduce is not None:
             g = reduce(g)
-        g_t, g_p = g[: sum(p.numel() for p in theta)], g[sum(p.numel() for p in theta):]
+        n_theta = sum(p.numel() for p in theta)
+        g_t, g_p = g[:n_theta], g[n_theta:]
         eta_t, pending = self._step_sizes(player_t, g_t, self.state)
         eta_p, pending_p = self._step_sizes(player_p, g_p, self.state)
         pending.update(pending_p)
@@ -296,17 +324,16 @@ class CompetitiveOptimizer(GameOptimizer):
         with _explain_double_backward():
             step = solve_nash_step(hessian, g_t, g_p, eta_t, eta_p, self._warm_start(theta, dtype),
                                    self.tol, self.max_iter, self.check_every)
-        self._graph_checked = True
+        self._shared.graph_checked = True
         products = hessian.products
         del grads, grad_t, grad_p, hessian  # free the first gradient's graph
         if self.warm_start:
             for p, u in zip(theta, unflatten(step.solution, theta)):
                 pending.setdefault(p, {})["cg_solution"] = u.to(p.dtype)
         finite = torch.isfinite(g).all() & torch.isfinite(step.step_theta).all() & torch.isfinite(step.step_phi).all()
-        self._write_grads(player_t, step.step_theta, scale)
-        self._write_grads(player_p, step.step_phi, scale)
-        self._pending = pending
-        self._finite = finite
+        self._write_grads(player_t, step.step_theta, scale, finite)
+        self._write_grads(player_p, step.step_phi, scale, finite)
+        self._shared.pending = pending
         return CompetitiveStats(self.players, step, g_t, g_p, products, finite)
 
     def _check_gradients(self, grad_t: Sequence[Tensor | None], grad_p: Sequence[Tensor | None]) -> None:
@@ -321,7 +348,7 @@ class CompetitiveOptimizer(GameOptimizer):
                     f"player '{player}' produced a sparse gradient; gameopt needs dense gradients: "
                     "build embeddings with sparse=False"
                 )
-        if not self._graph_checked:
+        if not self._shared.graph_checked:
             outs = [t for t in list(grad_t) + list(grad_p) if t is not None and t.requires_grad]
             culprit = find_once_differentiable(outs) if outs else None
             if culprit is not None:
@@ -339,21 +366,35 @@ class CompetitiveOptimizer(GameOptimizer):
             return None
         return flatten(saved, theta, dtype)
 
-    def _write_grads(self, player: list[tuple[Tensor, Mapping[str, Any]]], step: Tensor, scale: float) -> None:
+    def _write_grads(self, player: list[tuple[Tensor, Mapping[str, Any]]], step: Tensor,
+                     scale: Tensor | None, finite: Tensor) -> None:
+        """``p.grad = -step / lr`` (0 where lr is 0); all NaN when the gradient or a step is not finite."""
         params = [p for p, _ in player]
         lr = per_param_vector([float(g["lr"]) for _, g in player], params, step)
         grad = torch.where(lr > 0, step / lr, torch.zeros_like(step)).neg_()
-        if scale != 1.0:
+        # a solve stopped by a NaN leaves u = 0 and theta's step finite: mark it too
+        grad = torch.where(finite, grad, torch.full_like(grad, math.nan))
+        if scale is not None:
             grad.mul_(scale)
         for p, t in zip(params, unflatten(grad, params)):
             p.grad = t if t.dtype == p.dtype else t.to(p.dtype)
 
-    def step(self, closure: Callable[[], Tensor | Losses] | None = None) -> Tensor | Losses | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], Tensor | Losses | None] | None = None) -> Tensor | Losses | None:  # type: ignore[override]
         """Apply the competitive gradients (``p -= lr * p.grad``) and keep the new state.
 
-        With ``closure`` (returning ``(gen_loss, disc_loss)`` or f) the step is first
-        computed by :meth:`backward`. A non-finite step is handled by the ``nonfinite``
-        policy; a skipped step leaves parameters and state (moments, warm start) untouched.
+        ``closure`` (optional, evaluated with gradients enabled) returns
+        ``(gen_loss, disc_loss)`` or f, whose step :meth:`backward` then computes; or None
+        when it called :meth:`backward` itself. The ``nonfinite`` policy checks exactly what
+        is applied (:meth:`GameOptimizer._apply_base_step`); a skipped step leaves
+        parameters and state (moments, warm start) untouched.
+
+        Returns:
+            The closure's losses (None without a closure or when it returned None).
+
+        Raises:
+            RuntimeError: no step was solved (no :meth:`backward` since the last step).
+            GameInputError: the closure returned something else.
+            FloatingPointError: with ``nonfinite="raise"``, on a NaN/Inf.
         """
         losses = None
         if closure is not None:
@@ -361,39 +402,35 @@ class CompetitiveOptimizer(GameOptimizer):
                 losses = closure()
             if isinstance(losses, Tensor):
                 self.backward(losses)
-            elif isinstance(losses, Sequence) and len(losses) == 2:
+            elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)) and len(losses) == 2:
                 self.backward(*losses)
-            else:
+            elif losses is not None:
                 raise GameInputError(
                     "the closure must return (gen_loss, disc_loss) with disc_loss = -gen_loss, "
-                    f"or the one objective f; got {type(losses).__name__}"
+                    "the one objective f, or None when it called opt.backward(...) itself; got "
+                    f"{type(losses).__name__}"
                 )
-        if self._pending is None:
+        pending = self._shared.pending
+        if pending is None:
             raise RuntimeError(
                 "CompetitiveOptimizer.step() needs the step solved first: call "
                 "opt.backward(gen_loss, disc_loss) before opt.step(), or pass a closure"
             )
-        pending, self._pending = self._pending, None
-        self.last_step_skipped = self._should_skip()
-        if not self.last_step_skipped:
-            self.base_optimizer.step()
+        self._shared.pending = None
+        if self._apply_base_step():
             for p, new in pending.items():
                 self.state[p].update(new)
         return losses
-
-    def _finite_per_player(self) -> list[bool]:
-        if self.stats is None:
-            return super()._finite_per_player()
-        return self.stats.finite_per_player()
 
     # --- statistics and checkpoints ------------------------------------------------------
     def monitor_stats(self) -> dict[str, Any]:
         """CG iterations and residual, ``||grad f||^2`` per player, lrs, skipped steps (tensors)."""
         out = super().monitor_stats()
-        if self.stats is not None:
-            out["cg_iterations"] = self.stats.cg_iterations
-            out["cg_residual"] = self.stats.cg_residual
-            for player, value in self.stats.grad_sq_norm.items():
+        stats = self.stats
+        if stats is not None:
+            out["cg_iterations"] = stats.cg_iterations
+            out["cg_residual"] = stats.cg_residual
+            for player, value in stats.grad_sq_norm.items():
                 out[f"grad_sq_norm/{player}"] = value
         return out
 
@@ -403,30 +440,112 @@ class CompetitiveOptimizer(GameOptimizer):
                      check_every=self.check_every, warm_start=self.warm_start)
         return extra
 
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
-        if bool(extra.get("adaptive", self.adaptive)) != self.adaptive:
+    def _check_extra_state(self, extra: dict[str, Any]) -> dict[str, Any]:
+        settings = super()._check_extra_state(extra)
+        adaptive = extra.get("adaptive", self.adaptive)
+        if adaptive is not self.adaptive:
             raise GameInputError(
-                f"checkpoint was written with adaptive={extra.get('adaptive')}, this optimiser has "
+                f"the checkpoint was written with adaptive={adaptive!r}, this optimiser has "
                 f"adaptive={self.adaptive}; CGD and ACGD keep different state"
             )
-        super()._load_extra_state(extra)
-        self.tol = float(extra.get("tol", self.tol))
-        self.max_iter = int(extra.get("max_iter", self.max_iter))
-        self.check_every = int(extra.get("check_every", self.check_every))
-        self.warm_start = bool(extra.get("warm_start", self.warm_start))
+        tol = extra.get("tol", self.tol)
+        _check_number(tol, "the checkpoint's 'tol'", low=0.0, high=1.0, low_open=True)
+        for key in ("max_iter", "check_every"):
+            _check_count(extra.get(key, getattr(self, key)), f"the checkpoint's '{key}'")
+        warm = extra.get("warm_start", self.warm_start)
+        if not isinstance(warm, bool):
+            raise GameInputError(f"the checkpoint's 'warm_start' must be True or False, got {warm!r}")
+        settings.update(tol=float(tol), max_iter=extra.get("max_iter", self.max_iter),
+                        check_every=extra.get("check_every", self.check_every), warm_start=warm)
+        return settings
+
+    def _check_group(self, index: int, group: dict[str, Any]) -> None:
+        who = f"the checkpoint's param group {index}"
+        _check_number(group.get("lr"), f"lr of {who}", low=0.0)
+        if self.adaptive:
+            _check_number(group.get("beta"), f"beta of {who}", low=0.0, high=1.0)
+            _check_number(group.get("eps"), f"eps of {who}", low=0.0, low_open=True)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint written by :meth:`state_dict`: all of it, or nothing.
+
+        On top of :meth:`GameOptimizer.load_state_dict`'s checks, every parameter's state
+        must hold exactly what this optimiser keeps: ``step`` and ``exp_avg_sq`` (ACGD),
+        ``cg_solution`` (first player, warm start), parameter-shaped where they should be.
+        """
+        _check_competitive_state(self, state_dict)
+        super().load_state_dict(state_dict)
 
 
-def _scaler_scale(scaler: Any) -> float:
+def _check_competitive_state(opt: CompetitiveOptimizer, sd: Any) -> None:
+    """The per-parameter state of a CompetitiveOptimizer checkpoint (GameInputError naming the entry)."""
+    if not isinstance(sd, Mapping) or not isinstance(sd.get("state"), Mapping) \
+            or not isinstance(sd.get("param_groups"), Sequence):
+        return  # the base checks name what is malformed
+    extra = sd.get("gameopt")
+    if not isinstance(extra, Mapping) or extra.get("adaptive", opt.adaptive) is not opt.adaptive:
+        return  # the base checks name what is missing or mismatched
+    warm = extra.get("warm_start", opt.warm_start)
+    first = opt.players[0]
+    groups = sd["param_groups"]
+    if len(groups) != len(opt.param_groups) or any(
+        not isinstance(theirs, Mapping) or theirs.get("player") != ours["player"]
+        or not isinstance(theirs.get("params"), Sequence) or len(theirs["params"]) != len(ours["params"])
+        for ours, theirs in zip(opt.param_groups, groups)
+    ):
+        return  # the base checks name the mismatched group
+    where_of: dict[Any, tuple[Tensor, str]] = {}
+    for ours, theirs in zip(opt.param_groups, groups):
+        for pid, p in zip(theirs["params"], ours["params"]):
+            where_of[pid] = (p, ours["player"])
+    for pid, entry in sd["state"].items():
+        if pid not in where_of or not isinstance(entry, Mapping):
+            continue  # the base checks report it
+        p, player = where_of[pid]
+        allowed = {"step", "exp_avg_sq"} if opt.adaptive else set()
+        if warm and player == first:
+            allowed.add("cg_solution")
+        where = f"the state of parameter {pid} (player '{player}', shape {tuple(p.shape)})"
+        if not set(entry) <= allowed or (opt.adaptive and not {"step", "exp_avg_sq"} <= set(entry)):
+            raise GameInputError(
+                f"{where} has entries {sorted(entry)}; CompetitiveOptimizer(adaptive={opt.adaptive}, "
+                f"warm_start={warm}) keeps {sorted(allowed)} there: the checkpoint was written by "
+                "another optimiser"
+            )
+        for name in ("exp_avg_sq", "cg_solution"):
+            value = entry.get(name)
+            if value is not None and (not isinstance(value, Tensor) or value.shape != p.shape):
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise GameInputError(
+                    f"{where}, '{name}' has shape {shape}, the parameter {tuple(p.shape)}: the "
+                    "checkpoint belongs to another model"
+                )
+
+
+def _scaler_scale(scaler: Any) -> Tensor | None:
+    """The GradScaler's scale as a tensor (reading it would sync), or None when unscaled."""
     if scaler is None:
-        return 1.0
+        return None
     if not (hasattr(scaler, "get_scale") and hasattr(scaler, "unscale_")):
         raise GameInputError(
             f"scaler must be the torch.amp.GradScaler that scaled the losses, got {type(scaler).__name__}"
         )
-    scale = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
-    if not (math.isfinite(scale) and scale > 0):
-        raise GameInputError(f"the GradScaler's scale must be finite and > 0, got {scale}")
-    return scale
+    if not scaler.is_enabled():
+        return None
+    get_async = getattr(scaler, "_get_scale_async", None)
+    return get_async() if get_async is not None else torch.tensor(float(scaler.get_scale()))
+
+
+def _warn_scaled_loss(f: Tensor) -> None:
+    """Warn when ``f`` looks like ``scaler.scale(loss)`` but ``backward`` got no ``scaler=`` (one sync)."""
+    factor = grad_scaler_factor(f)
+    if factor is not None:
+        warnings.warn(
+            f"gameopt: the loss looks scaled by a torch.amp.GradScaler (times {factor:g}) but backward() "
+            f"got no scaler=: CGD's step is not linear in the loss, so the Nash step of {factor:g} f is "
+            "solved instead of f's. Pass backward(..., scaler=scaler)",
+            RuntimeWarning, stacklevel=4,
+        )
 
 
 @contextmanager
@@ -436,16 +555,22 @@ def _explain_double_backward() -> Iterator[None]:
         yield
     except RuntimeError as err:
         msg = str(err)
-        if not any(m in msg.lower() for m in _DOUBLE_BACKWARD_MARKERS):
+        low = msg.lower()
+        compiled = any(m in low for m in _COMPILED_MARKERS)
+        if not (compiled or any(m in low for m in _DOUBLE_BACKWARD_MARKERS)):
             raise
+        if compiled:
+            fix = ("The players were compiled with torch.compile, whose compiled backward (AOTAutograd) "
+                   "cannot be differentiated again: pass the uncompiled modules")
+        else:
+            fix = ("Ways around it: for attention, run the forward pass inside "
+                   "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH); for cuDNN RNNs, "
+                   "disable cuDNN (torch.backends.cudnn.flags(enabled=False)); for a custom "
+                   "autograd.Function, make its backward differentiable (no @once_differentiable)")
         raise RuntimeError(
             "competitive gradient descent needs second derivatives (double backward), but an "
-            f"operation in the loss does not support them:\n  {msg}\n"
-            "Ways around it: for attention, run the forward pass inside "
-            "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH); for cuDNN RNNs, "
-            "disable cuDNN (torch.backends.cudnn.flags(enabled=False)); for a custom autograd.Function, "
-            "make its backward differentiable (no @once_differentiable); or train with a first-order "
-            "method (SimultaneousOptimizer, AlternatingOptimizer)"
+            f"operation in the loss does not support them:\n  {msg}\n{fix}; or train with a "
+            "first-order method (SimultaneousOptimizer, AlternatingOptimizer)"
         ) from err
 
 
