@@ -9,10 +9,12 @@ mini-batch noise it would see in training.
 Methods (each on its own copy of the same players, steps interleaved round-robin so machine noise
 hits all alike; ratios of medians against ``adam``):
   adam        plain torch: one backward of f for both players (D's gradient negated), torch.optim.Adam
-  cgd         gameopt.CompetitiveOptimizer(lr), defaults (tol 1e-3, max_iter 10, warm start)
+              (betas 0.5, 0.999)
+  cgd         gameopt.CompetitiveOptimizer(lr), defaults (tol 0.1, max_iter 10, no warm start)
   acgd        gameopt.CompetitiveOptimizer(lr, adaptive=True), defaults
-  acgd_cold   ACGD without the warm start
-  acgd_tight  ACGD with tol 1e-6, max_iter 100 (about the cgds package's tolerance)
+  acgd_warm   ACGD with the warm start
+  acgd_k1     ACGD with max_iter=1: one CG iteration, 3 Hessian-vector products, whatever the residual
+  acgd_tight  ACGD with tol 1e-3, max_iter 100
 CG iterations and Hessian-vector products per step are the means over the timed steps.
 Memory (CPU): MB of tensors autograd saves for backward in one step (unique storages), as
 benchmarks/consensus_step_cost.py measures it, each method in a fresh subprocess; plus the
@@ -46,8 +48,16 @@ import gameopt  # noqa: E402
 from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
 from gameopt.toy_games import mlp  # noqa: E402
 
-METHODS = ["adam", "cgd", "acgd", "acgd_cold", "acgd_tight"]
-LR = {"adam": 2e-4, "cgd": 2e-4, "acgd": 2e-4, "acgd_cold": 2e-4, "acgd_tight": 2e-4}
+METHODS = ["adam", "cgd", "acgd", "acgd_warm", "acgd_k1", "acgd_tight"]
+#: CompetitiveOptimizer's arguments per method (lr 2e-4 everywhere, Adam's too)
+SETTINGS = {
+    "cgd": {},
+    "acgd": {"adaptive": True},
+    "acgd_warm": {"adaptive": True, "warm_start": True},
+    "acgd_k1": {"adaptive": True, "max_iter": 1},
+    "acgd_tight": {"adaptive": True, "tol": 1e-3, "max_iter": 100},
+}
+LR = 2e-4
 POOL = 8  # batches cycled through
 
 
@@ -71,14 +81,14 @@ def objective(G, D, z, x) -> torch.Tensor:
 def make_step(method: str, G, D, batches) -> tuple[Callable[[], None], dict]:
     """A callable doing one training step of ``method``, and a dict it fills with CG counts."""
     gp, dp = list(G.parameters()), list(D.parameters())
-    counts: dict = {"iterations": [], "products": []}
+    counts: dict = {"iterations": [], "products": [], "residual": []}
     it = iter(range(10**9))
 
     def batch():
         return batches[next(it) % len(batches)]
 
     if method == "adam":
-        opt = torch.optim.Adam(gp + dp, lr=LR[method], betas=(0.5, 0.999))
+        opt = torch.optim.Adam(gp + dp, lr=LR, betas=(0.5, 0.999))
 
         def step():
             z, x = batch()
@@ -90,12 +100,7 @@ def make_step(method: str, G, D, batches) -> tuple[Callable[[], None], dict]:
                 p.grad = g
             opt.step()
         return step, counts
-    kw: dict = {"adaptive": method.startswith("acgd")}
-    if method == "acgd_cold":
-        kw["warm_start"] = False
-    if method == "acgd_tight":
-        kw.update(tol=1e-6, max_iter=100)
-    opt = gameopt.CompetitiveOptimizer(gp, dp, lr=LR[method], **kw)
+    opt = gameopt.CompetitiveOptimizer(gp, dp, lr=LR, **SETTINGS[method])
 
     def step():
         z, x = batch()
@@ -104,6 +109,7 @@ def make_step(method: str, G, D, batches) -> tuple[Callable[[], None], dict]:
         opt.step()
         counts["iterations"].append(stats.cg_iterations)
         counts["products"].append(stats.hessian_products)
+        counts["residual"].append(stats.cg_residual)
     return step, counts
 
 
@@ -120,8 +126,8 @@ def time_methods(model, device, rounds, warmup, methods, progress):
     for m in methods:
         for _ in range(warmup):
             steps[m]()
-        counts[m]["iterations"].clear()
-        counts[m]["products"].clear()
+        for values in counts[m].values():
+            values.clear()
     sync(device)
     times = {m: [] for m in methods}
     for _ in progress(range(rounds), desc=model):
@@ -137,6 +143,7 @@ def time_methods(model, device, rounds, warmup, methods, progress):
         if counts[m]["products"]:
             out[m]["cg_iterations_mean"] = float(torch.stack(counts[m]["iterations"]).double().mean())
             out[m]["hessian_products_mean"] = statistics.mean(counts[m]["products"])
+            out[m]["cg_residual_median"] = float(torch.stack(counts[m]["residual"]).median())
     return out
 
 
@@ -187,7 +194,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["mlp", "dcgan", "both"], default="both")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--rounds", type=int, default=0, help="timed steps per method (0: 100 mlp, 15 dcgan)")
+    ap.add_argument("--rounds", type=int, default=0, help="timed steps per method (0: 100 mlp, 12 dcgan)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (adam is always run)")
@@ -208,7 +215,7 @@ def main() -> None:
     methods = ["adam"] + [m for m in args.methods.split(",") if m in METHODS and m != "adam"]
     table = {}
     for model in models:
-        rounds = args.rounds or (100 if model == "mlp" else 15)
+        rounds = args.rounds or (100 if model == "mlp" else 12)
         warmup = 10 if model == "mlp" else 3
         entry = {"time": time_methods(model, args.device, rounds, warmup, methods, progress), "rounds": rounds}
         if not args.no_memory:
@@ -217,7 +224,7 @@ def main() -> None:
         table[model] = entry
     results = {
         "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "lr": LR, "pool_batches": POOL,
+        "lr": LR, "settings": SETTINGS, "pool_batches": POOL,
         "memory_measure": "peak allocated MB above models and data (CUDA)" if args.device.startswith("cuda")
         else "MB of tensors autograd saves for backward in one step (CPU)",
         "results": table,
