@@ -1,7 +1,7 @@
 """Step cost and memory of CGD / ACGD against a plain simultaneous Adam step, measured in one run.
 
-Game: the zero-sum GAN objective f = softplus(-D(x)).mean() + softplus(D(G(z))).mean() with the
-generator maximising... in gameopt's convention disc_loss = f is minimised by D and gen_loss = -f by G.
+Game: zero-sum, f = softplus(-D(x)).mean() + softplus(D(G(z))).mean() is the discriminator's loss
+(disc_loss = f) and the generator's is gen_loss = -f (gameopt's convention: both minimise).
 Players: the 8-Gaussian MLPs (batch 512) and the DCGAN-like 32x32 players of benchmarks/dcgan.py
 (batch 64). Every step draws the next batch from a fixed pool, so the CG warm start sees the
 mini-batch noise it would see in training.
@@ -22,8 +22,9 @@ optimiser state's MB. CUDA: peak allocated MB above models and data over 3 steps
 
     /work/bin/quiet python benchmarks/cgd_step_cost.py --threads 1 --out runs/cgd_step_cost
 
-``make_step(method, G, D, batches)`` and ``METHODS`` are importable (e.g. from
-benchmarks/consensus_step_cost.py).
+Importable (e.g. from benchmarks/consensus_step_cost.py): ``make_competitive_step(G, D, losses,
+**settings)`` for any zero-sum ``losses() -> (gen_loss, disc_loss)``, ``SETTINGS`` (the methods'
+CompetitiveOptimizer arguments), ``make_step(method, G, D, batches)``.
 """
 
 from __future__ import annotations
@@ -78,16 +79,34 @@ def objective(G, D, z, x) -> torch.Tensor:
     return F.softplus(-D(x)).mean() + F.softplus(D(G(z))).mean()
 
 
+def make_competitive_step(G, D, losses: Callable[[], tuple], lr: float = LR, **settings
+                          ) -> tuple[Callable[[], None], dict]:
+    """One CompetitiveOptimizer training step on ``losses() -> (gen_loss, disc_loss)`` (zero-sum).
+
+    Returns the step and a dict of lists it appends to: CG ``iterations`` and ``residual``
+    (0-dim tensors) and Hessian-vector ``products`` (ints), one entry per step.
+    """
+    opt = gameopt.CompetitiveOptimizer(G.parameters(), D.parameters(), lr=lr, **settings)
+    counts: dict = {"iterations": [], "products": [], "residual": []}
+
+    def step():
+        stats = opt.backward(*losses())
+        opt.step()
+        counts["iterations"].append(stats.cg_iterations)
+        counts["products"].append(stats.hessian_products)
+        counts["residual"].append(stats.cg_residual)
+    return step, counts
+
+
 def make_step(method: str, G, D, batches) -> tuple[Callable[[], None], dict]:
     """A callable doing one training step of ``method``, and a dict it fills with CG counts."""
-    gp, dp = list(G.parameters()), list(D.parameters())
-    counts: dict = {"iterations": [], "products": [], "residual": []}
     it = iter(range(10**9))
 
     def batch():
         return batches[next(it) % len(batches)]
 
     if method == "adam":
+        gp, dp = list(G.parameters()), list(D.parameters())
         opt = torch.optim.Adam(gp + dp, lr=LR, betas=(0.5, 0.999))
 
         def step():
@@ -99,18 +118,12 @@ def make_step(method: str, G, D, batches) -> tuple[Callable[[], None], dict]:
             for p, g in zip(dp, grads[len(gp):]):
                 p.grad = g
             opt.step()
-        return step, counts
-    opt = gameopt.CompetitiveOptimizer(gp, dp, lr=LR, **SETTINGS[method])
+        return step, {}
 
-    def step():
-        z, x = batch()
-        ld = objective(G, D, z, x)
-        stats = opt.backward(-ld, ld)
-        opt.step()
-        counts["iterations"].append(stats.cg_iterations)
-        counts["products"].append(stats.hessian_products)
-        counts["residual"].append(stats.cg_residual)
-    return step, counts
+    def losses():
+        ld = objective(G, D, *batch())
+        return -ld, ld
+    return make_competitive_step(G, D, losses, **SETTINGS[method])
 
 
 def sync(device: str) -> None:
@@ -140,7 +153,7 @@ def time_methods(model, device, rounds, warmup, methods, progress):
     out = {}
     for m in methods:
         out[m] = {"median_ms": 1e3 * med[m], "ratio_vs_adam": med[m] / med["adam"]}
-        if counts[m]["products"]:
+        if counts[m].get("products"):
             out[m]["cg_iterations_mean"] = float(torch.stack(counts[m]["iterations"]).double().mean())
             out[m]["hessian_products_mean"] = statistics.mean(counts[m]["products"])
             out[m]["cg_residual_median"] = float(torch.stack(counts[m]["residual"]).median())
