@@ -203,11 +203,35 @@ def measure_memory(model, device, methods, threads):
     return out
 
 
+def plot(table, path) -> None:
+    """Time and memory ratios against Adam, one panel per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(table), figsize=(5.5 * len(table), 3.6), squeeze=False)
+    for ax, (model, entry) in zip(axes[0], table.items()):
+        methods = list(entry["time"])
+        mem = entry.get("saved_mb", entry.get("peak_mb", {}))
+        xs = range(len(methods))
+        ax.bar([x - 0.2 for x in xs], [entry["time"][m]["ratio_vs_adam"] for m in methods], 0.4, label="time")
+        if mem:
+            ax.bar([x + 0.2 for x in xs], [mem[m] / mem["adam"] for m in methods], 0.4, label="saved memory")
+        ax.axhline(3.0, color="tab:red", lw=0.8, ls="--", label="goal: 3x time")
+        ax.axhline(1.0, color="k", lw=0.5)
+        ax.set_xticks(list(xs), methods, rotation=30)
+        ax.set_title(model)
+        ax.set_ylabel("x plain Adam step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["mlp", "dcgan", "both"], default="both")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--rounds", type=int, default=0, help="timed steps per method (0: 100 mlp, 12 dcgan)")
+    ap.add_argument("--rounds", type=int, default=0, help="timed steps per method (0: 100 mlp, 20 dcgan)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (adam is always run)")
@@ -228,7 +252,7 @@ def main() -> None:
     methods = ["adam"] + [m for m in args.methods.split(",") if m in METHODS and m != "adam"]
     table = {}
     for model in models:
-        rounds = args.rounds or (100 if model == "mlp" else 12)
+        rounds = args.rounds or (100 if model == "mlp" else 20)
         warmup = 10 if model == "mlp" else 3
         entry = {"time": time_methods(model, args.device, rounds, warmup, methods, progress), "rounds": rounds}
         if not args.no_memory:
@@ -245,6 +269,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cgd_step_cost.json").write_text(json.dumps(results, indent=2))
+    plot(table, out / "cgd_step_cost.png")
     print(f"{'model':6s} {'method':11s} {'ms/step':>9s} {'x adam':>7s} {'CG it':>6s} {'HVPs':>5s} {'mem MB':>7s} {'x adam':>7s}")
     for model, entry in table.items():
         mem = entry.get("saved_mb", entry.get("peak_mb", {}))
@@ -253,7 +278,7 @@ def main() -> None:
             print(f"{model:6s} {m:11s} {t['median_ms']:9.2f} {t['ratio_vs_adam']:7.2f} "
                   f"{t.get('cg_iterations_mean', 0):6.2f} {t.get('hessian_products_mean', 0):5.2f} "
                   f"{mm:7.2f} {mm / mem.get('adam', float('nan')):7.2f}")
-    print(f"wrote {out}/cgd_step_cost.json")
+    print(f"wrote {out}/cgd_step_cost.json and .png")
 
 
 if __name__ == "__main__":
