@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
+from torch.profiler import record_function
 
 from ..errors import GameInputError
 
@@ -260,7 +261,7 @@ class PerSampleKernel:
         layers = self._layers()
         K = torch.zeros(m, m, dtype=torch.float64, device=x.device)
         Jw = torch.zeros(m, dtype=torch.float64, device=x.device)
-        with torch.enable_grad():
+        with torch.enable_grad(), record_function("gameopt.dual.kernel.passes"):
             scores, seen = self._forward(x, layers, copy_outputs=False)
             if any(out._version != v for _, out, v in seen.values()):  # an in-place op changed a layer output
                 scores, seen = self._forward(x, layers, copy_outputs=True)
@@ -273,7 +274,7 @@ class PerSampleKernel:
             a, z, _ = seen[mod]
             if delta is None:
                 continue
-            lf = _LayerFactors.of(mod, a, delta, m)
+            lf = _LayerFactors(mod, a, delta, m)
             w, b = mod.weight, mod.bias
             w_tr, b_tr = w.requires_grad, b is not None and b.requires_grad
             bias_part = lf.dsum @ b.detach() if b is not None else 0.0
@@ -306,27 +307,61 @@ class PerSampleKernel:
 class _LayerFactors:
     """Per-sample gradients of one Linear / Conv2d layer in factored form.
 
-    The gradient of sample i in the weight is D_i^T U_i with D (m, P, out) the output
-    gradients and U (m, P, in) the (unfolded) inputs over the layer's P positions.
+    Over the layer's P output positions, the weight gradient of sample i is
+    sum_p delta_ip u_ip^T: delta (m, out, P) the output gradients and u_ip the input
+    patch (in,) at position p (the unfolded input of a convolution).
     """
 
-    def __init__(self, mod: nn.Module, D: Tensor, U: Tensor) -> None:
-        self.mod = mod
-        self.D, self.U = D, U
-        self.dsum = D.sum(1)  # (m, out): the bias gradients
+    def __init__(self, mod: nn.Module, a: Tensor, delta: Tensor, m: int) -> None:
+        self.mod, self.a, self.m = mod, a, m
+        if isinstance(mod, nn.Linear):  # positions: every leading dim after the batch
+            self.Dt = delta.reshape(m, -1, delta.shape[-1]).transpose(1, 2)
+            self.in_f = a.shape[-1]
+        else:
+            self.Dt = delta.reshape(m, delta.shape[1], -1)
+            self.out_hw = delta.shape[2], delta.shape[3]
+            self.in_f = a.shape[1] * mod.kernel_size[0] * mod.kernel_size[1]
+        self.out_f, self.P = self.Dt.shape[1], self.Dt.shape[2]
+        self.dsum = self.Dt.sum(2)  # (m, out): the bias gradients
         self.rows: Tensor | None = None  # materialised weight gradients (m, out * in), when kept
+        self.Df: Tensor | None = None  # (m P, out) and (m P, in) position rows, when the Gram route ran
+        self.Uf: Tensor | None = None
 
-    @classmethod
-    def of(cls, mod: nn.Module, a: Tensor, delta: Tensor, m: int) -> _LayerFactors:
+    def _patch_rows(self) -> Tensor:
+        """Inputs as (m P, in) rows, one per sample and position.
+
+        A convolution's patches are gathered from a zero-padded channels-last copy of its
+        input, so every row is (kh, kw, c)-ordered and copied in runs of c contiguous
+        numbers (far faster than ``unfold`` and a transpose on the CPU); :meth:`_as_weight`
+        maps a gradient in that order back to the weight's layout.
+        """
+        m, mod, a = self.m, self.mod, self.a
         if isinstance(mod, nn.Linear):
-            return cls(mod, delta.reshape(m, -1, delta.shape[-1]), a.reshape(m, -1, a.shape[-1]))
-        U = F.unfold(a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
-        return cls(mod, delta.reshape(m, delta.shape[1], -1).transpose(1, 2), U.transpose(1, 2))
+            return a.reshape(m * self.P, self.in_f)
+        (ph, pw), (sh, sw), (dh, dw), (kh, kw) = mod.padding, mod.stride, mod.dilation, mod.kernel_size
+        _, c, h, w = a.shape
+        xp = a.new_zeros(m, h + 2 * ph, w + 2 * pw, c)
+        xp[:, ph:ph + h, pw:pw + w] = a.permute(0, 2, 3, 1)
+        st = xp.stride()
+        oh, ow = self.out_hw
+        patches = xp.as_strided((m, oh, ow, kh, kw, c), (st[0], st[1] * sh, st[2] * sw, st[1] * dh, st[2] * dw, st[3]))
+        return patches.reshape(m * self.P, self.in_f)
+
+    def _as_weight(self, g: Tensor) -> Tensor:
+        """A weight gradient (out, in) in the order of :meth:`_patch_rows`, in the weight's layout."""
+        w = self.mod.weight
+        if isinstance(self.mod, nn.Linear):
+            return g.reshape(w.shape)
+        o, c, kh, kw = w.shape
+        return g.reshape(o, kh, kw, c).permute(0, 3, 1, 2)
+
+    def _position_rows(self) -> tuple[Tensor, Tensor]:
+        """(m P, out) output gradients and (m P, in) inputs, one row per sample and position."""
+        return self.Dt.transpose(1, 2).reshape(self.m * self.P, self.out_f), self._patch_rows()
 
     def weight_kernel(self, budget_bytes: int, keep_bytes: int) -> Tensor:
         """The weight's block of K (float64); keeps the materialised rows if they fit ``keep_bytes``."""
-        m, P, out_f = self.D.shape
-        in_f = self.U.shape[2]
+        m, P, out_f, in_f = self.m, self.P, self.out_f, self.in_f
         by_positions = (m * P) ** 2 * (out_f + in_f) / 2
         by_rows = m * out_f * in_f * (P + _MATERIALISE_OVERHEAD) + m * m * out_f * in_f
         if by_positions < by_rows:
@@ -334,10 +369,8 @@ class _LayerFactors:
         return self._kernel_by_rows(budget_bytes, keep_bytes)
 
     def _kernel_by_positions(self) -> Tensor:
-        m, P, _ = self.D.shape
-        Df = self.D.reshape(m * P, -1)
-        Uf = self.U.reshape(m * P, -1)
-        self.D, self.U = Df.view(m, P, -1), Uf.view(m, P, -1)  # contiguous now; reused by jt_eta
+        m, P = self.m, self.P
+        Df, Uf = self.Df, self.Uf = self._position_rows()
         bs = max(1, _GRAM_BLOCK_ROWS // P)
         K = torch.empty(m, m, dtype=Df.dtype, device=Df.device)
         for i0 in range(0, m, bs):
@@ -352,14 +385,13 @@ class _LayerFactors:
         return ((K + K.T) * 0.5).double()
 
     def _kernel_by_rows(self, budget_bytes: int, keep_bytes: int) -> Tensor:
-        m, P, out_f = self.D.shape
-        in_f = self.U.shape[2]
-        Dt = self.D.transpose(1, 2)  # (m, out, P)
-        row_bytes = m * in_f * self.D.element_size()  # one output channel of every sample
+        m, out_f, in_f = self.m, self.out_f, self.in_f
+        U = self._patch_rows().view(m, self.P, in_f)
+        row_bytes = m * in_f * self.Dt.element_size()  # one output channel of every sample
         chunk = max(1, min(out_f, budget_bytes // max(row_bytes, 1)))
-        K = torch.zeros(m, m, dtype=torch.float64, device=self.D.device)
+        K = torch.zeros(m, m, dtype=torch.float64, device=self.Dt.device)
         for o0 in range(0, out_f, chunk):
-            rows = torch.bmm(Dt[:, o0:o0 + chunk], self.U).reshape(m, -1)
+            rows = torch.bmm(self.Dt[:, o0:o0 + chunk], U).reshape(m, -1)
             K += sym_gram(rows).double()
             if chunk == out_f and rows.numel() * rows.element_size() <= keep_bytes:
                 self.rows = rows  # J^T eta for this weight is then one matrix-vector product
@@ -369,15 +401,16 @@ class _LayerFactors:
     def jt_eta(self, eta: Tensor) -> dict[int, Tensor]:
         """J^T eta for this layer's trainable weight and bias, keyed by parameter id."""
         mod = self.mod
-        e = eta.to(self.D)
+        e = eta.to(self.Dt)
         out: dict[int, Tensor] = {}
         if mod.weight.requires_grad:
             if self.rows is not None:
                 g = self.rows.T @ e
-            else:  # sum_i e_i D_i^T U_i as one (out, m P) x (m P, in) product
-                m, P, out_f = self.D.shape
-                g = (self.D * e[:, None, None]).reshape(m * P, out_f).T @ self.U.reshape(m * P, -1)
-            out[id(mod.weight)] = g.reshape(mod.weight.shape)
+            else:  # sum_i e_i sum_p delta_ip u_ip^T as one (out, m P) x (m P, in) product
+                if self.Df is None or self.Uf is None:
+                    self.Df, self.Uf = self._position_rows()
+                g = (self.Df * e.repeat_interleave(self.P)[:, None]).T @ self.Uf
+            out[id(mod.weight)] = self._as_weight(g)
         if mod.bias is not None and mod.bias.requires_grad:
             out[id(mod.bias)] = e @ self.dsum
         return out
