@@ -95,3 +95,41 @@ def test_unknown_method_and_budget_are_refused():
         PerSampleKernel(nn.Linear(2, 1), "vmap")
     with pytest.raises(ValueError, match="jacobian_budget_bytes must be >= 1"):
         PerSampleKernel(nn.Linear(2, 1), "auto", budget_bytes=0)
+
+
+def passes_solver_psd_check(K):
+    """The solvers' acceptance test: Cholesky of K + 64 m eps max(diag K) I, and exact symmetry."""
+    m = K.shape[0]
+    tol = 64 * m * torch.finfo(torch.float64).eps * float(K.diagonal().max())
+    return torch.equal(K, K.T) and int(torch.linalg.cholesky_ex(K + tol * torch.eye(m, dtype=K.dtype))[1]) == 0
+
+
+def test_kernel_of_near_duplicate_samples_in_float32_is_psd_for_the_solver():
+    # a collapsed generator: fakes equal up to 1e-5; float32 blocks give eigenvalues of about -1e-8 ||K||
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 4, 2, 1), nn.LeakyReLU(0.2),
+                        nn.Flatten(), nn.Linear(16 * 4 * 4, 1))
+    real = torch.randn(24, 3, 16, 16)
+    fake = torch.randn(1, 3, 16, 16) + 1e-5 * torch.randn(24, 3, 16, 16)
+    x = torch.cat([real, fake])
+    kern = PerSampleKernel(net)(x)
+    raw = PerSampleKernel(net.double())(x.double()).K  # float64 blocks: the reference
+    assert passes_solver_psd_check(kern.K)
+    assert float((kern.K - raw).abs().max()) <= 1e-5 * float(raw.diagonal().max())
+
+
+def test_psd_kernel_repairs_rounding_only():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(8, 50, generator=g, dtype=torch.float64)
+    A[4:] = A[:4] + 1e-5 * torch.randn(4, 50, generator=g, dtype=torch.float64)
+    K = (A.float() @ A.float().T).double()
+    K = (K + K.T) / 2
+    assert not passes_solver_psd_check(K)
+    fixed = per_sample.psd_kernel(K, torch.finfo(torch.float32).eps)
+    assert passes_solver_psd_check(fixed)
+    assert float((fixed - K).abs().max()) <= 1e-5 * float(K.diagonal().max())
+    good = A[:4] @ A[:4].T
+    assert per_sample.psd_kernel(good, 1e-16) is good  # positive definite: returned as is
+    bad = torch.diag(torch.tensor([1.0, -0.5], dtype=torch.float64))
+    with pytest.raises(per_sample.KernelNotPSD, match="eigenvalue -0.5"):
+        per_sample.psd_kernel(bad, torch.finfo(torch.float32).eps)

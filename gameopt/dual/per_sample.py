@@ -37,7 +37,7 @@ from torch.profiler import record_function
 
 from ..errors import GameInputError
 
-__all__ = ["PER_SAMPLE_METHODS", "PerSampleKernel", "ScoreKernel", "check_per_sample_module", "sym_gram"]
+__all__ = ["PER_SAMPLE_METHODS", "PerSampleKernel", "ScoreKernel", "KernelNotPSD", "check_per_sample_module", "psd_kernel", "sym_gram"]
 
 PER_SAMPLE_METHODS = ("auto", "func", "hooks")
 
@@ -72,6 +72,43 @@ def sym_gram(A: Tensor) -> Tensor:
     """A A^T (rows of A), exactly symmetric, in A's dtype."""
     G = A @ A.T
     return (G + G.T) * 0.5
+
+
+def _exact(t: Tensor) -> Tensor:
+    """t in at least float32: kernel blocks of half-precision factors are formed in float32."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _no_autocast(device: torch.device) -> torch.autocast:
+    """The kernel's products keep their operands' precision, whatever autocast the caller runs under."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def psd_kernel(K: Tensor, rounding: float) -> Tensor:
+    """K when it is positive definite; else the PSD matrix nearest to it at rounding level.
+
+    K = J J^T is PSD, but formed from float32 blocks it carries rounding of order
+    m eps32 ||K||: with near-duplicate samples (a collapsed generator) its smallest
+    eigenvalues come out slightly negative, which the dual does not allow. Then the
+    eigenvalues below floor = 64 m eps64 max(diag K) are raised to the floor, a change
+    far inside the rounding already in K. ``rounding`` is the unit roundoff of the
+    dtype the blocks were formed in.
+
+    Raises:
+        KernelNotPSD: an eigenvalue below -64 m ``rounding`` max(diag K): not rounding.
+    """
+    m = K.shape[-1]
+    _, info = torch.linalg.cholesky_ex(K)
+    if int(info) == 0:
+        return K
+    lam, V = torch.linalg.eigh(K)
+    scale = float(K.diagonal().abs().max())
+    if float(lam[0]) < -64 * m * rounding * scale:
+        raise KernelNotPSD(f"the kernel K = J J^T has eigenvalue {float(lam[0]):.3g}, beyond the rounding allowance "
+                         f"{64 * m * rounding * scale:.3g}: the per-sample gradients are not those of the scores")
+    floor = 64 * m * torch.finfo(torch.float64).eps * scale
+    Kp = (V * lam.clamp_min(floor)) @ V.T
+    return (Kp + Kp.T) * 0.5
 
 
 def check_per_sample_module(module: nn.Module) -> None:
@@ -117,6 +154,10 @@ def _hooks_unsupported(module: nn.Module) -> str | None:
                                            or isinstance(mod.padding, str)):
             return f"{where} is grouped, not zero-padded or uses string padding"
     return None
+
+
+class KernelNotPSD(ValueError):
+    """K has an eigenvalue below zero beyond rounding: the per-sample gradients are broken."""
 
 
 class _ReusedLayer(Exception):
@@ -171,14 +212,26 @@ class PerSampleKernel:
                                  "per_sample='func' (any module) or 'auto'")
 
     def __call__(self, x: Tensor, keep: bool = False) -> ScoreKernel:
-        """K, J w and the scores on x (m, ...); ``keep`` keeps what J^T eta needs."""
+        """K, J w and the scores on x (m, ...); ``keep`` keeps what J^T eta needs.
+
+        K is symmetric and positive semi-definite (see :func:`psd_kernel`); its blocks are
+        formed in the parameters' precision (at least float32, whatever autocast runs).
+        Raises :class:`KernelNotPSD` when K is not PSD beyond rounding.
+        """
+        kernel = None
         if self.uses_hooks():
             try:
-                return self._hooks(x, keep)
+                kernel = self._hooks(x, keep)
             except _ReusedLayer as e:
                 if self.method == "hooks":
                     raise GameInputError(f"per_sample='hooks': {e}; use per_sample='func'") from None
-        return self._func(x, keep)
+        if kernel is None:
+            kernel = self._func(x, keep)
+        if bool(torch.isfinite(kernel.K).all()):
+            formed = [torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+                      for p in self.parameters().values()]
+            kernel.K = psd_kernel(kernel.K, max((torch.finfo(d).eps for d in formed), default=0.0))
+        return kernel
 
     # ----------------------------------------------------------- func route
     def param_groups(self, params: dict[str, Tensor], m: int) -> list[list[str]]:
@@ -217,20 +270,22 @@ class PerSampleKernel:
             grads, values = vmap(grad_and_value(f_single), in_dims=(None, 0))(group, x)
             if scores is None:
                 scores = values.double()
-            for k in names:
-                Jk = grads[k].reshape(m, -1)
-                K += sym_gram(Jk).double()
-                Jw += (Jk @ group[k].reshape(-1)).double()
-                if held is not None:
-                    held[k] = Jk
-                del Jk
+            with _no_autocast(x.device):
+                for k in names:
+                    Jk = _exact(grads[k].reshape(m, -1))
+                    K += sym_gram(Jk).double()
+                    Jw += (Jk @ _exact(group[k].reshape(-1))).double()
+                    if held is not None:
+                        held[k] = Jk
+                    del Jk
             del grads
         if scores is None:  # no trainable parameters
             scores = self.module(x).reshape(m).detach().double()
         jt = None
         if held is not None:
             def jt(eta: Tensor, held: dict[str, Tensor] = held) -> list[Tensor]:
-                return [(held[k].T @ eta.to(held[k])).reshape(p.shape) for k, p in params.items()]
+                with _no_autocast(eta.device):
+                    return [(held[k].T @ eta.to(held[k])).reshape(p.shape) for k, p in params.items()]
         return ScoreKernel(K, Jw, scores, jt)
 
     # ---------------------------------------------------------- hooks route
@@ -270,36 +325,39 @@ class PerSampleKernel:
                 if used and scores.requires_grad else []
         parts: list[_LayerFactors] = []
         held_bytes = 0
-        for mod, delta in zip(used, deltas):
-            a, z, _ = seen[mod]
-            if delta is None:
-                continue
-            lf = _LayerFactors(mod, a, delta, m)
-            w, b = mod.weight, mod.bias
-            w_tr, b_tr = w.requires_grad, b is not None and b.requires_grad
-            bias_part = lf.dsum @ b.detach() if b is not None else 0.0
-            if w_tr:
-                wz = (delta * z.detach()).reshape(m, -1).sum(1) - bias_part  # <delta_i, W u_i> over positions
-                Jw += wz.double()
-                budget = max(self.budget_bytes - held_bytes, 0) if keep else 0
-                K += lf.weight_kernel(self.budget_bytes, budget)
-                if lf.rows is not None:
-                    held_bytes += lf.rows.numel() * lf.rows.element_size()
-            if b_tr:
-                K += sym_gram(lf.dsum).double()
-                Jw += (lf.dsum @ b.detach()).double()
-            if keep:
-                parts.append(lf)
-            else:
-                del lf
+        with _no_autocast(x.device):
+            for mod, delta in zip(used, deltas):
+                a, z, _ = seen[mod]
+                if delta is None:
+                    continue
+                a, z, delta = _exact(a), _exact(z.detach()), _exact(delta)
+                lf = _LayerFactors(mod, a, delta, m)
+                w, b = mod.weight, mod.bias
+                w_tr, b_tr = w.requires_grad, b is not None and b.requires_grad
+                bias_part = lf.dsum @ _exact(b.detach()) if b is not None else 0.0
+                if w_tr:
+                    wz = (delta * z).reshape(m, -1).sum(1) - bias_part  # <delta_i, W u_i> over positions
+                    Jw += wz.double()
+                    budget = max(self.budget_bytes - held_bytes, 0) if keep else 0
+                    K += lf.weight_kernel(self.budget_bytes, budget)
+                    if lf.rows is not None:
+                        held_bytes += lf.rows.numel() * lf.rows.element_size()
+                if b_tr:
+                    K += sym_gram(lf.dsum).double()
+                    Jw += (lf.dsum @ _exact(b.detach())).double()
+                if keep:
+                    parts.append(lf)
+                else:
+                    del lf
         jt = None
         if keep:
             params = self.parameters()
 
             def jt(eta: Tensor) -> list[Tensor]:
                 by_id: dict[int, Tensor] = {}
-                for lf in parts:
-                    by_id.update(lf.jt_eta(eta))
+                with _no_autocast(eta.device):
+                    for lf in parts:
+                        by_id.update(lf.jt_eta(eta))
                 return [by_id[id(p)] if id(p) in by_id else torch.zeros_like(p) for p in params.values()]
         return ScoreKernel(K, Jw, scores.detach().double(), jt)
 

@@ -11,7 +11,7 @@ from torch.profiler import record_function
 
 from .. import solvers as _solvers
 from .base import DualStepStats, StepFailed
-from .per_sample import PerSampleKernel, ScoreKernel
+from .per_sample import KernelNotPSD, PerSampleKernel, ScoreKernel
 from .radius import RadiusControl
 from .trust_region import LinearisedTrustRegion, Proposal
 
@@ -105,7 +105,10 @@ class ScoreLinearisedDiscriminator(LinearisedTrustRegion):
     # ------------------------------------------------------- the model
     def _local_model(self, x: Tensor, n: int) -> _Local:
         with record_function("gameopt.dual.kernel"):
-            kernel = self.jacobian(x, keep=True)
+            try:
+                kernel = self.jacobian(x, keep=True)
+            except KernelNotPSD as e:
+                raise StepFailed(str(e)) from None
         ok = torch.isfinite(kernel.K).all() & torch.isfinite(kernel.Jw).all() & torch.isfinite(kernel.scores).all()
         if not bool(ok):
             raise StepFailed("the discriminator's scores or score gradients contain NaN or inf on a finite batch "
