@@ -398,7 +398,9 @@ class _LayerFactors:
             return a.reshape(m * self.P, self.in_f)
         (ph, pw), (sh, sw), (dh, dw), (kh, kw) = mod.padding, mod.stride, mod.dilation, mod.kernel_size
         _, c, h, w = a.shape
-        xp = a.new_zeros(m, h + 2 * ph, w + 2 * pw, c)
+        xp = a.new_empty(m, h + 2 * ph, w + 2 * pw, c)
+        for border in (xp[:, :ph], xp[:, ph + h:], xp[:, :, :pw], xp[:, :, pw + w:]):
+            border.zero_()
         xp[:, ph:ph + h, pw:pw + w] = a.permute(0, 2, 3, 1)
         st = xp.stride()
         oh, ow = self.out_hw

@@ -13,7 +13,7 @@ from .. import solvers as _solvers
 from .base import DualStepStats, StepFailed
 from .per_sample import KernelNotPSD, PerSampleKernel, ScoreKernel
 from .radius import RadiusControl
-from .trust_region import LinearisedTrustRegion, Proposal
+from .trust_region import LinearisedTrustRegion, Proposal, step_sq_norm
 
 __all__ = ["ScoreLinearisedDiscriminator"]
 
@@ -139,11 +139,12 @@ class ScoreLinearisedDiscriminator(LinearisedTrustRegion):
                     scores = self.module(local.x).reshape(local.x.shape[0])
                     jt = list(torch.autograd.grad((eta.to(scores) * scores).sum(), list(params.values())))
         scale = float(res.step_scale)
-        steps = {k_: (g.double() - self.C * p.detach().double()) * scale for (k_, p), g in zip(params.items(), jt)}
-        sq = float(sum((s**2).sum() for s in steps.values()))
+        steps = {k_: (g.to(p.dtype) - self.C * p.detach()) * scale for (k_, p), g in zip(params.items(), jt)}
+        sq = step_sq_norm(steps.values())
         if not math.isfinite(sq):
             raise StepFailed("non-finite trust-region step")
         if 0.5 * sq > delta:  # rounding in the kernel-only solve; see solvers.trust_region_step
             r = math.sqrt(delta / (0.5 * sq))
             steps = {k_: s * r for k_, s in steps.items()}
-        return Proposal(steps, float(res.model_value))
+            sq = step_sq_norm(steps.values())
+        return Proposal(steps, float(res.model_value), sq)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -26,15 +26,21 @@ from ..solvers._common import check_positive, softplus_exact
 from .base import DualStepStats, StepFailed, TrustRegionDualDiscriminator
 from .radius import RadiusControl
 
-__all__ = ["LinearisedTrustRegion", "Proposal"]
+__all__ = ["LinearisedTrustRegion", "Proposal", "step_sq_norm"]
 
 
 @dataclass
 class Proposal:
-    """A trust-region step: s per parameter name, and the model's value m(s)."""
+    """A trust-region step: s per parameter name, the model's value m(s), and ||s||^2 when known."""
 
     steps: dict[str, Tensor]
     model_value: float
+    sq_norm: float | None = None
+
+
+def step_sq_norm(tensors: Iterable[Tensor]) -> float:
+    """sum ||t||^2 accumulated in float64, one host read."""
+    return float(torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).square().sum())
 
 
 class LinearisedTrustRegion(TrustRegionDualDiscriminator):
@@ -150,7 +156,7 @@ class LinearisedTrustRegion(TrustRegionDualDiscriminator):
             f1 = self._loss_at(x, n)
         pred = f0 - proposal.model_value
         rho = self.radius.ratio(f0, f1, pred)
-        sq = float(sum((s.double() ** 2).sum() for s in proposal.steps.values()))
+        sq = proposal.sq_norm if proposal.sq_norm is not None else step_sq_norm(proposal.steps.values())
         accepted = self.radius.accepts(rho)
         if not accepted:
             for k, p in params.items():
