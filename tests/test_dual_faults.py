@@ -40,37 +40,56 @@ def unchanged(module, before):
 
 
 # --------------------------------------------------------- spectral norm
-def spectral(kind):
+def spectral(kind, conv=False):
     torch.manual_seed(0)
     sn = nn.utils.spectral_norm if kind == "hooks" else nn.utils.parametrizations.spectral_norm
+    if conv:
+        return nn.Sequential(sn(nn.Conv2d(2, 3, 3, stride=2, padding=1)), nn.LeakyReLU(0.2),
+                             sn(nn.Conv2d(3, 4, 3, stride=2)), nn.Flatten(), sn(nn.Linear(4, 1))).double()
     return nn.Sequential(sn(nn.Linear(2, 8)), nn.Tanh(), sn(nn.Linear(8, 1))).double()
 
 
+@pytest.mark.parametrize("per_sample", ["auto", "hooks", "func"])
+@pytest.mark.parametrize("conv", [False, True])
 @pytest.mark.parametrize("kind", ["hooks", "parametrizations"])
-def test_score_model_with_spectral_norm_uses_the_gradients_of_the_trained_parameters(kind):
-    net = spectral(kind).eval()  # eval: the power-iteration vectors stay fixed, so J is well defined
-    real, fake = batch()
-    x = torch.cat([real, fake])
-    d = TrustRegionDualDiscriminator(net, model="score", C=1e-3, delta=1e-2)
-    K, Jw, F = d.kernel(x)
+def test_score_model_with_spectral_norm_uses_the_gradients_of_the_trained_parameters(kind, conv, per_sample):
+    net = spectral(kind, conv).eval()  # eval: the power-iteration vectors stay fixed, so J is well defined
+    x = torch.randn(10, 2, 7, 7, dtype=torch.float64) if conv else torch.cat(batch())
+    d = TrustRegionDualDiscriminator(net, model="score", C=1e-3, delta=1e-2, per_sample=per_sample)
+    assert d.jacobian.uses_hooks() == (per_sample != "func")
+    K, Jw, F = d.kernel(x, keep_jacobian=True)
     J = explicit_jacobian(net, x)
     w = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
     torch.testing.assert_close(K, J @ J.T, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(Jw, J @ w, rtol=1e-10, atol=1e-12)
-    st = d.step(real, fake)
-    assert st.gap <= 1e-10 and 0.5 * st.step_norm**2 <= 1e-2 * (1 + 1e-9)
+    eta = torch.randn(x.shape[0], dtype=torch.float64)
+    jt = d._jt_eta_from_factors(eta)
+    torch.testing.assert_close(torch.cat([jt[id(p)].reshape(-1) for p in net.parameters()]), J.T @ eta,
+                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(d.kernel(x)[0], K, rtol=1e-12, atol=1e-12)  # nothing kept: patches formed again
 
 
 @pytest.mark.parametrize("kind", ["hooks", "parametrizations"])
-def test_spectral_norm_trains_in_training_mode_and_hooks_route_is_refused_clearly(kind):
+def test_spectral_norm_trains_in_training_mode(kind):
     net = spectral(kind)
     d = TrustRegionDualDiscriminator(net, model="score", C=1e-3, delta=1e-2)
     first = d.loss(*batch()).item()
     for _ in range(5):
-        d.step(*batch())
+        st = d.step(*batch())
+        assert st.gap <= 1e-10 and 0.5 * st.step_norm**2 <= st.delta * (1 + 1e-9)
     assert d.loss(*batch()).item() < first
-    with pytest.raises(gameopt.GameInputError, match="spectral_norm.*per_sample='func'"):
-        TrustRegionDualDiscriminator(spectral(kind), model="score", per_sample="hooks")
+
+
+def test_weight_norm_is_served_by_func_and_refused_by_hooks():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(2, 8)), nn.Tanh(), nn.Linear(8, 1)).double()
+    x = torch.cat(batch())
+    J = explicit_jacobian(net, x)
+    d = TrustRegionDualDiscriminator(net, model="score")
+    assert not d.jacobian.uses_hooks()
+    torch.testing.assert_close(d.kernel(x)[0], J @ J.T, rtol=1e-10, atol=1e-12)
+    with pytest.raises(gameopt.GameInputError, match="weight_norm.*per_sample='func'"):
+        TrustRegionDualDiscriminator(net, model="score", per_sample="hooks")
 
 
 # ------------------------------------------------------------ batch norm

@@ -14,13 +14,16 @@ network is never held. Two ways to get the per-sample gradients:
   output positions P, multiply the Gram matrices of the m P position rows elementwise
   and sum over position pairs, <D_i U_i^T, D_j U_j^T> = sum_pq (D_i^T D_j)_pq (U_i^T U_j)_pq,
   never forming the gradients. J w of a layer is <delta_i, z_i> with z its output (no
-  extra pass), and J^T eta = sum_i eta_i delta_i u_i^T.
-* ``"func"``: ``torch.func.vmap(grad)`` over samples, any module (spectral norm, weight
-  norm, parametrizations, custom layers), in parameter groups of at most
+  extra pass), and J^T eta = sum_i eta_i delta_i u_i^T. A spectrally normalised weight
+  (``torch.nn.utils.spectral_norm`` or its parametrization) is trained through
+  W = W_orig / sigma: its block is mapped to W_orig in closed form.
+* ``"func"``: ``torch.func.vmap(grad)`` over samples, any module (weight norm, other
+  parametrizations, shared or custom layers), in parameter groups of at most
   ``budget_bytes`` of per-sample gradients.
 
-``"auto"`` uses hooks when every trainable parameter is the ``weight`` or ``bias`` of an
-``nn.Linear`` or zero-padded, ungrouped ``nn.Conv2d`` used once per forward pass.
+``"auto"`` uses hooks when every trainable parameter is the (spectrally normalised)
+``weight`` or the ``bias`` of an ``nn.Linear`` or zero-padded, ungrouped ``nn.Conv2d``
+used once per forward pass.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 from torch.profiler import record_function
 
 from ..errors import GameInputError
@@ -136,23 +140,69 @@ def check_per_sample_module(module: nn.Module) -> None:
             )
 
 
+class _SpectralNorm:
+    """A weight trained through spectral normalisation: W = W_orig / sigma, sigma = u^T W_orig v.
+
+    u and v are the power-iteration vectors the forward pass used (read after it); W_orig is
+    flattened as (out, in) for dim 0, the layout of ``torch.nn.utils.spectral_norm`` and of
+    its parametrization for Linear and Conv2d.
+    """
+
+    def __init__(self, orig: Tensor, u: Tensor, v: Tensor) -> None:
+        self.orig, self._u, self._v = orig, u, v
+
+    def vectors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(u, v, sigma) as this forward pass used them, in at least float32."""
+        u, v = _exact(self._u.detach()).clone(), _exact(self._v.detach()).clone()
+        W = _exact(self.orig.detach()).reshape(u.shape[0], -1)
+        return u, v, u @ (W @ v)
+
+
+def _trained_weight(mod: nn.Module) -> tuple[Tensor | None, _SpectralNorm | None] | None:
+    """(the tensor a Linear/Conv2d layer trains for its weight, its spectral norm or None); None: not served."""
+    if parametrize.is_parametrized(mod, "weight"):
+        plist = mod.parametrizations["weight"]
+        sn_cls = getattr(nn.utils.parametrizations, "_SpectralNorm", None)
+        if len(plist) != 1 or sn_cls is None or not isinstance(plist[0], sn_cls) or plist[0].dim != 0 \
+                or plist.original.ndim < 2:
+            return None
+        return plist.original, _SpectralNorm(plist.original, plist[0]._u, plist[0]._v)
+    for hook in mod._forward_pre_hooks.values():
+        if isinstance(hook, _HookSpectralNorm) and hook.name == "weight":
+            if hook.dim != 0:
+                return None
+            return mod.weight_orig, _SpectralNorm(mod.weight_orig, mod.weight_u, mod.weight_v)
+    if any(k not in ("weight", "bias") for k, p in mod._parameters.items() if p is not None and p.requires_grad):
+        return None  # e.g. weight_norm's weight_g / weight_v
+    return mod._parameters.get("weight"), None
+
+
+def _hookable(mod: nn.Module) -> bool:
+    return isinstance(mod, (nn.Linear, nn.Conv2d)) and not (
+        isinstance(mod, nn.Conv2d) and (mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str))
+    ) and not parametrize.is_parametrized(mod, "bias") and _trained_weight(mod) is not None
+
+
 def _hooks_unsupported(module: nn.Module) -> str | None:
     """Why the hooks route cannot serve ``module`` (None when it can)."""
-    for name, mod in module.named_modules():
-        own = {k for k, p in mod._parameters.items() if p is not None and p.requires_grad}
-        if not own:
-            continue
-        where = f"layer {name!r} ({type(mod).__name__})" if name else type(mod).__name__
-        if isinstance(mod, parametrize.ParametrizationList):
-            return f"{where} reparametrises a weight (a parametrization such as spectral_norm or weight_norm)"
-        if not isinstance(mod, (nn.Linear, nn.Conv2d)):
-            return f"{where} is not an nn.Linear or nn.Conv2d"
-        if own - {"weight", "bias"}:
-            return (f"{where} trains {sorted(own - {'weight', 'bias'})}, not its weight directly "
-                    "(a reparametrisation such as spectral_norm or weight_norm)")
-        if isinstance(mod, nn.Conv2d) and (mod.groups != 1 or mod.padding_mode != "zeros"
-                                           or isinstance(mod.padding, str)):
-            return f"{where} is grouped, not zero-padded or uses string padding"
+    served: set[int] = set()
+    for mod in module.modules():
+        if _hookable(mod):
+            weight, _ = _trained_weight(mod)  # type: ignore[misc]
+            served |= {id(t) for t in (weight, mod.bias) if t is not None}
+    for name, p in module.named_parameters():
+        if p.requires_grad and id(p) not in served:
+            owner_name = name.rsplit(".", 1)[0] if "." in name else ""
+            owner = module.get_submodule(owner_name)
+            if isinstance(owner, parametrize.ParametrizationList):
+                what = "a reparametrised weight other than spectral_norm (e.g. weight_norm)"
+            elif isinstance(owner, nn.Conv2d):
+                what = "a grouped, not zero-padded or string-padded nn.Conv2d"
+            elif isinstance(owner, (nn.Linear, nn.Conv2d)):
+                what = f"a reparametrisation of {type(owner).__name__} other than spectral_norm (e.g. weight_norm)"
+            else:
+                what = f"a {type(owner).__name__}, not an nn.Linear or nn.Conv2d"
+            return f"parameter {name!r} belongs to {what}"
     return None
 
 
@@ -289,11 +339,18 @@ class PerSampleKernel:
         return ScoreKernel(K, Jw, scores, jt)
 
     # ---------------------------------------------------------- hooks route
-    def _layers(self) -> list[nn.Module]:
-        return [mod for mod in self.module.modules()
-                if any(p is not None and p.requires_grad for p in mod._parameters.values())]
+    def _layers(self) -> list[tuple[nn.Module, Tensor | None, _SpectralNorm | None]]:
+        """(layer, the tensor it trains for its weight, its spectral norm) of every layer with trainable tensors."""
+        out = []
+        for mod in self.module.modules():
+            if not _hookable(mod):
+                continue
+            weight, sn = _trained_weight(mod)  # type: ignore[misc]
+            if any(t is not None and t.requires_grad for t in (weight, mod.bias)):
+                out.append((mod, weight, sn))
+        return out
 
-    def _forward(self, x: Tensor, layers: list[nn.Module], copy_outputs: bool) -> tuple[Tensor, dict]:
+    def _forward(self, x: Tensor, layers: list, copy_outputs: bool) -> tuple[Tensor, dict]:
         """Scores with every layer's (input, output); outputs copied when later layers work in place."""
         seen: dict[nn.Module, tuple[Tensor, Tensor, int]] = {}
 
@@ -303,7 +360,7 @@ class PerSampleKernel:
             seen[mod] = (inp[0].detach(), out, out._version)
             return out.clone() if copy_outputs else None
 
-        handles = [mod.register_forward_hook(hook) for mod in layers]
+        handles = [mod.register_forward_hook(hook) for mod, _, _ in layers]
         try:
             scores = self.module(x).reshape(x.shape[0])
         finally:
@@ -320,29 +377,32 @@ class PerSampleKernel:
             scores, seen = self._forward(x, layers, copy_outputs=False)
             if any(out._version != v for _, out, v in seen.values()):  # an in-place op changed a layer output
                 scores, seen = self._forward(x, layers, copy_outputs=True)
-            used = [mod for mod in layers if mod in seen]
-            deltas = torch.autograd.grad(scores.sum(), [seen[mod][1] for mod in used], allow_unused=True) \
+            used = [layer for layer in layers if layer[0] in seen]
+            deltas = torch.autograd.grad(scores.sum(), [seen[mod][1] for mod, _, _ in used], allow_unused=True) \
                 if used and scores.requires_grad else []
         parts: list[_LayerFactors] = []
         held_bytes = 0
         with _no_autocast(x.device):
-            for mod, delta in zip(used, deltas):
+            for (mod, weight, sn), delta in zip(used, deltas):
                 a, z, _ = seen[mod]
                 if delta is None:
                     continue
                 a, z, delta = _exact(a), _exact(z.detach()), _exact(delta)
-                lf = _LayerFactors(mod, a, delta, m)
-                w, b = mod.weight, mod.bias
-                w_tr, b_tr = w.requires_grad, b is not None and b.requires_grad
+                lf = _LayerFactors(mod, weight, a, delta, m)
+                b = mod.bias
                 bias_part = lf.dsum @ _exact(b.detach()) if b is not None else 0.0
-                if w_tr:
-                    wz = (delta * z).reshape(m, -1).sum(1) - bias_part  # <delta_i, W u_i> over positions
-                    Jw += wz.double()
+                if weight is not None and weight.requires_grad:
+                    c = (delta * z).reshape(m, -1).sum(1) - bias_part  # <delta_i, W u_i> over positions
                     budget = max(self.budget_bytes - held_bytes, 0) if keep else 0
-                    K += lf.weight_kernel(self.budget_bytes, budget)
+                    Kw = lf.weight_kernel(self.budget_bytes, budget)
                     if lf.rows is not None:
                         held_bytes += lf.rows.numel() * lf.rows.element_size()
-                if b_tr:
+                    if sn is None:
+                        K += Kw
+                        Jw += c.double()
+                    else:  # J w of W_orig is 0: the score does not change with the scale of W_orig
+                        K += lf.through_spectral_norm(sn, c, Kw)
+                if b is not None and b.requires_grad:
                     K += sym_gram(lf.dsum).double()
                     Jw += (lf.dsum @ _exact(b.detach())).double()
                 if keep:
@@ -370,8 +430,9 @@ class _LayerFactors:
     patch (in,) at position p (the unfolded input of a convolution).
     """
 
-    def __init__(self, mod: nn.Module, a: Tensor, delta: Tensor, m: int) -> None:
-        self.mod, self.a, self.m = mod, a, m
+    def __init__(self, mod: nn.Module, weight: Tensor | None, a: Tensor, delta: Tensor, m: int) -> None:
+        self.mod, self.weight, self.a, self.m = mod, weight, a, m
+        self.sn: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # (u, v in patch order, sigma, J_W W)
         if isinstance(mod, nn.Linear):  # positions: every leading dim after the batch
             self.Dt = delta.reshape(m, -1, delta.shape[-1]).transpose(1, 2)
             self.in_f = a.shape[-1]
@@ -409,11 +470,37 @@ class _LayerFactors:
 
     def _as_weight(self, g: Tensor) -> Tensor:
         """A weight gradient (out, in) in the order of :meth:`_patch_rows`, in the weight's layout."""
-        w = self.mod.weight
+        assert self.weight is not None
         if isinstance(self.mod, nn.Linear):
-            return g.reshape(w.shape)
-        o, c, kh, kw = w.shape
+            return g.reshape(self.weight.shape)
+        o, c, kh, kw = self.weight.shape
         return g.reshape(o, kh, kw, c).permute(0, 3, 1, 2)
+
+    def _to_patch_order(self, v: Tensor) -> Tensor:
+        """A vector over the weight's inputs, (c, kh, kw)-ordered for a convolution, in patch order."""
+        if isinstance(self.mod, nn.Linear):
+            return v
+        _, c, kh, kw = self.weight.shape  # type: ignore[union-attr]
+        return v.reshape(c, kh, kw).permute(1, 2, 0).reshape(-1)
+
+    def through_spectral_norm(self, sn: _SpectralNorm, c: Tensor, Kw: Tensor) -> Tensor:
+        """The kernel block of W_orig from that of W = W_orig / sigma (float64).
+
+        The gradient in W_orig of sample i is (g_i - c_i u v^T) / sigma with g_i its gradient
+        in W and c_i = <g_i, W>; so K_orig = (K_W - c d^T - d c^T + |u|^2 |v|^2 c c^T) / sigma^2
+        with d_i = u^T g_i v.
+        """
+        u, v, sigma = sn.vectors()
+        v = self._to_patch_order(v)
+        if self.rows is not None:
+            d = self.rows @ torch.outer(u, v).reshape(-1)
+        else:
+            Uf = self.Uf if self.Uf is not None else self._patch_rows()
+            d = (torch.einsum("mop,o->mp", self.Dt, u) * (Uf @ v).view(self.m, self.P)).sum(1)
+        self.sn = (u, v, sigma, c)
+        c64, d64, s64 = c.double(), d.double(), sigma.double()
+        cd = torch.outer(c64, d64)
+        return (Kw - cd - cd.T + (u @ u).double() * (v @ v).double() * torch.outer(c64, c64)) / s64**2
 
     def _position_rows(self) -> tuple[Tensor, Tensor]:
         """(m P, out) output gradients and (m P, in) inputs, one row per sample and position."""
@@ -463,14 +550,17 @@ class _LayerFactors:
         mod = self.mod
         e = eta.to(self.Dt)
         out: dict[int, Tensor] = {}
-        if mod.weight.requires_grad:
+        if self.weight is not None and self.weight.requires_grad:
             if self.rows is not None:
                 g = self.rows.T @ e
             else:  # sum_i e_i sum_p delta_ip u_ip^T as one (out, m P) x (m P, in) product
                 if self.Df is None or self.Uf is None:
                     self.Df, self.Uf = self._position_rows()
                 g = (self.Df * e.repeat_interleave(self.P)[:, None]).T @ self.Uf
-            out[id(mod.weight)] = self._as_weight(g)
+            if self.sn is not None:
+                u, v, sigma, c = self.sn
+                g = (g.reshape(u.shape[0], -1) - (e @ c) * torch.outer(u, v)) / sigma
+            out[id(self.weight)] = self._as_weight(g)
         if mod.bias is not None and mod.bias.requires_grad:
             out[id(mod.bias)] = e @ self.dsum
         return out

@@ -36,8 +36,8 @@ class ScoreLinearisedDiscriminator(LinearisedTrustRegion):
     Args:
         module: the discriminator network mapping (n, ...) to logits (n,) or (n, 1). It must
             score samples independently: batch norm only in eval mode (checked before every
-            step). Spectral norm, weight norm and other reparametrisations are served by
-            ``per_sample="func"`` (what ``"auto"`` picks for them).
+            step). Spectral norm is served by the hooks route; weight norm and other
+            reparametrisations by ``per_sample="func"`` (what ``"auto"`` picks for them).
         C, delta, radius, max_retries, on_failure: see
             :class:`~gameopt.dual.trust_region.LinearisedTrustRegion`.
         solver: "torch" | "ipopt" | solver instance; ``solver_options`` go to its constructor.
