@@ -328,7 +328,7 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
         ps = self.parameters()
         if not ps:
             return torch.zeros((), dtype=torch.float64)
-        return sum((p.detach().double() ** 2).sum() for p in ps)  # type: ignore[return-value]
+        return torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in ps]).square().sum()
 
     def _loss_from_scores(self, f_real: Tensor, f_fake: Tensor, sq_norm: Tensor) -> Tensor:
         n = f_real.shape[0]
