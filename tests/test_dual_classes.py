@@ -87,3 +87,20 @@ def test_package_exports():
     from gameopt.dual_discriminator import DualSolverWarning  # the former module still re-exports
 
     assert DualSolverWarning is dual.DualSolverWarning is gameopt.DualSolverWarning
+
+
+@pytest.mark.parametrize("model", ["linear", "cost", "score"])
+def test_pickle_and_deepcopy_step_like_the_original(model):
+    import copy
+    import pickle
+
+    module = RBFFeatures(torch.randn(4, 2, dtype=torch.float64)) if model == "linear" else mlp(5)
+    d = TrustRegionDualDiscriminator(module, model=model, C=1e-3, delta=1e-2)
+    d.step(*batch())
+    if model == "score":
+        d.kernel(torch.cat(batch()), keep_jacobian=True)  # scratch state is not part of a copy
+    copies = [pickle.loads(pickle.dumps(d)), copy.deepcopy(d)]
+    stats = [c.step(*batch(seed=2)) for c in [d] + copies]
+    assert all(s.rho == stats[0].rho or (math.isnan(s.rho) and math.isnan(stats[0].rho)) for s in stats)
+    flat = [torch.cat([p.detach().reshape(-1) for p in c.parameters()]) for c in [d] + copies]
+    assert all(torch.equal(f, flat[0]) for f in flat)

@@ -210,6 +210,32 @@ class KernelNotPSD(ValueError):
     """K has an eigenvalue below zero beyond rounding: the per-sample gradients are broken."""
 
 
+class _Workspace:
+    """Large scratch tensors kept from one kernel build to the next.
+
+    Allocating the tens of MB that materialised gradients and input patches take costs,
+    on the CPU, about as much as computing them: every page is faulted in afresh (the
+    C allocator returns such blocks to the system on free). Reusing them halves the
+    batched product that materialises the gradients of a DCGAN-like layer. A tensor
+    handed out stays valid until the next build.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, Tensor] = {}
+
+    def get(self, key: tuple, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        n = 1
+        for size in shape:
+            n *= size
+        buf = self._store.get(key)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._store[key] = torch.empty(n, dtype=like.dtype, device=like.device)
+        return buf[:n].view(shape)
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
 class _ReusedLayer(Exception):
     """A hooked layer ran more than once in one forward pass (weight sharing)."""
 
@@ -224,6 +250,12 @@ class PerSampleKernel:
         budget_bytes: most bytes of per-sample gradients held at once; a single larger
             parameter (func) or layer (hooks) is split or forms its own group.
 
+    The hooks route keeps its large scratch tensors (materialised gradients and input
+    patches, at most about ``budget_bytes`` plus the patches) from one build to the next,
+    since allocating them afresh costs as much as filling them on the CPU;
+    :meth:`release_workspace` frees them. A :class:`ScoreKernel`'s ``jt_eta`` is valid
+    until the next build.
+
     Raises:
         ValueError: unknown ``method``.
         GameInputError: ``method="hooks"`` for a module it cannot serve (names the layer).
@@ -237,6 +269,7 @@ class PerSampleKernel:
         self.module = module
         self.method = method
         self.budget_bytes = int(budget_bytes)
+        self._workspace = _Workspace()
         if method == "hooks":
             self._require_hooks()
 
@@ -253,6 +286,15 @@ class PerSampleKernel:
         check_per_sample_module(self.module)
         if self.method == "hooks":
             self._require_hooks()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_workspace"] = _Workspace()  # scratch memory: not part of a copy
+        return state
+
+    def release_workspace(self) -> None:
+        """Free the scratch memory the hooks route keeps between builds (it is allocated again when needed)."""
+        self._workspace.clear()
 
     def _require_hooks(self) -> None:
         reason = _hooks_unsupported(self.module)
@@ -388,7 +430,7 @@ class PerSampleKernel:
                 if delta is None:
                     continue
                 a, z, delta = _exact(a), _exact(z.detach()), _exact(delta)
-                lf = _LayerFactors(mod, weight, a, delta, m)
+                lf = _LayerFactors(mod, weight, a, delta, m, self._workspace)
                 b = mod.bias
                 bias_part = lf.dsum @ _exact(b.detach()) if b is not None else 0.0
                 if weight is not None and weight.requires_grad:
@@ -430,8 +472,10 @@ class _LayerFactors:
     patch (in,) at position p (the unfolded input of a convolution).
     """
 
-    def __init__(self, mod: nn.Module, weight: Tensor | None, a: Tensor, delta: Tensor, m: int) -> None:
+    def __init__(self, mod: nn.Module, weight: Tensor | None, a: Tensor, delta: Tensor, m: int,
+                 workspace: _Workspace | None = None) -> None:
         self.mod, self.weight, self.a, self.m = mod, weight, a, m
+        self.workspace = workspace if workspace is not None else _Workspace()
         self.sn: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # (u, v in patch order, sigma, J_W W)
         if isinstance(mod, nn.Linear):  # positions: every leading dim after the batch
             self.Dt = delta.reshape(m, -1, delta.shape[-1]).transpose(1, 2)
@@ -459,14 +503,16 @@ class _LayerFactors:
             return a.reshape(m * self.P, self.in_f)
         (ph, pw), (sh, sw), (dh, dw), (kh, kw) = mod.padding, mod.stride, mod.dilation, mod.kernel_size
         _, c, h, w = a.shape
-        xp = a.new_empty(m, h + 2 * ph, w + 2 * pw, c)
+        xp = self.workspace.get(("padded",), (m, h + 2 * ph, w + 2 * pw, c), a)
         for border in (xp[:, :ph], xp[:, ph + h:], xp[:, :, :pw], xp[:, :, pw + w:]):
             border.zero_()
         xp[:, ph:ph + h, pw:pw + w] = a.permute(0, 2, 3, 1)
         st = xp.stride()
         oh, ow = self.out_hw
         patches = xp.as_strided((m, oh, ow, kh, kw, c), (st[0], st[1] * sh, st[2] * sw, st[1] * dh, st[2] * dw, st[3]))
-        return patches.reshape(m * self.P, self.in_f)
+        rows = self.workspace.get((id(self.mod), "patches"), (m, oh, ow, kh, kw, c), a)
+        rows.copy_(patches)
+        return rows.view(m * self.P, self.in_f)
 
     def _as_weight(self, g: Tensor) -> Tensor:
         """A weight gradient (out, in) in the order of :meth:`_patch_rows`, in the weight's layout."""
@@ -538,7 +584,9 @@ class _LayerFactors:
         chunk = max(1, min(out_f, budget_bytes // max(row_bytes, 1)))
         K = torch.zeros(m, m, dtype=torch.float64, device=self.Dt.device)
         for o0 in range(0, out_f, chunk):
-            rows = torch.bmm(self.Dt[:, o0:o0 + chunk], U).reshape(m, -1)
+            rows = self.workspace.get((id(self.mod), "rows"), (m, min(chunk, out_f - o0), in_f), U)
+            torch.bmm(self.Dt[:, o0:o0 + chunk], U, out=rows)
+            rows = rows.view(m, -1)
             K += sym_gram(rows).double()
             if chunk == out_f and rows.numel() * rows.element_size() <= keep_bytes:
                 self.rows = rows  # J^T eta for this weight is then one matrix-vector product

@@ -74,6 +74,11 @@ class ScoreLinearisedDiscriminator(LinearisedTrustRegion):
         self.solver = _solvers.get_solver(solver, **(solver_options or {}))
         self._last_kernel: ScoreKernel | None = None
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_last_kernel"] = None  # scratch of the last kernel() call: not part of a copy
+        return state
+
     @property
     def per_sample(self) -> str:
         """How per-sample score gradients are computed ("auto" | "hooks" | "func")."""
