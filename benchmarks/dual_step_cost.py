@@ -81,7 +81,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--budget-mib", type=int, default=512, help="jacobian_budget_bytes in MiB")
     ap.add_argument("--profile-steps", type=int, default=3, help="profiled score steps for the phase breakdown")
+    ap.add_argument("--replot", action="store_true", help="only redraw step_cost.png from --out/results.json")
     args = ap.parse_args()
+    if args.replot:
+        with open(os.path.join(args.out, "results.json")) as fh:
+            plot(json.load(fh), os.path.join(args.out, "step_cost.png"))
+        return
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     dev = args.device
@@ -141,23 +146,29 @@ def main() -> None:
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(res, fh, indent=1)
 
+    plot(res, os.path.join(args.out, "step_cost.png"))
+
+
+def plot(res: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    med, phases = res["median_ms"], res["score_phases_ms_per_step"]
     fig, ax = plt.subplots(figsize=(7, 4))
     names = list(med)
-    ax.bar(names, [med[k] for k in names], color=["tab:gray", "tab:blue", "tab:orange"])
+    ax.bar(names, [med[k] for k in names], color=["0.55", "0.25", "0.4"])
     bottom = 0.0
     for (phase, ms), color in zip(phases.items(), plt.cm.tab10.colors):
         ax.bar(["score phases\n(profiled)"], [ms], bottom=[bottom], color=color, label=phase)
         bottom += ms
     ax.set_ylabel("ms per discriminator step (median)")
-    ax.set_title(f"DCGAN-no-BN D, batch {args.batch}+{args.batch}, {dev}: score/Adam = {res['score_over_adam']:.2f}x")
+    ax.set_title(f"DCGAN-no-BN D, batch {res['batch']}+{res['batch']}, {res['device']}: "
+                 f"score/Adam = {res['score_over_adam']:.2f}x")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "step_cost.png"), dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
