@@ -41,7 +41,15 @@ from torch.profiler import record_function
 
 from ..errors import GameInputError
 
-__all__ = ["PER_SAMPLE_METHODS", "PerSampleKernel", "ScoreKernel", "KernelNotPSD", "check_per_sample_module", "psd_kernel", "sym_gram"]
+__all__ = [
+    "PER_SAMPLE_METHODS",
+    "KernelNotPSD",
+    "PerSampleKernel",
+    "ScoreKernel",
+    "check_per_sample_module",
+    "psd_kernel",
+    "sym_gram",
+]
 
 PER_SAMPLE_METHODS = ("auto", "func", "hooks")
 
