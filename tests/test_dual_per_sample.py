@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gameopt.dual import PerSampleKernel, per_sample
+from gameopt.dual import PerSampleKernel, layer_gradients, per_sample
 
 torch.set_num_threads(1)
 
@@ -47,7 +47,7 @@ NETS = {
 @pytest.mark.parametrize("name", list(NETS))
 def test_hooks_routes_match_explicit_jacobian(name, route, monkeypatch):
     if route != "auto":  # force one route for every layer through the cost model's overhead
-        monkeypatch.setattr(per_sample, "_MATERIALISE_OVERHEAD", 10**9 if route == "positions" else -10**9)
+        monkeypatch.setattr(layer_gradients, "_MATERIALISE_OVERHEAD", 10**9 if route == "positions" else -10**9)
     make, shape = NETS[name]
     torch.manual_seed(0)
     net = make().double()
