@@ -9,7 +9,15 @@ from .alternating import AlternatingOptimizer
 from .competitive import CompetitiveOptimizer, CompetitiveStats
 from .consensus import ConsensusOptimizer, ConsensusStats, SimultaneousOptimizer
 from .diagnostics import GameField, SpectrumSummary, max_stable_step, summarize_spectrum
-from .dual_discriminator import RBFFeatures, TrustRegionDualDiscriminator
+from .dual import (
+    CostLinearisedDiscriminator,
+    DualSolverError,
+    DualSolverWarning,
+    LinearDualDiscriminator,
+    RBFFeatures,
+    ScoreLinearisedDiscriminator,
+    TrustRegionDualDiscriminator,
+)
 from .errors import GameInputError
 from .frameworks import backward
 from .game_optimizer import GameOptimizer
@@ -25,14 +33,19 @@ __all__ = [
     "CompetitiveStats",
     "ConsensusOptimizer",
     "ConsensusStats",
+    "CostLinearisedDiscriminator",
     "DISCRIMINATOR",
+    "DualSolverError",
+    "DualSolverWarning",
     "GENERATOR",
     "GameField",
     "GameInputError",
     "GameOptimizer",
+    "LinearDualDiscriminator",
     "Monitor",
     "PrimalDualRegularizer",
     "RBFFeatures",
+    "ScoreLinearisedDiscriminator",
     "SimultaneousOptimizer",
     "SpectrumSummary",
     "TrustRegionDualDiscriminator",
