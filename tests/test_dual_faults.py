@@ -285,3 +285,30 @@ def test_checkpoint_resumes_bit_for_bit():
 
     (a, da), (b, db) = run(False), run(True)
     assert torch.equal(a, b) and da == db
+
+
+@pytest.mark.parametrize("model", ["linear", "score"])
+def test_a_failed_solve_warns_once_with_the_discriminators_warning(model):
+    """The solvers' own SolverConvergenceWarning is for direct calls; inside a dual
+    discriminator the failure is reported once, as DualSolverWarning with stats flagged."""
+    import warnings
+
+    from gameopt.dual import DualSolverWarning
+    from gameopt.solvers import SolverConvergenceWarning, TorchNewtonSolver
+
+    torch.manual_seed(0)
+    solver = TorchNewtonSolver(max_iter=1, dtype=torch.float64)
+    if model == "linear":
+        d = gameopt.TrustRegionDualDiscriminator(
+            gameopt.RBFFeatures(torch.randn(8, 2, dtype=torch.float64)), model="linear", C=1e-3, solver=solver)
+    else:
+        net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+        d = gameopt.TrustRegionDualDiscriminator(net, model="score", delta=1e-1, solver=solver)
+    real, fake = torch.randn(6, 2, dtype=torch.float64) + 2, torch.randn(6, 2, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        st = d.step(real, fake)
+    kinds = [w.category for w in seen]
+    assert st.solver_failed
+    assert DualSolverWarning in kinds
+    assert SolverConvergenceWarning not in kinds

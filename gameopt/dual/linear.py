@@ -100,7 +100,8 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
         n = phi_r.shape[0]
         if resolve or self._cached_duals is None or self._cached_duals[0].shape[-1] != n:
             with torch.no_grad():
-                res = _solvers.solve_linear_dual(phi_r.detach(), phi_f.detach(), self.C, solver=self.solver)
+                res = _solvers.solve_linear_dual(phi_r.detach(), phi_f.detach(), self.C, solver=self.solver,
+                                                    on_failure="ignore")
             self._cached_duals = (res.lam, res.mu)
         lam, mu = (t.to(phi_f) for t in self._cached_duals)
         moment = lam @ phi_r - mu @ phi_f
@@ -120,7 +121,8 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
                 raise StepFailed("the feature map produced NaN or inf features from finite real and fake batches "
                                  "(the discriminator's features, not the generator, are at fault)")
             f0 = float(self._loss_from_scores(phi_r @ w, phi_f @ w, self._sq_norm()))
-            res = _solvers.solve_linear_dual(phi_r, phi_f, self.C, solver=self.solver)
+            res = _solvers.solve_linear_dual(phi_r, phi_f, self.C, solver=self.solver,
+                                                    on_failure="ignore")
             stats.accepted, stats.rho, stats.loss_before = True, 1.0, f0
             stats.loss_after, stats.predicted_decrease = float(res.primal_value), f0 - float(res.primal_value)
             stats.step_norm, stats.gap = float((res.w.to(w) - w).norm()), float(res.gap)

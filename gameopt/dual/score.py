@@ -128,7 +128,8 @@ class ScoreLinearisedDiscriminator(LinearisedTrustRegion):
     def _solve(self, local: _Local, delta: float, stats: DualStepStats) -> Proposal | None:
         k = local.kernel
         with record_function("gameopt.dual.solve"):
-            res = _solvers.solve_trust_region_dual(k.K, k.Jw, k.scores, local.W, self.C, delta, solver=self.solver)
+            res = _solvers.solve_trust_region_dual(k.K, k.Jw, k.scores, local.W, self.C, delta,
+                                                    solver=self.solver, on_failure="ignore")
         stats.gap, stats.dual_value, stats.nu = float(res.gap), float(res.dual_value), float(res.nu)
         stats.iterations, stats.lam, stats.mu = int(res.iterations), res.lam, res.mu
         stats.solver_status = None if res.status is None else res.status[0]
