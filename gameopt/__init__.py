@@ -10,10 +10,14 @@ from .consensus import ConsensusOptimizer, ConsensusStats, SimultaneousOptimizer
 from .diagnostics import GameField, SpectrumSummary, max_stable_step, summarize_spectrum
 from .dual_discriminator import RBFFeatures, TrustRegionDualDiscriminator
 from .errors import GameInputError
+from .extragradient import ExtragradientOptimizer
 from .game_optimizer import GameOptimizer
+from .lookahead import LookaheadMinmax
 from .monitor import Monitor
+from .optimistic import OptimisticOptimizer
 from .players import DISCRIMINATOR, GENERATOR
 from .primal_dual import PrimalDualRegularizer, get_divergence
+from .sga import SGAOptimizer, SGAStats
 
 __version__ = "0.1.0"
 
@@ -22,13 +26,18 @@ __all__ = [
     "ConsensusOptimizer",
     "ConsensusStats",
     "DISCRIMINATOR",
+    "ExtragradientOptimizer",
     "GENERATOR",
     "GameField",
     "GameInputError",
     "GameOptimizer",
+    "LookaheadMinmax",
     "Monitor",
+    "OptimisticOptimizer",
     "PrimalDualRegularizer",
     "RBFFeatures",
+    "SGAOptimizer",
+    "SGAStats",
     "SimultaneousOptimizer",
     "SpectrumSummary",
     "TrustRegionDualDiscriminator",

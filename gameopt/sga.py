@@ -1,0 +1,254 @@
+"""Symplectic gradient adjustment (Balduzzi, Racaniere, Martens, Foerster, Tuyls & Graepel,
+"The Mechanics of n-Player Differentiable Games", ICML 2018; Letcher et al., JMLR 2019).
+
+The adjusted field is ``xi + lam * A^T xi``, where xi = v is the game's gradient field, J its
+Jacobian and ``A = (J - J^T) / 2`` the antisymmetric (rotational) part of J. ``A^T xi =
+(J^T xi - J xi) / 2`` needs one vector-Jacobian product (``J^T xi``, what consensus computes)
+and one Jacobian-vector product (``J xi``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from .distributed import all_reduce_mean
+from .errors import GameInputError
+from .field import Closure, FieldOptimizer, Losses
+from .gradients import explain_double_backward, find_once_differentiable
+from .players import ParamsLike, game_players
+
+
+class SGAStats:
+    """Statistics of the last :meth:`SGAOptimizer.backward`, as tensors (reading them syncs).
+
+    ``grad_sq_norm[player]`` is ``||xi_player||^2``; ``adjustment_norm`` is ``||A^T xi||``
+    (before multiplying by lam); ``sign`` is the alignment's sign of lam (1.0 when
+    ``align=False``).
+    """
+
+    def __init__(self, players: tuple[str, ...], sq: list[torch.Tensor], adj_norm: torch.Tensor,
+                 sign: torch.Tensor) -> None:
+        self.grad_sq_norm = dict(zip(players, sq))
+        self.adjustment_norm = adj_norm
+        self.sign = sign
+
+
+class SGAOptimizer(FieldOptimizer):
+    """Symplectic gradient adjustment over any torch optimiser, for any number of players.
+
+    Usage (each player minimises its own loss; zero-sum: ``disc_loss = -gen_loss``)::
+
+        opt = SGAOptimizer(torch.optim.Adam, G.parameters(), D.parameters(), lam=1.0, lr=2e-4)
+        opt.zero_grad()
+        opt.backward(gen_loss, disc_loss)   # p.grad += xi + sign * lam * A^T xi
+        opt.step()
+
+    or ``opt.step(closure)``. Do not detach the generated samples in the discriminator's loss
+    (the adjustment needs how D's gradient depends on G; gameopt differentiates each loss only
+    for its own player).
+
+    Alignment (``align=True``, Balduzzi et al. 2018, Algorithm 1 and the authors' reference
+    code): with ``H = 1/2 ||xi||^2``, ``grad H = J^T xi`` and d the number of parameters, the
+    sign of lam is ``sign(<xi, grad H> <A^T xi, grad H> / d + align_eps)`` with ``align_eps =
+    0.1``: lam is made negative only when the adjustment points against the descent direction
+    of H while xi points along it (near a potential game's saddle), so SGA is attracted to
+    stable fixed points and repelled from unstable ones. The sign is a device tensor: no host
+    sync. ``align=False`` keeps lam's sign.
+
+    Computation: xi with its graph (one backward pass with ``create_graph``); with
+    ``w = xi.detach()`` as a leaf, ``h = autograd.grad(xi, params, grad_outputs=w,
+    create_graph=True) = J^T xi``, then ``J xi = autograd.grad(h, w, grad_outputs=xi)`` (the
+    double-backward trick: h is linear in w with coefficient J^T). Cost: about one consensus
+    step plus one more backward pass over the second-order graph.
+
+    Bilinear game (``l_G = x^T A y``, ``l_D = -l_G``, SGD with step eta, per singular value
+    sigma): J is antisymmetric, so the antisymmetric part is J itself and ``A^T xi = J^T xi``;
+    the step is ``z <- (I - eta (J + lam J^T J)) z`` (consensus with gamma = lam) and contracts
+    each singular direction by ``sqrt((1 - eta lam sigma^2)^2 + eta^2 sigma^2)``. Alignment keeps
+    lam > 0 there: ``<xi, J^T xi> = 0`` for an antisymmetric J, so the sign is ``sign(eps) = +1``.
+
+    Args:
+        base_optimizer: a ``torch.optim.Optimizer`` subclass; ``base_kwargs`` go to it.
+        gen_params, disc_params: the players' parameters (tensors or param-group dicts; a group
+            may set its own ``"lam"``).
+        lam: adjustment weight (finite, >= 0), the default of every group's ``"lam"``; 0 gives
+            the plain simultaneous step.
+        align: apply the alignment rule to lam's sign.
+        align_eps: the alignment's threshold epsilon (paper: 0.1), finite and >= 0.
+        players: ``{name: params}`` for any number of players.
+        distributed: average xi, ``J^T xi`` and ``J xi`` over the ranks (two all-reduces);
+            equals one process on the full batch.
+        nonfinite: ``"skip"`` (default), ``"raise"`` or ``"ignore"`` (see :class:`GameOptimizer`).
+
+    Raises:
+        GameInputError: a negative, infinite or non-number lam / align_eps; bad players or losses.
+        RuntimeError: an operation in the losses without double-backward support (with the fix).
+    """
+
+    def __init__(
+        self,
+        base_optimizer: type[Optimizer],
+        gen_params: ParamsLike | None = None,
+        disc_params: ParamsLike | None = None,
+        lam: float = 1.0,
+        align: bool = True,
+        *,
+        align_eps: float = 0.1,
+        players: Mapping[str, ParamsLike] | None = None,
+        distributed: bool = False,
+        process_group: Any = None,
+        nonfinite: str = "skip",
+        **base_kwargs: Any,
+    ) -> None:
+        players = game_players(gen_params, disc_params, players)
+        _check_nonneg(lam, "lam")
+        _check_nonneg(align_eps, "align_eps")
+        self._group_options = {"lam": float(lam)}
+        super().__init__(base_optimizer, players, nonfinite=nonfinite, distributed=distributed,
+                         process_group=process_group, **base_kwargs)
+        for group in self.param_groups:
+            _check_nonneg(group["lam"], f"lam of a '{group['player']}' param group")
+        self.align = bool(align)
+        self.align_eps = float(align_eps)
+        #: Statistics of the last backward (None before the first).
+        self.stats: SGAStats | None = None
+        self._graph_checked = False
+
+    def backward(self, *losses: torch.Tensor, scaler: Any = None) -> SGAStats:
+        """Accumulate ``xi + sign * lam * A^T xi`` into ``p.grad``; one loss per player.
+
+        ``scaler``: the ``torch.amp.GradScaler`` whose ``scale()`` the losses went through. The
+        second-order terms are seeded with the unscaled xi, so ``p.grad`` is consistently
+        scaled by s, and the alignment is computed on unscaled quantities.
+        """
+        checked = self._check_losses(losses)
+        scale = _scaler_scale(scaler)
+        for group in self.param_groups:
+            _check_nonneg(group["lam"], f"lam of a '{group['player']}' param group")
+        params, grads, v = self._field(checked, create_graph=True)
+        unscaled = [None if t is None else t / scale for t in v] if scale != 1.0 else v
+        keep = [i for i, t in enumerate(grads) if t is not None and t.requires_grad]
+        zeros = [torch.zeros_like(p) for p in params]
+        jt_xi: list[torch.Tensor] = list(zeros)
+        j_xi: list[torch.Tensor] = list(zeros)
+        if keep:
+            outs = [grads[i] for i in keep]
+            if not self._graph_checked:
+                culprit = find_once_differentiable(outs)
+                if culprit is not None:
+                    raise RuntimeError(
+                        f"SGA differentiates the gradients again, but a function marked "
+                        f"@once_differentiable ({culprit}) would silently drop its second derivatives"
+                    )
+            w = [unscaled[i].detach().clone().requires_grad_(True) for i in keep]
+            with torch.enable_grad(), explain_double_backward(True):
+                h = torch.autograd.grad(outs, params, grad_outputs=w, create_graph=True, allow_unused=True)
+                pairs = [(t, unscaled[j]) for j, t in enumerate(h)
+                         if t is not None and t.requires_grad and unscaled[j] is not None]
+                jw = torch.autograd.grad([t for t, _ in pairs], w, grad_outputs=[u for _, u in pairs],
+                                         allow_unused=True) if pairs else [None] * len(w)
+            jt_xi = [z if t is None else t.detach() for z, t in zip(zeros, h)]
+            for i, t in zip(keep, jw):
+                if t is not None:
+                    j_xi[i] = t
+            self._graph_checked = True
+        if self.distributed:
+            both = all_reduce_mean(jt_xi + j_xi, self.process_group)
+            jt_xi, j_xi = both[: len(params)], both[len(params):]
+        at_xi = [(a - b) * 0.5 for a, b in zip(jt_xi, j_xi)]   # A^T xi, scaled like xi
+        vz = [z if t is None else t for z, t in zip(zeros, v)]
+        sign = self._alignment(vz, jt_xi, at_xi, scale)
+        with torch.no_grad():
+            sq = torch.stack([t.float().square().sum() for t in vz]) / (scale * scale)
+            bounds = [len(self.player_params(p)) for p in self.players]
+            per_player, start = [], 0
+            for n in bounds:
+                per_player.append(sq[start: start + n].sum())
+                start += n
+            adj_norm = torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(t.float()) for t in at_xi])) / scale
+        self.stats = SGAStats(self.players, per_player, adj_norm, sign)
+        index = {id(p): i for i, p in enumerate(params)}
+        finals: list[torch.Tensor | None] = list(v)
+        for group in self.param_groups:
+            lam = float(group["lam"])
+            if lam == 0:
+                continue
+            for p in group["params"]:
+                i = index[id(p)]
+                adj = at_xi[i] * sign.to(at_xi[i].dtype) * lam
+                finals[i] = adj if finals[i] is None else finals[i] + adj
+        self._accumulate(params, finals)
+        return self.stats
+
+    def _alignment(self, xi: list[torch.Tensor], jt_xi: list[torch.Tensor], at_xi: list[torch.Tensor],
+                   scale: float) -> torch.Tensor:
+        """The sign of lam (a 0-dim tensor): +1, or the alignment rule's sign when ``align``."""
+        device = xi[0].device
+        if not self.align:
+            return torch.ones((), device=device)
+        dot_xi = sum(((a.double() * b.double()).sum() for a, b in zip(xi, jt_xi)), torch.zeros((), device=device, dtype=torch.float64))
+        dot_adj = sum(((a.double() * b.double()).sum() for a, b in zip(at_xi, jt_xi)), torch.zeros((), device=device, dtype=torch.float64))
+        d = sum(t.numel() for t in xi)
+        # every factor carries the loss scale s: xi s, J^T xi s, A^T xi s
+        value = dot_xi * dot_adj / (d * scale**4) + self.align_eps
+        return torch.where(value >= 0, 1.0, -1.0).to(torch.float32)
+
+    def step(self, closure: Closure | None = None) -> Losses | None:  # type: ignore[override]
+        """Apply ``p.grad`` with the base optimiser (after recomputing it from ``closure``, if given).
+
+        A closure returning None means the gradients are already in ``p.grad``.
+        """
+        losses = None
+        if closure is not None:
+            with torch.enable_grad():
+                losses = closure()
+            if losses is not None:
+                checked = self._check_losses(losses)
+                self.zero_grad(set_to_none=True)
+                self.backward(*checked)
+        self._step_base()
+        return losses
+
+    def monitor_stats(self) -> dict[str, Any]:
+        """``||xi_player||^2``, ``||A^T xi||``, the alignment sign, lrs and skipped steps (tensors)."""
+        out = super().monitor_stats()
+        if self.stats is not None:
+            for player, value in self.stats.grad_sq_norm.items():
+                out[f"grad_sq_norm/{player}"] = value
+            out["adjustment_norm"] = self.stats.adjustment_norm
+            out["align_sign"] = self.stats.sign
+        return out
+
+    def _extra_state(self) -> dict[str, Any]:
+        extra = super()._extra_state()
+        extra.update(align=self.align, align_eps=self.align_eps)
+        return extra
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        super()._load_extra_state(extra)
+        self.align = bool(extra.get("align", self.align))
+        self.align_eps = float(extra.get("align_eps", self.align_eps))
+
+
+def _check_nonneg(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise GameInputError(f"{what} must be a finite number >= 0, got {value!r}")
+
+
+def _scaler_scale(scaler: Any) -> float:
+    if scaler is None:
+        return 1.0
+    if not (hasattr(scaler, "get_scale") and hasattr(scaler, "unscale_")):
+        raise GameInputError(
+            f"scaler must be the torch.amp.GradScaler that scaled the losses, got {type(scaler).__name__}"
+        )
+    scale = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
+    if not (math.isfinite(scale) and scale > 0):
+        raise GameInputError(f"the GradScaler's scale must be finite and > 0, got {scale}")
+    return scale
