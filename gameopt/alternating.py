@@ -7,6 +7,7 @@ every update needs fresh losses, i.e. a closure.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,11 +16,19 @@ from torch.optim import Optimizer
 
 from .distributed import all_reduce_mean
 from .errors import GameInputError
-from .game_optimizer import GameOptimizer
+from .game_optimizer import GameOptimizer, SharedState, shared
 from .gradients import check_loss
 from .players import GENERATOR, ParamsLike, game_players
 
 Losses = Sequence[torch.Tensor]
+
+
+@dataclasses.dataclass
+class AlternatingState(SharedState):
+    """:class:`SharedState` plus the alternating order and the discriminator repeats."""
+
+    order: list[str] = dataclasses.field(default_factory=list)
+    disc_steps: int = 1
 
 
 class AlternatingOptimizer(GameOptimizer):
@@ -30,11 +39,20 @@ class AlternatingOptimizer(GameOptimizer):
     generator) the closure is evaluated afresh, that player's gradient of its own
     loss is computed and only that player is stepped. ``disc_steps`` repeats the
     discriminator's update (k discriminator steps per generator step).
-    After the step each player's ``p.grad`` holds the gradient it stepped on.
+    After the step each player's ``p.grad`` holds the gradient it last stepped on: a
+    player step that the ``nonfinite`` policy skips (or raises on) puts back the
+    ``p.grad`` it found, so no NaN is left behind. Step post-hooks run once per
+    ``step`` in which some player moved; ``last_step_skipped`` says whether any
+    player's step was skipped. The closure must return the losses: a closure that
+    returns None (gradients already in ``p.grad``) cannot drive alternating steps.
     ``distributed=True`` (torch.distributed, plain or DDP-wrapped modules) averages
     each player's gradient over the ranks of ``process_group`` before its step (one
     all-reduce per player step), which equals one process on the full batch.
     """
+
+    _shared_type = AlternatingState
+    order = shared("The players in update order (default: discriminator(s) first, generator last).")
+    disc_steps = shared("Updates of each non-generator player per generator update.")
 
     def __init__(
         self,
@@ -55,6 +73,7 @@ class AlternatingOptimizer(GameOptimizer):
             raise GameInputError(f"disc_steps must be an integer >= 1, got {disc_steps!r}")
         super().__init__(base_optimizer, players, nonfinite=nonfinite, distributed=distributed,
                          process_group=process_group, **base_kwargs)
+        self.disc_steps = disc_steps
         if order is None:
             order = [p for p in self.players if p != GENERATOR] + (
                 [GENERATOR] if GENERATOR in self.players else []
@@ -65,8 +84,7 @@ class AlternatingOptimizer(GameOptimizer):
                 f"order must list every player exactly once, got {order} for players "
                 f"{list(self.players)}"
             )
-        self.order: list[str] = order
-        self.disc_steps = disc_steps
+        self.order = order
 
     def backward(self, *losses: torch.Tensor) -> None:
         """Not available: alternating steps need losses re-evaluated between players."""
@@ -78,7 +96,15 @@ class AlternatingOptimizer(GameOptimizer):
     def _player_step(self, player: str, closure: Callable[[], Losses]) -> Losses:
         with torch.enable_grad():
             losses = closure()
-        if isinstance(losses, torch.Tensor) or len(losses) != len(self.players):
+        if losses is None:
+            raise GameInputError(
+                "AlternatingOptimizer.step(closure): the closure returned None, but alternating "
+                "steps re-evaluate the losses after each player's update, so the closure must "
+                "return them, e.g. (gen_loss, disc_loss). A closure that only calls backward "
+                "(like PyTorch Lightning's default one) cannot drive AltGA: pass your own, "
+                "e.g. opt.step(closure=lambda: compute_losses(batch))"
+            )
+        if isinstance(losses, torch.Tensor) or not isinstance(losses, Sequence) or len(losses) != len(self.players):
             raise GameInputError(
                 f"the closure must return one loss per player ({list(self.players)})"
             )
@@ -94,37 +120,37 @@ class AlternatingOptimizer(GameOptimizer):
         if self.distributed:  # the ranks' mean: the full-batch gradient; a NaN anywhere reaches every rank
             grads = tuple(all_reduce_mean([torch.zeros_like(p) if g is None else g for p, g in zip(own, grads)],
                                           self.process_group))
-        norms = torch._foreach_norm([g for g in grads if g is not None])
-        finite = torch.isfinite(torch.stack(norms).float()).all()
-        self._finite = finite
-        self._stepping = player
         others = [p for g in self.param_groups if g["player"] != player for p in g["params"]]
         stashed = [p.grad for p in others]
+        previous = [p.grad for p in own]
         for p in others:
             p.grad = None
         for p, g in zip(own, grads):
             p.grad = g
+        stepped = False
         try:
-            if not self._should_skip():
-                self.base_optimizer.step()
-            else:
-                self.last_step_skipped = True
+            stepped = self._apply_base_step((player,))
         finally:
             for p, g in zip(others, stashed):
                 p.grad = g
+            if not stepped:  # skipped or raised: leave no NaN gradient behind
+                for p, g in zip(own, previous):
+                    p.grad = g
         return losses
 
-    def _finite_per_player(self) -> list[bool]:
-        return [p != getattr(self, "_stepping", None) for p in self.players]
-
     def step(self, closure: Callable[[], Losses] | None = None) -> Losses:  # type: ignore[override]
-        """One round of alternating updates; returns the losses of the last evaluation."""
+        """One round of alternating updates; returns the losses of the last evaluation.
+
+        Raises:
+            RuntimeError: no closure.
+            GameInputError: the closure returned None or not one loss per player.
+            FloatingPointError: with ``nonfinite="raise"``, on a NaN/Inf.
+        """
         if closure is None:
             raise RuntimeError(
                 "AlternatingOptimizer.step needs a closure returning (gen_loss, disc_loss): "
                 "each player's update uses losses evaluated after the previous update"
             )
-        self.last_step_skipped = False
         losses: Losses = ()
         for player in self.order:
             repeats = self.disc_steps if player != GENERATOR else 1
@@ -137,7 +163,16 @@ class AlternatingOptimizer(GameOptimizer):
         extra.update(order=list(self.order), disc_steps=self.disc_steps)
         return extra
 
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
-        super()._load_extra_state(extra)
-        self.order = list(extra.get("order", self.order))
-        self.disc_steps = int(extra.get("disc_steps", self.disc_steps))
+    def _check_extra_state(self, extra: dict[str, Any]) -> dict[str, Any]:
+        settings = super()._check_extra_state(extra)
+        order = extra.get("order", self.order)
+        if not isinstance(order, (list, tuple)) or sorted(map(str, order)) != sorted(self.players) \
+                or not all(isinstance(p, str) for p in order):
+            raise GameInputError(
+                f"the checkpoint's 'order' must list every player ({list(self.players)}) once, got {order!r}"
+            )
+        disc_steps = extra.get("disc_steps", self.disc_steps)
+        if not isinstance(disc_steps, int) or isinstance(disc_steps, bool) or disc_steps < 1:
+            raise GameInputError(f"the checkpoint's 'disc_steps' must be an integer >= 1, got {disc_steps!r}")
+        settings.update(order=list(order), disc_steps=disc_steps)
+        return settings

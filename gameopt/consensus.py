@@ -8,6 +8,7 @@ the graph of the first backward pass; nothing is recomputed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -18,17 +19,19 @@ from torch.optim import Optimizer
 
 from .errors import GameInputError
 from .distributed import all_reduce_mean
-from .game_optimizer import GameOptimizer
+from .game_optimizer import GameOptimizer, SharedState, shared, transient
 from .gradients import (
     check_loss,
     explain_double_backward,
     find_once_differentiable,
+    grad_scaler_factor,
     player_gradients,
     reaches_any,
 )
 from .players import DISCRIMINATOR, GENERATOR, ParamsLike, game_players
 
 Losses = Sequence[torch.Tensor]
+_ACCUMULATE_IN_FLOAT32 = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class ConsensusStats:
@@ -37,9 +40,11 @@ class ConsensusStats:
     ``grad_sq_norm[player]`` is ``||v_player||^2``; ``consensus_loss`` is
     ``L = 1/2 ||v||^2`` (both for the plain mini-batch estimate ``v_B``);
     ``reg_grad_norm`` is ``||grad L||`` over the regularised parameters, before
-    multiplying by gamma; ``finite`` says whether all new gradients were finite.
-    Only the per-tensor norms are computed during ``backward``; these reductions
-    run when you access them.
+    multiplying by gamma; ``finite`` says whether all of them were finite. All are
+    of the unscaled gradients (with ``scaler=``), accumulated in float32. Only the
+    per-tensor norms are computed during ``backward``; these reductions run when
+    you access them. They describe the last ``backward``; whether ``step`` skips is
+    decided on what it applies (see :meth:`GameOptimizer._apply_base_step`).
     """
 
     def __init__(
@@ -79,6 +84,18 @@ class ConsensusStats:
         return out
 
 
+@dataclasses.dataclass
+class ConsensusState(SharedState):
+    """:class:`SharedState` plus the consensus settings and the last backward's records."""
+
+    smoothing: bool = False
+    unbiased: bool = False
+    stats: ConsensusStats | None = None
+    loss_scale: torch.Tensor | None = None  # the GradScaler's scale of the last backward (None: unscaled)
+    graph_checked: bool = False  # the one-time graph checks ran
+    compiled_core: Callable[..., Any] | None = transient(None)
+
+
 class ConsensusOptimizer(GameOptimizer):
     """Consensus optimisation over any torch optimiser.
 
@@ -90,7 +107,14 @@ class ConsensusOptimizer(GameOptimizer):
         opt.backward(gen_loss, disc_loss)   # p.grad += v_p + gamma * (v'^T v)_p
         opt.step()                          # the base optimiser applies p.grad
 
-    or ``opt.step(closure)`` with ``closure()`` returning ``(gen_loss, disc_loss)``.
+    or ``opt.step(closure)`` with ``closure()`` returning ``(gen_loss, disc_loss)``,
+    or returning None when it has put the gradients in ``p.grad`` itself (as
+    PyTorch Lightning's closure does after ``opt.backward``).
+
+    **fp16 loss scaling:** losses scaled by a ``torch.amp.GradScaler`` must be passed
+    with ``backward(..., scaler=scaler)``. Without it the regulariser comes out
+    ``s`` times too large (``s`` = the scale, 65536 by default): gameopt warns once
+    when a loss looks like ``scaler.scale(loss)`` and no scaler was given.
 
     Args:
         base_optimizer: a ``torch.optim.Optimizer`` subclass (SGD, Adam, RMSprop, ...);
@@ -120,13 +144,21 @@ class ConsensusOptimizer(GameOptimizer):
             at one extra all-reduce of parameter size. Every rank ends with the same
             gradient, so a NaN on one rank makes every rank skip the step together.
         process_group: the group to reduce over (default: the world).
-        nonfinite: what ``step`` does when the new gradient has a NaN/Inf: ``"skip"``
-            (default: skip the base step, warn, count in ``skipped_steps``), ``"raise"``
-            (``FloatingPointError``), or ``"ignore"`` (no check, no host sync).
+        nonfinite: what ``step`` does when a gradient it would apply (any ``p.grad``,
+            including stale or hand-written ones) or a learning rate has a NaN/Inf:
+            ``"skip"`` (default: skip the base step, warn, count in ``skipped_steps``),
+            ``"raise"`` (``FloatingPointError``), or ``"ignore"`` (no check, no host
+            sync). Step post-hooks run only on steps that moved the parameters.
         players: instead of ``gen_params``/``disc_params``, an ordered mapping
             ``{name: params}`` of any number of players; ``backward`` then takes one
             loss per player in that order.
     """
+
+    _shared_type = ConsensusState
+    smoothing = shared("The regulariser goes to the non-generator players only (the paper's smoothing optimiser).")
+    unbiased = shared("The mini-batch bias of 1/2||v_B||^2 is removed (per-example losses).")
+    stats = shared("Statistics of the last ``backward`` (:class:`ConsensusStats`; None before the first).")
+
 
     def __init__(
         self,
@@ -163,12 +195,7 @@ class ConsensusOptimizer(GameOptimizer):
             _check_gamma(group["gamma"], f"gamma of a '{group['player']}' param group")
         self.smoothing = bool(smoothing)
         self.unbiased = bool(unbiased)
-        #: Statistics of the last backward (None before the first).
-        self.stats: ConsensusStats | None = None
-        self._graph_checked = False
         self.compile = bool(compile)
-        self._compiled_core: Callable[..., Any] | None = None
-        self._loss_scale = 1.0  # the GradScaler's scale of the last backward (1: unscaled)
 
     @property
     def regularized_players(self) -> tuple[str, ...]:
@@ -193,6 +220,8 @@ class ConsensusOptimizer(GameOptimizer):
         the regulariser's ``s^2 v'^T v``; gameopt seeds the second pass with ``v`` unscaled,
         so ``p.grad = s (v + gamma v'^T v)`` is consistently scaled and ``scaler.step(opt)``
         unscales it, checks it for inf/NaN and skips the step on overflow as usual.
+        Forgetting ``scaler=`` with scaled losses makes the regulariser ``s`` times too
+        large; gameopt warns once when a loss looks like ``scaler.scale(loss)``.
         """
         if len(losses) != len(self.players):
             raise GameInputError(
@@ -204,18 +233,18 @@ class ConsensusOptimizer(GameOptimizer):
             check_loss(loss, player, name, self.unbiased)
             for loss, player, name in zip(losses, self.players, names)
         )
-        scale = 1.0
+        scale = None
         if scaler is not None:
             if not (hasattr(scaler, "get_scale") and hasattr(scaler, "unscale_")):
                 raise GameInputError(
                     f"scaler must be the torch.amp.GradScaler that scaled the losses, got {type(scaler).__name__}"
                 )
-            scale = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
-            if not (math.isfinite(scale) and scale > 0):
-                raise GameInputError(f"the GradScaler's scale must be finite and > 0, got {scale}")
-        self._loss_scale = scale
+            if scaler.is_enabled():  # the scale as a device tensor: reading it would sync
+                get_async = getattr(scaler, "_get_scale_async", None)
+                scale = get_async() if get_async is not None else torch.tensor(float(scaler.get_scale()))
+        self._shared.loss_scale = scale
         with torch.enable_grad():
-            return self._backward(losses, names)
+            return self._backward(losses, names, scaled=scaler is not None)
 
     def _reg_params(self) -> list[torch.Tensor]:
         """Parameters that receive gamma * grad L: groups of regularised players with gamma != 0."""
@@ -227,14 +256,16 @@ class ConsensusOptimizer(GameOptimizer):
             for p in g["params"]
         ]
 
-    def _backward(self, losses: Losses, names: list[str]) -> ConsensusStats:
+    def _backward(self, losses: Losses, names: list[str], scaled: bool) -> ConsensusStats:
         reg_params = self._reg_params()
         params = [self.player_params(p) for p in self.players]
-        if reg_params and not self._graph_checked:
+        if reg_params and not self._shared.graph_checked:
             self._warn_isolated_losses(losses, names, params)
+            if not scaled:
+                _warn_scaled_losses(losses, names)
         v, reg = self._gradients(losses, names, params, reg_params)
         if reg_params:
-            self._graph_checked = True
+            self._shared.graph_checked = True
         return self._apply(v, reg, params)
 
     def _warn_isolated_losses(
@@ -291,10 +322,10 @@ class ConsensusOptimizer(GameOptimizer):
                 seeds = [(v[i] - flat_grads[i].detach() / batch) / (batch - 1) for i in keep]
             else:
                 seeds = [v[i] for i in keep]
-            scale = self._loss_scale
-            if scale != 1.0:  # losses scaled by s: seed with v, not s v, so grad L comes out s-scaled like v
-                seeds = [t / scale for t in seeds]
-            if outs and not self._graph_checked:
+            scale = self._shared.loss_scale
+            if scale is not None:  # losses scaled by s: seed with v, not s v, so grad L comes out s-scaled like v
+                seeds = [t / scale.to(t.device) for t in seeds]
+            if outs and not self._shared.graph_checked:
                 culprit = find_once_differentiable(outs)
                 if culprit is not None:
                     with explain_double_backward(True):
@@ -334,16 +365,16 @@ class ConsensusOptimizer(GameOptimizer):
             r_parts += [reg[id(p)] for p in ps if id(p) in reg]
             bounds.append((len(v_parts), len(r_parts)))
             offset += len(ps)
-        norms = torch._foreach_norm(v_parts + r_parts)
-        if len({n.dtype for n in norms}) > 1:
-            norms = [n.float() for n in norms]
-        norm = torch.stack(norms).float()
-        scale = self._loss_scale
-        if scale != 1.0:  # statistics of the unscaled gradients
-            norm = norm / scale
+        parts = v_parts + r_parts
+        if all(t.dtype in _ACCUMULATE_IN_FLOAT32 for t in parts):  # fp16 norms overflow at 65504
+            norm = torch.stack(torch._foreach_norm(parts, dtype=torch.float32))
+        else:
+            norm = torch.stack([n.float() for n in torch._foreach_norm(parts)])
+        scale = self._shared.loss_scale
+        if scale is not None:  # statistics of the unscaled gradients
+            norm = norm / scale.to(norm.device)
         finite = torch.isfinite(norm).all()
-        self.stats = ConsensusStats(self.players, norm, len(v_parts), bounds, finite)
-        self._finite = finite
+        self._shared.stats = ConsensusStats(self.players, norm, len(v_parts), bounds, finite)
 
         index = {id(p): i for i, p in enumerate(flat_params)}
         finals: list[torch.Tensor | None] = list(v)
@@ -366,56 +397,67 @@ class ConsensusOptimizer(GameOptimizer):
         for p, g in fresh:
             if p.grad is None:
                 p.grad = g
-        return self.stats
+        return self._shared.stats
 
-    def step(self, closure: Callable[[], Losses] | None = None) -> Losses | None:  # type: ignore[override]
-        """Apply the gradients with the base optimiser.
+    def step(self, closure: Callable[[], Losses | None] | None = None) -> Losses | None:  # type: ignore[override]
+        """Apply the gradients in ``p.grad`` with the base optimiser.
 
-        With ``closure`` (returning one loss per player), the gradients are first
-        recomputed from scratch (``p.grad`` is reset, then :meth:`backward`).
-        Returns the closure's losses. A non-finite gradient is handled by the
-        ``nonfinite`` policy (default: the step is skipped and a warning issued).
+        ``closure`` (optional) is evaluated with gradients enabled. If it returns one
+        loss per player, ``p.grad`` is reset and recomputed from them (:meth:`backward`);
+        if it returns None, it has put the gradients in ``p.grad`` itself (PyTorch
+        Lightning's closures do). Then the base optimiser applies ``p.grad`` under the
+        ``nonfinite`` policy (:meth:`GameOptimizer._apply_base_step`): a NaN/Inf
+        anywhere in what would be applied skips the step (default) and warns.
+
+        Returns:
+            The closure's losses (None without a closure or when it returned None).
+
+        Raises:
+            GameInputError: the closure returned something other than losses or None.
+            FloatingPointError: with ``nonfinite="raise"``, on a NaN/Inf.
         """
-        losses = None
-        reg_params = self._reg_params() if self._compiled_core is not None and closure is not None else []
-        if reg_params:
-            params = [self.player_params(p) for p in self.players]
-            with torch.enable_grad(), torch._dynamo.config.patch(trace_autograd_ops=True):
-                losses, v, r = self._compiled_core(closure, params, reg_params)
-            losses = tuple(losses)
-            self.zero_grad(set_to_none=True)
-            reg = {id(p): t for p, t in zip(reg_params, r) if t is not None}
-            self._apply(v, reg, params)
-        elif closure is not None:
-            with torch.enable_grad():
-                losses = closure()
-            if isinstance(losses, torch.Tensor) or not isinstance(losses, Sequence):
-                raise GameInputError(
-                    "the closure must return a tuple of losses, one per player "
-                    f"({list(self.players)}), e.g. (gen_loss, disc_loss)"
-                )
-            self.zero_grad(set_to_none=True)
-            self.backward(*losses)
-            if self.compile and self._compiled_core is None:
-                self._compiled_core = torch.compile(_consensus_core, fullgraph=True)
-        self.last_step_skipped = self._should_skip()
-        if not self.last_step_skipped:
-            self.base_optimizer.step()
+        losses = None if closure is None else self._closure_gradients(closure)
+        self._apply_base_step()
         return losses
 
-    def _finite_per_player(self) -> list[bool]:
-        if self.stats is None:
-            return super()._finite_per_player()
-        return self.stats.finite_per_player()
+    def _closure_gradients(self, closure: Callable[[], Losses | None]) -> Losses | None:
+        """Evaluate ``closure`` and, when it returns losses, put their consensus gradient in ``p.grad``."""
+        core = self._shared.compiled_core
+        reg_params = self._reg_params() if core is not None else []
+        if reg_params:  # compile=True after the first (eager) step; needs losses from the closure
+            params = [self.player_params(p) for p in self.players]
+            with torch.enable_grad(), torch._dynamo.config.patch(trace_autograd_ops=True):
+                losses, v, r = core(closure, params, reg_params)
+            self.zero_grad(set_to_none=True)
+            self._shared.loss_scale = None
+            reg = {id(p): t for p, t in zip(reg_params, r) if t is not None}
+            self._apply(v, reg, params)
+            return tuple(losses)
+        with torch.enable_grad():
+            losses = closure()
+        if losses is None:
+            return None
+        if isinstance(losses, (torch.Tensor, str, bytes)) or not isinstance(losses, Sequence):
+            raise GameInputError(
+                "the closure must return a tuple of losses, one per player "
+                f"({list(self.players)}), e.g. (gen_loss, disc_loss), or None when it has "
+                f"already put the gradients in p.grad; got {type(losses).__name__}"
+            )
+        self.zero_grad(set_to_none=True)
+        self.backward(*losses)
+        if self.compile and core is None:
+            self._shared.compiled_core = torch.compile(_consensus_core, fullgraph=True)
+        return losses
 
     def monitor_stats(self) -> dict[str, Any]:
         """``||v_player||^2``, ``1/2||v||^2``, ``||v'^T v||``, lrs and skipped steps (tensors; no sync)."""
         out = super().monitor_stats()
-        if self.stats is not None:
-            for player, value in self.stats.grad_sq_norm.items():
+        stats = self.stats
+        if stats is not None:
+            for player, value in stats.grad_sq_norm.items():
                 out[f"grad_sq_norm/{player}"] = value
-            out["consensus_loss"] = self.stats.consensus_loss
-            out["reg_grad_norm"] = self.stats.reg_grad_norm
+            out["consensus_loss"] = stats.consensus_loss
+            out["reg_grad_norm"] = stats.reg_grad_norm
         return out
 
     def _extra_state(self) -> dict[str, Any]:
@@ -423,10 +465,22 @@ class ConsensusOptimizer(GameOptimizer):
         extra.update(smoothing=self.smoothing, unbiased=self.unbiased)
         return extra
 
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
-        super()._load_extra_state(extra)
-        self.smoothing = bool(extra.get("smoothing", self.smoothing))
-        self.unbiased = bool(extra.get("unbiased", self.unbiased))
+    def _check_extra_state(self, extra: dict[str, Any]) -> dict[str, Any]:
+        settings = super()._check_extra_state(extra)
+        for key in ("smoothing", "unbiased"):
+            value = extra.get(key, getattr(self, key))
+            if not isinstance(value, bool):
+                raise GameInputError(f"the checkpoint's '{key}' must be True or False, got {value!r}")
+            settings[key] = value
+        if settings["unbiased"] and (self.compile or self.distributed):
+            raise GameInputError(
+                "the checkpoint was written with unbiased=True, which this optimiser "
+                "(compile=True or distributed=True) does not support"
+            )
+        return settings
+
+    def _check_group(self, index: int, group: dict[str, Any]) -> None:
+        _check_gamma(group.get("gamma"), f"the checkpoint's gamma of param group {index}")
 
 
 def _consensus_core(
@@ -468,6 +522,20 @@ class SimultaneousOptimizer(ConsensusOptimizer):
             base_optimizer, gen_params, disc_params, gamma=0.0, distributed=distributed,
             process_group=process_group, nonfinite=nonfinite, players=players, **base_kwargs,
         )
+
+
+def _warn_scaled_losses(losses: Losses, names: list[str]) -> None:
+    """Warn when a loss looks like ``scaler.scale(loss)`` but ``backward`` got no ``scaler=``."""
+    for loss, name in zip(losses, names):
+        factor = grad_scaler_factor(loss)
+        if factor is not None:
+            warnings.warn(
+                f"gameopt: {name} looks scaled by a torch.amp.GradScaler (times {factor:g}) but "
+                "backward() got no scaler=: the consensus regulariser gamma v'^T v then comes out "
+                f"{factor:g} times too large. Pass backward(..., scaler=scaler)",
+                RuntimeWarning, stacklevel=5,
+            )
+            return
 
 
 def _check_gamma(gamma: Any, what: str) -> None:

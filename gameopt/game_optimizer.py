@@ -5,32 +5,124 @@ The wrapper and the base optimiser share one ``param_groups`` list and one
 unmodified: ``torch.optim.lr_scheduler`` schedulers, ``add_param_group``,
 step hooks, gradient clipping between ``backward`` and ``step``, and
 ``state_dict()`` / ``load_state_dict()``.
+
+Three rules hold for every subclass:
+
+- Everything that changes while training (counters, statistics, checkpointed
+  settings) lives in one :class:`SharedState` object that methods mutate and never
+  rebind, so a framework wrapper that forwards attribute reads to the optimiser
+  (PyTorch Lightning's ``LightningOptimizer``) sees and changes the same state.
+- Parameters move only through :meth:`GameOptimizer._apply_base_step`, which checks
+  exactly what the base optimiser is about to apply (every ``p.grad`` and ``lr``)
+  for NaN/Inf and applies the ``nonfinite`` policy.
+- Step hooks: pre-hooks run once per ``step`` call, before that check (they may edit
+  ``p.grad``); post-hooks run once, and only when parameters moved (a skipped step
+  is not a step, as with ``torch.amp.GradScaler``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+import types
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
+from . import checkpoints
 from .distributed import check_distributed
 from .errors import GameInputError
+from .gradients import all_finite
 from .players import ParamsLike, player_param_groups
+from .step_hooks import hooked_step, unhooked_step
+
+NONFINITE_POLICIES = ("skip", "raise", "ignore")
+
+
+def transient(default: Any = None) -> Any:
+    """A :class:`SharedState` field that copies and pickles leave out (reset to ``default``)."""
+    return dataclasses.field(default=default, metadata={"transient": True})
+
+
+@dataclasses.dataclass
+class SharedState:
+    """The mutable state of a gameopt optimiser, in one object.
+
+    Methods mutate its fields and never rebind the object; the public attributes
+    that expose them (``skipped_steps``, ``nonfinite``, ...) are :class:`shared`
+    descriptors. A wrapper whose ``__getattr__`` forwards reads to the optimiser
+    therefore reaches this object, and a method run with the wrapper as ``self``
+    changes the optimiser's state, not the wrapper's. Subclasses extend it through
+    ``GameOptimizer._shared_type``; :func:`transient` fields are not copied.
+    """
+
+    nonfinite: str = "skip"
+    skipped_steps: int = 0
+    last_step_skipped: bool = False
+    moved: bool = transient(False)  # whether the current step() moved any parameter
+    in_step: bool = transient(False)  # a step() is running (a subclass calling its parent's)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("transient"):
+                state[f.name] = f.default
+        return state
+
+
+class shared:  # noqa: N801 (used like property)
+    """A public optimiser attribute stored in the optimiser's :class:`SharedState`."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj._shared, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj._shared, self.name, value)
 
 
 class GameOptimizer(Optimizer):
     """Base class of gameopt's optimisers: players over a wrapped torch optimiser.
 
-    Subclasses compute gradients for all players (``backward``) and let the base
-    optimiser apply them (``step``). Per-group options that gameopt adds (such as
-    consensus ``gamma``) live in the param groups next to ``lr``.
+    Subclasses compute gradients for all players (``backward`` or a closure) and
+    move the parameters with :meth:`_apply_base_step`, the one place that checks
+    what the base optimiser will apply and runs it. A new step rule (extragradient,
+    optimistic, ...) is a subclass whose ``step`` writes the gradients to ``p.grad``
+    and calls ``self._apply_base_step(players)``; hooks, the NaN/Inf policy,
+    copies and checkpoints then work as for the built-in optimisers. Per-group
+    options that gameopt adds (such as consensus ``gamma``) live in the param
+    groups next to ``lr``.
+
+    Args:
+        base_optimizer: a ``torch.optim.Optimizer`` subclass; ``base_kwargs`` go to it.
+        players: ordered mapping ``{name: params}`` (tensors or param-group dicts).
+        nonfinite: what a step does when a gradient it would apply, or a learning rate,
+            is NaN/Inf: ``"skip"`` (warn, count in ``skipped_steps``, leave parameters
+            and base state untouched), ``"raise"`` (``FloatingPointError``) or
+            ``"ignore"`` (no check and no host sync).
+        distributed, process_group: see the subclasses.
+
+    Raises:
+        GameInputError: bad base optimiser, players or policy.
     """
 
     #: gameopt's own per-group options and their defaults (set by subclasses).
     _group_options: dict[str, Any] = {}
+    #: The class of the shared state (subclasses extend :class:`SharedState`).
+    _shared_type: type[SharedState] = SharedState
+
+    nonfinite = shared("The NaN/Inf policy of ``step``: 'skip', 'raise' or 'ignore'.")
+    skipped_steps = shared("Number of steps skipped because a gradient or learning rate was NaN/Inf.")
+    last_step_skipped = shared("Whether the most recent ``step`` left a player unmoved for NaN/Inf.")
 
     def __init__(
         self,
@@ -58,17 +150,16 @@ class GameOptimizer(Optimizer):
             raise GameInputError(
                 "base_optimizer must be a plain torch optimiser, not a gameopt optimiser"
             )
-        if nonfinite not in ("skip", "raise", "ignore"):
-            raise GameInputError(
-                f"nonfinite must be 'skip', 'raise' or 'ignore', got {nonfinite!r}"
-            )
+        check_nonfinite(nonfinite)
+        self._shared = self._shared_type(nonfinite=nonfinite)
+        #: The gameopt class that built this optimiser, recorded in checkpoints.
+        self._kind = type(self).__name__
         self._owner: dict[int, str] = {}
         groups = player_param_groups(players, self._owner)
         for group in groups:
             for key, value in self._group_options.items():
                 group.setdefault(key, value)
         self.players: tuple[str, ...] = tuple(players)
-        self.nonfinite = nonfinite
         #: Whether gradients are averaged over the ranks of ``process_group`` (torch.distributed).
         self.distributed = bool(distributed)
         self.process_group = process_group
@@ -80,11 +171,6 @@ class GameOptimizer(Optimizer):
         self._initialising = True
         super().__init__(list(self.base_optimizer.param_groups), self.base_optimizer.defaults)
         self._initialising = False
-        #: Number of steps skipped because a gradient was NaN or infinite.
-        self.skipped_steps: int = 0
-        #: Whether the most recent ``step`` was skipped.
-        self.last_step_skipped: bool = False
-        self._finite: torch.Tensor | None = None
 
     # --- sharing with the base optimiser -------------------------------------------------
     @property  # type: ignore[override]
@@ -127,23 +213,118 @@ class GameOptimizer(Optimizer):
         for key, value in self._group_options.items():
             group.setdefault(key, value)
         self.base_optimizer.add_param_group(group)
-        self._owner = owner
+        self._owner.update(owner)
 
     def player_params(self, player: str) -> list[torch.Tensor]:
         """All parameters of ``player``, in param-group order."""
         return [p for g in self.param_groups if g["player"] == player for p in g["params"]]
 
+    # --- stepping ------------------------------------------------------------------------
+    #: torch.optim wraps ``step`` with this at construction: see :mod:`gameopt.step_hooks`.
+    profile_hook_step = staticmethod(hooked_step)
+
+    def _apply_base_step(self, players: Sequence[str] | None = None) -> bool:
+        """Let the base optimiser apply ``p.grad`` of ``players`` (default: all), if it is finite.
+
+        The one place where a gameopt optimiser moves parameters; every ``step``
+        calls it after writing the gradients. With ``nonfinite != "ignore"`` it first
+        checks exactly what the base step will apply: every ``p.grad`` of the groups
+        of ``players`` (so the caller sets other players' ``p.grad`` to None when
+        they must not move) and those groups' ``lr``, elementwise, in one fused
+        reduction with one host read (all-reduced under ``distributed=True``, so all
+        ranks decide alike). Then the policy: ``"skip"`` warns and counts, ``"raise"``
+        raises ``FloatingPointError``; either way nothing moves and the base
+        optimiser's state is untouched.
+
+        Returns:
+            Whether the parameters moved.
+        """
+        stepping = self.players if players is None else tuple(players)
+        groups = [g for g in self.param_groups if g["player"] in stepping]
+        if self.nonfinite != "ignore" and not self._finite(groups):
+            self._refuse_step(groups)
+            return False
+        unhooked_step(self.base_optimizer)
+        self._shared.moved = True
+        return True
+
+    def _finite(self, groups: list[dict[str, Any]]) -> bool:
+        lrs = [g["lr"] for g in groups if "lr" in g]
+        if any(_is_number(lr) and not math.isfinite(lr) for lr in lrs):
+            return False
+        tensors = [p.grad for g in groups for p in g["params"] if p.grad is not None]
+        tensors += [lr for lr in lrs if isinstance(lr, torch.Tensor)]
+        if not tensors:
+            return True
+        flag = all_finite(tensors)
+        if self.distributed:
+            import torch.distributed as dist
+
+            bad = (~flag).to(torch.float32).reshape(1)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
+            return not bool(bad)
+        return bool(flag)
+
+    def _refuse_step(self, groups: list[dict[str, Any]]) -> None:
+        """Raise or warn (and count) for a non-finite step; runs only when one was found."""
+        bad_grad, bad_lr = [], []
+        for g in groups:
+            grads = [p.grad for p in g["params"] if p.grad is not None]
+            if grads and not bool(all_finite(grads)) and g["player"] not in bad_grad:
+                bad_grad.append(g["player"])
+            lr = g.get("lr")
+            if (_is_number(lr) and not math.isfinite(lr)) or (
+                isinstance(lr, torch.Tensor) and not bool(all_finite([lr]))
+            ):
+                bad_lr.append(f"{g['player']} (lr={float(lr)})")
+        what = []
+        if bad_grad:
+            what.append(f"non-finite (NaN or Inf) gradient for player(s) {bad_grad}")
+        if bad_lr:
+            what.append(f"non-finite learning rate for {', '.join(bad_lr)} (check the LR schedule)")
+        if not what:  # only another rank saw it
+            what.append("non-finite (NaN or Inf) gradient on another rank")
+        self._shared.last_step_skipped = True
+        fix = ("Lower the learning rate or gamma, or check the losses for log(0) / overflow; "
+               "a stale NaN in p.grad stays until zero_grad()")
+        if self.nonfinite == "raise":
+            raise FloatingPointError(
+                f"{'; '.join(what)}: no parameter was moved and the base optimiser's state is "
+                f"untouched (nonfinite='raise'). {fix}"
+            )
+        self._shared.skipped_steps += 1
+        warnings.warn(
+            f"gameopt: {'; '.join(what)}; the step was skipped and the base optimiser's state "
+            f"left untouched. {fix}",
+            RuntimeWarning, stacklevel=5,
+        )
+
     # --- checkpoints ---------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
+        """gameopt's settings in a checkpoint; subclasses add theirs."""
         return {
+            "class": self._kind,
+            "base_class": type(self.base_optimizer).__qualname__,
             "players": list(self.players),
             "nonfinite": self.nonfinite,
             "skipped_steps": self.skipped_steps,
         }
 
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
-        self.nonfinite = extra.get("nonfinite", self.nonfinite)
-        self.skipped_steps = int(extra.get("skipped_steps", 0))
+    def _check_extra_state(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Validate a checkpoint's ``"gameopt"`` entry; return the settings to load.
+
+        Raises GameInputError naming the bad entry. Subclasses check their own keys
+        and call this. Nothing may change here.
+        """
+        nonfinite = extra.get("nonfinite", self.nonfinite)
+        check_nonfinite(nonfinite, "the checkpoint's 'nonfinite'")
+        skipped = extra.get("skipped_steps", 0)
+        if not (isinstance(skipped, int) and not isinstance(skipped, bool) and skipped >= 0):
+            raise GameInputError(f"the checkpoint's 'skipped_steps' must be an integer >= 0, got {skipped!r}")
+        return {"nonfinite": nonfinite, "skipped_steps": skipped}
+
+    def _check_group(self, index: int, group: dict[str, Any]) -> None:
+        """Validate gameopt's options in a checkpoint's param group (subclasses: e.g. gamma)."""
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimiser's state dict plus gameopt's settings under ``"gameopt"``."""
@@ -152,8 +333,22 @@ class GameOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a checkpoint written by :meth:`state_dict` (players must match)."""
-        sd = dict(state_dict)
+        """Load a checkpoint written by :meth:`state_dict`: all of it, or nothing.
+
+        Everything is validated before anything changes: the gameopt class and the
+        base optimiser's class recorded in the checkpoint (checkpoints written before
+        they were recorded are checked by their contents), players, param groups
+        (player, size, keys, numeric hyper-parameters), per-parameter state (keys,
+        shapes and kinds as this base optimiser makes them, finite values) and
+        gameopt's settings.
+
+        Raises:
+            GameInputError: the checkpoint does not fit this optimiser; it names the
+                mismatch. The optimiser is then unchanged.
+        """
+        sd = dict(state_dict) if isinstance(state_dict, Mapping) else state_dict
+        if not isinstance(sd, dict):
+            raise GameInputError(f"load_state_dict expects a dict from state_dict(), got {type(state_dict).__name__}")
         extra = sd.pop("gameopt", None)
         if extra is None:
             raise GameInputError(
@@ -161,42 +356,50 @@ class GameOptimizer(Optimizer):
                 "optimiser. To load a plain torch optimiser's state use "
                 "opt.base_optimizer.load_state_dict(...)"
             )
-        if list(extra.get("players", [])) != list(self.players):
-            raise GameInputError(
-                f"checkpoint players {extra.get('players')} do not match this optimiser's "
-                f"players {list(self.players)}"
-            )
-        saved = sd.get("param_groups", [])
-        if len(saved) != len(self.param_groups):
-            raise GameInputError(
-                f"checkpoint has {len(saved)} param groups, this optimiser has "
-                f"{len(self.param_groups)}"
-            )
-        for i, (g, s) in enumerate(zip(self.param_groups, saved)):
-            if s.get("player") != g["player"]:
-                raise GameInputError(
-                    f"param group {i} belongs to player '{g['player']}' here but to "
-                    f"'{s.get('player')}' in the checkpoint"
-                )
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, sd)
             if result is not None:
                 sd = result
-        self.base_optimizer.load_state_dict(sd)
-        self._load_extra_state(extra)
+        settings = checkpoints.check_checkpoint(self, sd, extra)
+        base = self.base_optimizer
+        before = (base.state, base.param_groups, dataclasses.replace(self._shared))
+        try:
+            base.load_state_dict(sd)
+            for key, value in settings.items():
+                setattr(self._shared, key, value)
+        except BaseException:
+            base.state, base.param_groups = before[0], before[1]
+            for f in dataclasses.fields(before[2]):
+                setattr(self._shared, f.name, getattr(before[2], f.name))
+            raise
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
+    # --- copies and pickles --------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        # Optimizer.__getstate__ keeps only defaults/state/param_groups; ours live in the
-        # base optimiser, so copy and pickle the whole object (minus compiled functions).
-        state = self.__dict__.copy()
-        state.pop("_compiled_core", None)
-        return state
+        """Settings, the base optimiser (defaults, state, groups) and the shared state.
+
+        Like torch.optim, hooks are not copied, nor are methods patched onto the
+        instance (an LR scheduler's ``step`` wrapper, which refers to the original
+        optimiser) or compiled functions; the copy rebuilds them.
+        """
+        return {
+            key: value for key, value in self.__dict__.items()
+            if not (key in _NOT_COPIED or key.endswith("_hooks") or _is_function(value))
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.__dict__.setdefault("_compiled_core", None)
+        state = dict(state)
+        if not isinstance(state.get("_shared"), SharedState):  # pickled before SharedState existed
+            shared_state = self._shared_type()
+            for f in dataclasses.fields(shared_state):
+                if f.name in state and not f.metadata.get("transient"):
+                    setattr(shared_state, f.name, state.pop(f.name))
+            state["_shared"] = shared_state
+        state.setdefault("_kind", type(self).__name__)
+        super().__setstate__(state)  # fresh hook dicts, torch's step patching
+        # ids change on copy: rebuild the owner map from the (copied) groups
+        self._owner = {id(p): g["player"] for g in self.param_groups for p in g["params"]}
 
     def __repr__(self) -> str:
         inner = repr(self.base_optimizer).replace("\n", "\n    ")
@@ -209,27 +412,19 @@ class GameOptimizer(Optimizer):
             out[f"lr/{group['player']}/{group_index}"] = group["lr"] if "lr" in group else None
         return out
 
-    # --- non-finite gradients ------------------------------------------------------------
-    def _finite_per_player(self) -> list[bool]:
-        """Which players' last gradients were finite; called only after a non-finite step."""
-        return [False] * len(self.players)
 
-    def _should_skip(self) -> bool:
-        """Apply the ``nonfinite`` policy; the only host read gameopt does in a step."""
-        if self.nonfinite == "ignore" or self._finite is None:
-            return False
-        finite_flag = self._finite
-        self._finite = None
-        if bool(finite_flag):
-            return False
-        bad = [name for name, ok in zip(self.players, self._finite_per_player()) if not ok]
-        msg = (
-            f"non-finite (NaN or Inf) gradient for player(s) {bad}; the step was skipped "
-            "and the base optimiser's state left untouched. Lower the learning rate or "
-            "gamma, or check the losses for log(0) / overflow"
-        )
-        if self.nonfinite == "raise":
-            raise FloatingPointError(msg)
-        warnings.warn(f"gameopt: {msg}", RuntimeWarning, stacklevel=3)
-        self.skipped_steps += 1
-        return True
+_NOT_COPIED = frozenset({"step", "_opt_called", "_owner", "_zero_grad_profile_name"})
+
+
+def _is_function(value: Any) -> bool:
+    return isinstance(value, (types.FunctionType, types.MethodType, functools.partial))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_nonfinite(value: Any, what: str = "nonfinite") -> None:
+    """Raise GameInputError unless ``value`` is one of the NaN/Inf policies."""
+    if not (isinstance(value, str) and value in NONFINITE_POLICIES):
+        raise GameInputError(f"{what} must be 'skip', 'raise' or 'ignore', got {value!r}")

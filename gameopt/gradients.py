@@ -7,6 +7,7 @@ of two) and turn autograd's double-backward failures into actionable errors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Iterator
@@ -21,6 +22,7 @@ _DOUBLE_BACKWARD_MARKERS = (
     "once_differentiable",
     "derivative for",
 )
+_COMPILED_MARKERS = ("aot_autograd", "donated buffer")
 
 
 def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch.Tensor:
@@ -50,6 +52,20 @@ def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch
     return loss
 
 
+def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Whether every element of every tensor is finite, as a 0-d bool tensor (no host sync).
+
+    One fused reduction (``torch._foreach_norm`` with ``ord=inf``, which propagates
+    NaN) over all tensors: elementwise, so fp16 tensors whose L2 norm would exceed
+    65504 but whose entries are finite count as finite.
+    """
+    maxima = torch._foreach_norm(list(tensors), ord=math.inf)
+    device = maxima[0].device
+    if any(m.device != device for m in maxima):
+        maxima = [m.to(device) for m in maxima]
+    return torch.stack(maxima).isfinite().all()
+
+
 def is_negation_of(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when ``a`` was computed as ``-b`` (so the two losses share one backward pass)."""
     fn = a.grad_fn
@@ -57,6 +73,29 @@ def is_negation_of(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     nxt = fn.next_functions
     return len(nxt) == 1 and nxt[0][0] is b.grad_fn
+
+
+def grad_scaler_factor(loss: torch.Tensor) -> float | None:
+    """The scale ``s`` when ``loss`` was computed as ``scaler.scale(x) = x * s``, else None.
+
+    Recognises the product ``torch.amp.GradScaler.scale`` builds: a multiplication
+    by a one-element float32 tensor that needs no gradient and holds a power of two
+    >= 2. Reads that value from the device (one sync): call it once, not every step.
+    """
+    fn = loss.grad_fn
+    if fn is None or type(fn).__name__ != "MulBackward0":
+        return None
+    try:
+        other = fn._saved_other
+    except (AttributeError, RuntimeError):
+        return None
+    if not isinstance(other, torch.Tensor) or other.numel() != 1 or other.dtype != torch.float32:
+        return None
+    if other.requires_grad:
+        return None
+    value = float(other)
+    mantissa, _ = math.frexp(value)
+    return value if mantissa == 0.5 and value >= 2 else None
 
 
 def find_once_differentiable(outputs: Sequence[torch.Tensor]) -> str | None:
@@ -100,22 +139,46 @@ def reaches_any(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
 
 @contextmanager
 def explain_double_backward(enabled: bool) -> Iterator[None]:
-    """Re-raise autograd errors about missing second derivatives with the fix to apply."""
+    """Re-raise autograd errors about missing second derivatives with the fix to apply.
+
+    Players wrapped in ``torch.compile`` fail here too: AOTAutograd's compiled
+    backward cannot be differentiated again ("does not support double backward"
+    with ``backend="aot_eager"``, or the "donated buffers" check first with
+    inductor; turning that check off only brings back the first message).
+    """
     try:
         yield
     except RuntimeError as err:
         msg = str(err)
-        if not enabled or not any(m in msg.lower() for m in _DOUBLE_BACKWARD_MARKERS):
+        low = msg.lower()
+        compiled = any(m in low for m in _COMPILED_MARKERS)
+        if not enabled or not (compiled or any(m in low for m in _DOUBLE_BACKWARD_MARKERS)):
             raise
+        if compiled:
+            fix = (
+                "The players were compiled with torch.compile, whose compiled backward (AOTAutograd) "
+                "cannot be differentiated again, whatever the backend or "
+                "torch._functorch.config.donated_buffer says. Pass the uncompiled modules and let "
+                "gameopt compile the whole step: ConsensusOptimizer(..., compile=True) with "
+                "opt.step(closure), closure() returning (gen_loss, disc_loss); it compiles the "
+                "forward pass, both backward passes and the vector-Jacobian product together. "
+                "Compiled players do work with gamma=0 (SimultaneousOptimizer) and with "
+                "gameopt.AlternatingOptimizer, which need first derivatives only"
+            )
+        else:
+            fix = (
+                "Ways around it: for attention, run the forward pass inside "
+                "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH); for cuDNN "
+                "RNNs, disable cuDNN (torch.backends.cudnn.flags(enabled=False)); for a custom "
+                "autograd.Function, make its backward differentiable (no @once_differentiable); "
+                "for torch.compile'd players, pass them uncompiled and use "
+                "ConsensusOptimizer(compile=True) with step(closure); or train without the "
+                "regulariser (gamma=0) or with gameopt.AlternatingOptimizer, which need first "
+                "derivatives only"
+            )
         raise RuntimeError(
             "consensus optimisation needs second derivatives (double backward), but an "
-            f"operation in the players' losses does not support them:\n  {msg}\n"
-            "Ways around it: for attention, run the forward pass inside "
-            "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH); for cuDNN "
-            "RNNs, disable cuDNN (torch.backends.cudnn.flags(enabled=False)); for a custom "
-            "autograd.Function, make its backward differentiable (no @once_differentiable); "
-            "or train without the regulariser (gamma=0) or with gameopt.AlternatingOptimizer, "
-            "which need first derivatives only"
+            f"operation in the players' losses does not support them:\n  {msg}\n{fix}"
         ) from err
 
 

@@ -31,7 +31,7 @@ def test_compiled_closure_steps_match_eager():
             torch.testing.assert_close(
                 opts[0].stats.grad_sq_norm[name], opts[1].stats.grad_sq_norm[name], rtol=1e-4, atol=1e-7
             )
-    assert opts[1]._compiled_core is not None
+    assert opts[1]._shared.compiled_core is not None
     for a, b in zip(gans[0].G.parameters(), gans[1].G.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     for a, b in zip(gans[0].D.parameters(), gans[1].D.parameters()):

@@ -36,9 +36,21 @@ def test_scaler_gives_the_unscaled_consensus_gradient():
     """Losses scaled by s: v is s v and v'^T v would be s^2 v'^T v; with scaler= it is s v'^T v."""
     ref = _consensus_grads()
     torch.testing.assert_close(_consensus_grads(scale=1024.0), ref, rtol=1e-12, atol=1e-14)
-    # the same scaled losses without telling gameopt: the regulariser is s times too large
-    wrong = _consensus_grads(scale=1024.0, pass_scaler=False)
+    # the same scaled losses without telling gameopt: the regulariser is s times too large,
+    # and gameopt says so (the loss is GradScaler.scale's product)
+    with pytest.warns(RuntimeWarning, match=r"looks scaled by a torch.amp.GradScaler \(times 1024\).*scaler="):
+        wrong = _consensus_grads(scale=1024.0, pass_scaler=False)
     assert (wrong - ref).norm() > 0.1 * ref.norm()
+
+
+def test_no_scaled_loss_warning_for_ordinary_products():
+    gan = TinyGAN(seed=3)
+    opt = gameopt.ConsensusOptimizer(torch.optim.SGD, *gan.params(), gamma=2.0, lr=0.1)
+    lg, ld = gan.losses()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.backward(lg * torch.tensor(3.0, dtype=lg.dtype), ld * 2.0)
 
 
 def test_fp16_autocast_with_scaler_skips_overflow_then_tracks_fp32():
