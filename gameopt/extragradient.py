@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 
 from .errors import GameInputError
 from .field import Closure, FieldOptimizer, Losses
+from .gradients import all_finite
 from .players import ParamsLike, game_players
 
 
@@ -139,18 +140,26 @@ class ExtragradientOptimizer(FieldOptimizer):
             )
         if scaler is not None and not (hasattr(scaler, "scale") and hasattr(scaler, "unscale_")):
             raise GameInputError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
-        scaled = scaler is not None and scaler.is_enabled()
-        scaler = scaler if scaled else None
+        scaler = scaler if scaler is not None and scaler.is_enabled() else None
         losses, _ = self._set_field(closure, scaler, self)
         params = self._flat_params()
         with torch.no_grad():
             start = [p.detach().clone() for p in params]
-        if not self._step_base(quiet=scaled):
+        if not self._move(scaler):
             return losses
         try:
             self._set_field(closure, scaler, self._scaler_slot)
         finally:
             with torch.no_grad():
                 torch._foreach_copy_(params, start)
-        self._step_base(quiet=scaled)
+            self._shared.moved = False   # back at z_t until the update moves
+        self._move(scaler)
         return losses
+
+    def _move(self, scaler: Any) -> bool:
+        """The base step on ``p.grad``; a GradScaler's overflow skips it quietly (the scaler records it)."""
+        if scaler is not None:
+            grads = [p.grad for p in self._flat_params() if p.grad is not None]
+            if grads and not bool(all_finite(grads)):
+                return False
+        return self._apply_base_step()

@@ -10,7 +10,7 @@ that the method keeps beside the base optimiser's state (checkpointed with it).
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from .distributed import all_reduce_mean
 from .errors import GameInputError
-from .game_optimizer import GameOptimizer
+from .game_optimizer import GameOptimizer, SharedState, shared
 from .gradients import check_loss, player_gradients
 from .players import DISCRIMINATOR, GENERATOR, ParamsLike
 
@@ -27,31 +27,24 @@ Losses = Sequence[torch.Tensor]
 Closure = Callable[[], "Losses | None"]
 
 
+@dataclasses.dataclass
+class FieldState(SharedState):
+    """:class:`SharedState` plus the method's per-parameter tensors (checkpointed)."""
+
+    game_state: dict = dataclasses.field(default_factory=dict)
+
+
 class FieldOptimizer(GameOptimizer):
     """Base class of the gradient-field optimisers (extragradient, optimistic, SGA).
 
-    Subclasses call :meth:`_field` for v, :meth:`_accumulate` to add a gradient into
-    ``p.grad`` and :meth:`_step_base` to let the base optimiser apply ``p.grad``. Tensors a
-    method keeps per parameter (the optimistic method's previous update) live in
+    Subclasses call :meth:`_field` for v and :meth:`_accumulate` to add a gradient into
+    ``p.grad``, then move the parameters with :meth:`GameOptimizer._apply_base_step`. Tensors
+    a method keeps per parameter (the optimistic method's previous update) live in
     ``self.game_state[p]`` and are saved by ``state_dict()`` under ``"gameopt"``.
     """
 
-    def __init__(
-        self,
-        base_optimizer: type[Optimizer],
-        players: Mapping[str, ParamsLike],
-        *,
-        nonfinite: str = "skip",
-        distributed: bool = False,
-        process_group: Any = None,
-        **base_kwargs: Any,
-    ) -> None:
-        super().__init__(base_optimizer, players, nonfinite=nonfinite, distributed=distributed,
-                         process_group=process_group, **base_kwargs)
-        #: Per-parameter tensors of the method (not of the base optimiser), keyed by parameter.
-        self.game_state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
-        self._amax: list[torch.Tensor] = []
-        self._amax_owners: list[str] = []
+    _shared_type: type[SharedState] = FieldState
+    game_state = shared("Per-parameter tensors of the method (not of the base optimiser), keyed by parameter.")
 
     # --- losses and the field --------------------------------------------------------------
     def _loss_names(self) -> list[str]:
@@ -60,7 +53,7 @@ class FieldOptimizer(GameOptimizer):
         return [f"loss of player '{p}'" for p in self.players]
 
     def _check_losses(self, losses: Sequence[Any]) -> tuple[torch.Tensor, ...]:
-        if isinstance(losses, torch.Tensor) or not isinstance(losses, Sequence):
+        if isinstance(losses, (torch.Tensor, str, bytes)) or not isinstance(losses, Sequence):
             raise GameInputError(
                 f"expected one loss per player ({list(self.players)}), e.g. (gen_loss, disc_loss), "
                 f"got {type(losses).__name__}"
@@ -117,41 +110,6 @@ class FieldOptimizer(GameOptimizer):
             if p.grad is None:
                 p.grad = g
 
-    # --- applying p.grad -------------------------------------------------------------------
-    def _step_base(self, *, quiet: bool = False) -> bool:
-        """Apply ``p.grad`` with the base optimiser unless it holds a NaN/Inf; True if it stepped.
-
-        The check is elementwise on exactly what the base optimiser would apply: one fused
-        max-abs reduction over every gradient and one host read. ``quiet``: skip without
-        warning or counting (a GradScaler's overflow, which the scaler records itself).
-        """
-        if self.nonfinite != "ignore":
-            owned = [(g["player"], p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None]
-            if owned:
-                amax = torch._foreach_norm([t for _, t in owned], math.inf)
-                if len({a.dtype for a in amax}) > 1:
-                    amax = [a.float() for a in amax]
-                self._amax = list(amax)
-                self._amax_owners = [o for o, _ in owned]
-                finite = torch.isfinite(torch.stack(amax)).all()
-                if quiet:
-                    if not bool(finite):
-                        self.last_step_skipped = True
-                        return False
-                else:
-                    self._finite = finite
-                    if self._should_skip():
-                        self.last_step_skipped = True
-                        return False
-        self.base_optimizer.step()
-        self.last_step_skipped = False
-        return True
-
-    def _finite_per_player(self) -> list[bool]:
-        ok = torch.isfinite(torch.stack(self._amax)).tolist() if self._amax else []
-        bad = {o for o, good in zip(self._amax_owners, ok) if not good}
-        return [p not in bad for p in self.players]
-
     # --- checkpoints -----------------------------------------------------------------------
     def _param_index(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
@@ -192,11 +150,7 @@ class FieldOptimizer(GameOptimizer):
             out[p] = entry
         return out
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a checkpoint of :meth:`state_dict`; the method's tensors are validated before anything changes."""
-        extra = state_dict.get("gameopt") if isinstance(state_dict, Mapping) else None
-        game_state = self._check_game_state(extra.get("game_state", {})) if isinstance(extra, Mapping) else None
-        super().load_state_dict(state_dict)
-        if game_state is not None:
-            self.game_state.clear()
-            self.game_state.update(game_state)
+    def _check_extra_state(self, extra: dict[str, Any]) -> dict[str, Any]:
+        settings = super()._check_extra_state(extra)
+        settings["game_state"] = self._check_game_state(extra.get("game_state", {}))
+        return settings

@@ -10,6 +10,7 @@ lookahead per player).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,7 +18,18 @@ import torch
 from torch.optim import Optimizer
 
 from .errors import GameInputError
-from .game_optimizer import GameOptimizer
+from .game_optimizer import GameOptimizer, SharedState
+from .step_hooks import hooked_step
+
+
+@dataclasses.dataclass
+class LookaheadState:
+    """Lookahead's mutable state in one object (mutated, never rebound; see ``SharedState``)."""
+
+    k: int = 5
+    alpha: float = 0.5
+    fast_steps: int = 0
+    slow: dict = dataclasses.field(default_factory=dict)
 
 
 class LookaheadMinmax(Optimizer):
@@ -34,7 +46,9 @@ class LookaheadMinmax(Optimizer):
     The slow weights are created from the parameters at the first step; the inner
     optimiser's own state (Adam's moments) is kept across a synchronisation, as in the
     authors' code. Steps that the inner optimiser skipped (non-finite gradients) do not count
-    towards k. ``state_dict()`` holds the inner optimiser's checkpoint plus ``"lookahead"``:
+    towards k. Step hooks follow gameopt's rule: the wrapper's pre-hooks (and the global ones)
+    run once per step, post-hooks only when the parameters moved; the inner optimiser's own
+    instance hooks do not run (register hooks on the wrapper). ``state_dict()`` holds the inner optimiser's checkpoint plus ``"lookahead"``:
     k, alpha, the steps since the last synchronisation and the slow weights, so a resumed run
     is bit-identical.
 
@@ -63,15 +77,37 @@ class LookaheadMinmax(Optimizer):
             )
         _check_k_alpha(k, alpha)
         self.inner = inner
-        self.k = int(k)
-        self.alpha = float(alpha)
-        #: Slow weights, one per parameter, created at the first step.
-        self.slow: dict[torch.Tensor, torch.Tensor] = {}
-        #: Inner steps taken since the last synchronisation.
-        self.fast_steps = 0
+        self._la = LookaheadState(k=int(k), alpha=float(alpha))
         self._initialising = True
         super().__init__(list(inner.param_groups), inner.defaults)
         self._initialising = False
+
+    #: gameopt's hook semantics (see :mod:`gameopt.step_hooks`), on the inner optimiser's shared state.
+    profile_hook_step = staticmethod(hooked_step)
+
+    @property
+    def _shared(self) -> SharedState:
+        return self.inner._shared
+
+    @property
+    def k(self) -> int:
+        """Inner steps per synchronisation."""
+        return self._la.k
+
+    @property
+    def alpha(self) -> float:
+        """The slow weights' step towards the fast ones."""
+        return self._la.alpha
+
+    @property
+    def slow(self) -> dict[torch.Tensor, torch.Tensor]:
+        """Slow weights, one per parameter, created at the first step."""
+        return self._la.slow
+
+    @property
+    def fast_steps(self) -> int:
+        """Inner steps taken since the last synchronisation."""
+        return self._la.fast_steps
 
     # --- sharing with the inner optimiser ------------------------------------------------
     @property  # type: ignore[override]
@@ -135,12 +171,15 @@ class LookaheadMinmax(Optimizer):
             with torch.no_grad():
                 for p in new:
                     self.slow[p] = p.detach().clone()
+        moved_before = self._shared.moved
+        self._shared.moved = False
         out = self.inner.step(closure, **kwargs) if closure is not None else self.inner.step(**kwargs)
-        if not self.inner.last_step_skipped:
-            self.fast_steps += 1
-            if self.fast_steps >= self.k:
+        if self._shared.moved:
+            self._la.fast_steps += 1
+            if self._la.fast_steps >= self._la.k:
                 self._synchronise(params)
-                self.fast_steps = 0
+                self._la.fast_steps = 0
+        self._shared.moved = self._shared.moved or moved_before
         return out
 
     @torch.no_grad()
@@ -192,16 +231,20 @@ class LookaheadMinmax(Optimizer):
                 raise GameInputError(f"checkpoint slow weight {i} holds NaN or Inf")
             slow[p] = t.detach().to(device=p.device, dtype=p.dtype, copy=True)
         self.inner.load_state_dict(sd)
-        self.k, self.alpha, self.fast_steps = int(la["k"]), float(la["alpha"]), fast_steps
-        self.slow = slow
+        self._la.k, self._la.alpha, self._la.fast_steps = int(la["k"]), float(la["alpha"]), fast_steps
+        self._la.slow.clear()
+        self._la.slow.update(slow)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("step", None)  # an LR scheduler's per-instance wrapper of step
-        return state
+        # like GameOptimizer: no hooks, no methods patched onto the instance (an LR scheduler's
+        # step wrapper refers to the original); the copy rebuilds them
+        return {k: v for k, v in self.__dict__.items()
+                if not (k in ("step", "_opt_called", "_zero_grad_profile_name") or k.endswith("_hooks"))}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self._initialising = True
+        super().__setstate__(state)
+        self._initialising = False
 
     def __repr__(self) -> str:
         inner = repr(self.inner).replace("\n", "\n    ")

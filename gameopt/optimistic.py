@@ -112,7 +112,7 @@ class OptimisticOptimizer(FieldOptimizer):
             raise GameInputError("step() found no gradients: call opt.backward(...) first or pass a closure")
         with torch.no_grad():
             before = [p.detach().clone() for p in params]
-        if not self._step_base():
+        if not self._apply_base_step():
             return losses
         with torch.no_grad():
             # before <- Delta_t = z_after - z_t, in place

@@ -9,6 +9,7 @@ and one Jacobian-vector product (``J xi``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +19,8 @@ from torch.optim import Optimizer
 
 from .distributed import all_reduce_mean
 from .errors import GameInputError
-from .field import Closure, FieldOptimizer, Losses
+from .field import Closure, FieldOptimizer, FieldState, Losses
+from .game_optimizer import shared
 from .gradients import explain_double_backward, find_once_differentiable, is_negation_of
 from .players import ParamsLike, game_players
 
@@ -36,6 +38,16 @@ class SGAStats:
         self.grad_sq_norm = dict(zip(players, sq))
         self.adjustment_norm = adj_norm
         self.sign = sign
+
+
+@dataclasses.dataclass
+class SGAState(FieldState):
+    """:class:`FieldState` plus SGA's settings and the last backward's records."""
+
+    align: bool = True
+    align_eps: float = 0.1
+    stats: SGAStats | None = None
+    graph_checked: bool = False   # the one-time graph check ran
 
 
 class SGAOptimizer(FieldOptimizer):
@@ -94,6 +106,11 @@ class SGAOptimizer(FieldOptimizer):
         RuntimeError: an operation in the losses without double-backward support (with the fix).
     """
 
+    _shared_type = SGAState
+    align = shared("Whether the alignment rule sets lam's sign.")
+    align_eps = shared("The alignment's threshold epsilon.")
+    stats = shared("Statistics of the last ``backward`` (:class:`SGAStats`; None before the first).")
+
     def __init__(
         self,
         base_optimizer: type[Optimizer],
@@ -119,9 +136,6 @@ class SGAOptimizer(FieldOptimizer):
             _check_nonneg(group["lam"], f"lam of a '{group['player']}' param group")
         self.align = bool(align)
         self.align_eps = float(align_eps)
-        #: Statistics of the last backward (None before the first).
-        self.stats: SGAStats | None = None
-        self._graph_checked = False
 
     def backward(self, *losses: torch.Tensor, scaler: Any = None) -> SGAStats:
         """Accumulate ``xi + sign * lam * A^T xi`` into ``p.grad``; one loss per player.
@@ -156,7 +170,7 @@ class SGAOptimizer(FieldOptimizer):
         at_xi = torch._foreach_mul(torch._foreach_sub(jt_xi, j_xi), 0.5)   # A^T xi, scaled like xi
         vz = [z if t is None else t for z, t in zip(zeros, v)]
         sign = self._alignment(vz, jt_xi, at_xi, scale)
-        self.stats = self._stats(vz, at_xi, sign, scale)
+        self._shared.stats = self._stats(vz, at_xi, sign, scale)
         index = {id(p): i for i, p in enumerate(params)}
         finals: list[torch.Tensor | None] = list(v)
         for group in self.param_groups:
@@ -168,7 +182,7 @@ class SGAOptimizer(FieldOptimizer):
                 adj = at_xi[i] * sign.to(at_xi[i].dtype) * lam
                 finals[i] = adj if finals[i] is None else finals[i] + adj
         self._accumulate(params, finals)
-        return self.stats
+        return self._shared.stats
 
     def _full_gradients(
         self, losses: tuple[torch.Tensor, ...], per_player: list[list[torch.Tensor]]
@@ -221,7 +235,7 @@ class SGAOptimizer(FieldOptimizer):
 
         transpose = live(zip(own, seeds))
         row_outs = [live((t, s) for blk, sb in zip(row, seed_blocks) for t, s in zip(blk, sb)) for row in rows]
-        if not self._graph_checked:
+        if not self._shared.graph_checked:
             culprit = find_once_differentiable([t for t, _ in transpose] + [t for r in row_outs for t, _ in r])
             if culprit is not None:
                 raise RuntimeError(
@@ -244,7 +258,7 @@ class SGAOptimizer(FieldOptimizer):
                     for k, t in enumerate(got):
                         if t is not None:
                             j_xi[offsets[row] + k] = t
-        self._graph_checked = True
+        self._shared.graph_checked = True
         return jt_xi, j_xi
 
     def _stats(self, xi: list[torch.Tensor], at_xi: list[torch.Tensor], sign: torch.Tensor,
@@ -287,7 +301,7 @@ class SGAOptimizer(FieldOptimizer):
                 checked = self._check_losses(losses)
                 self.zero_grad(set_to_none=True)
                 self.backward(*checked)
-        self._step_base()
+        self._apply_base_step()
         return losses
 
     def monitor_stats(self) -> dict[str, Any]:
@@ -305,10 +319,18 @@ class SGAOptimizer(FieldOptimizer):
         extra.update(align=self.align, align_eps=self.align_eps)
         return extra
 
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
-        super()._load_extra_state(extra)
-        self.align = bool(extra.get("align", self.align))
-        self.align_eps = float(extra.get("align_eps", self.align_eps))
+    def _check_extra_state(self, extra: dict[str, Any]) -> dict[str, Any]:
+        settings = super()._check_extra_state(extra)
+        align = extra.get("align", self.align)
+        if not isinstance(align, bool):
+            raise GameInputError(f"the checkpoint's 'align' must be True or False, got {align!r}")
+        eps = extra.get("align_eps", self.align_eps)
+        _check_nonneg(eps, "the checkpoint's 'align_eps'")
+        settings.update(align=align, align_eps=float(eps))
+        return settings
+
+    def _check_group(self, index: int, group: dict[str, Any]) -> None:
+        _check_nonneg(group.get("lam"), f"the checkpoint's lam of param group {index}")
 
 
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:

@@ -405,3 +405,73 @@ def test_bf16_autocast_tracks_fp32(kind):
     d16, d32 = run(True), run(False)
     assert torch.isfinite(d16).all()
     assert float((d16 - d32).norm() / d32.norm()) < 5e-2
+
+
+# --------------------------------------------------------------------------- hooks and wrappers
+@pytest.mark.parametrize("kind", KINDS)
+def test_hooks_fire_once_per_step_and_post_hooks_only_when_moved(kind):
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    calls = []
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: calls.append("pre")),
+               register_optimizer_step_post_hook(lambda o, a, k: calls.append("post"))]
+    try:
+        gan = TinyGAN(seed=14)
+        opt = make(kind, gan)
+        local = []
+        opt.register_step_pre_hook(lambda o, a, k: local.append("pre"))
+        opt.register_step_post_hook(lambda o, a, k: local.append("post"))
+        opt.step(gan.losses)
+        assert calls == ["pre", "post"] and local == ["pre", "post"]
+        calls.clear()
+        local.clear()
+
+        def bad():
+            lg, ld = gan.losses()
+            return lg * float("nan"), ld
+
+        with pytest.warns(RuntimeWarning, match="non-finite"):
+            opt.step(bad)
+        assert calls == ["pre"] and local == ["pre"]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_extragradient_post_hooks_skip_a_step_whose_update_was_refused():
+    gan = TinyGAN(seed=15)
+    opt = make("extragradient", gan)
+    posts = []
+    opt.register_step_post_hook(lambda o, a, k: posts.append(1))
+    calls = []
+
+    def second_bad():
+        calls.append(1)
+        lg, ld = gan.losses()
+        return (lg * float("nan"), ld) if len(calls) == 2 else (lg, ld)
+
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        opt.step(second_bad)
+    assert posts == []
+
+
+@pytest.mark.parametrize("kind", ["optimistic", "sga", "la_consensus"])
+def test_backward_through_a_forwarding_wrapper_reaches_the_real_optimiser(kind):
+    from test_wrappers import ForwardingWrapper
+
+    gan = TinyGAN(seed=16)
+    opt = make(kind, gan)
+    wrapper = ForwardingWrapper(opt)
+    before = snapshot(gan)
+    wrapper.zero_grad()
+    wrapper.backward(*gan.losses())
+    next(iter(gan.G.parameters())).grad.fill_(float("nan"))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        wrapper.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshot(gan)))
+    wrapper.zero_grad()
+    wrapper.backward(*gan.losses())
+    wrapper.step()
+    assert not all(torch.equal(a, b) for a, b in zip(before, snapshot(gan)))
+    if kind == "sga":
+        assert opt.stats is not None and "stats" not in vars(wrapper)
