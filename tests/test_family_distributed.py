@@ -1,4 +1,4 @@
-"""Extragradient, optimistic, SGA and lookahead with distributed=True over 2 gloo processes
+"""Extragradient, optimistic, SGA, lookahead and lazy consensus with distributed=True over 2 gloo processes
 equal one process on the full batch; a NaN on one rank makes every rank skip."""
 
 import os
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 STEPS = 4
 BATCH = 8
-KINDS = ["extragradient", "optimistic", "sga", "la_extragradient"]
+KINDS = ["extragradient", "optimistic", "sga", "la_extragradient", "lazy_consensus"]
 
 
 def _optimizer(gan, kind, distributed):
@@ -27,6 +27,8 @@ def _optimizer(gan, kind, distributed):
         return gameopt.OptimisticOptimizer(torch.optim.Adam, gp, dp, **kw)
     if kind == "sga":
         return gameopt.SGAOptimizer(torch.optim.Adam, gp, dp, lam=0.5, **kw)
+    if kind == "lazy_consensus":
+        return gameopt.ConsensusOptimizer(torch.optim.Adam, gp, dp, gamma=0.5, every=2, **kw)
     return gameopt.LookaheadMinmax(gameopt.ExtragradientOptimizer(torch.optim.Adam, gp, dp, **kw), k=3)
 
 
