@@ -1,11 +1,16 @@
 """Collect finished image-benchmark runs into a Markdown table (and a JSON summary).
 
     python benchmarks/image_table.py runs/stacked_digits/* --out benchmarks/results/stacked_digits
+    python benchmarks/image_table.py runs/stacked_mnist/*/ --out benchmarks/results/stacked_mnist --published stacked_mnist
 
 Reads each run folder's ``metrics.json`` (written by ``benchmarks/image_gan.py``), prints one
 row per run and one mean +- std row per method over seeds, and writes ``table.md``,
 ``summary.json``, ``curves.png`` (each metric over steps, one line per run) and each run's last
-sample grid (``samples/<run folder>.png``) to ``--out``.
+sample grid (``samples/<run folder>.png``) to ``--out``. Runs that saved their final samples
+(``final_samples.npz``/``.json``) in a folder named ``<method>_s0`` (the main grid's seed 0) get
+them copied too (``samples/<method>_s0.npz``).
+``--published stacked_mnist`` (or ``mnist``) appends the papers' numbers the table tests and the
+metrics of real data (the ceiling), computed with the same evaluator (``real_reference.json``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ def load_runs(folders: list[str]) -> list[dict[str, Any]]:
             label += f" ({s['divergence']}, alpha {s['alpha']:g})"
         if s.get("model", "dcgan") != "dcgan":
             label += f", {s['model']}"
+        if s.get("model", "").startswith("unrolled") and s.get("d_scale", 0.5) != 0.5:
+            label += f", D {s['d_scale']:g} G"
+        if s.get("optim") not in (None, "adam"):
+            label += f", {s['optim']} {s.get('lr'):g}"
         runs.append({"folder": str(f), "label": label, "seed": s["seed"], "settings": s,
                      "final": d["history"][-1], "history": d["history"], "seconds": d["train_seconds"],
                      "skipped": d["skipped_steps"]})
@@ -100,19 +109,76 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+#: Published numbers each table tests: (source, method, metric -> value).
+PUBLISHED = {
+    "stacked_mnist": [
+        "Published (primal-dual paper, Chen et al. 2018, Table 3, with Metz et al.'s architecture; the "
+        "Unrolled GAN rows are the D = 1/2 G column of Metz et al.'s Table 3; modes out of 1000 and "
+        "an Inception-like score, each paper with its own MNIST classifier):",
+        "",
+        "| method (published) | modes (/1000) | score |",
+        "|---|---|---|",
+        "| Unrolled GAN, 5 unrolling steps (Metz et al. 2017) | 732 | n/a |",
+        "| Unrolled GAN, 10 unrolling steps (Metz et al. 2017) | 817 | n/a |",
+        "| Mode-regularized GAN (Che et al. 2017) | 969 | n/a |",
+        "| primal-dual paper's baseline (no primal-dual term) | 526 | 87.15 |",
+        "| primal-dual (Chen et al. 2018) | 827 | 155.6 |",
+    ],
+    "mnist": [
+        "Published (primal-dual paper, section 5.2.1; Inception score with a LeNet-5 of 98.9% test accuracy):",
+        "",
+        "| method (published) | score (/10) |",
+        "|---|---|",
+        "| baseline | 8.8 |",
+        "| primal-dual | 9.8 |",
+    ],
+}
+
+
+def real_reference(kind: str, out: Path) -> str:
+    """The metrics of real data under the same evaluator (cached in ``real_reference.json``)."""
+    path = out / "real_reference.json"
+    if path.exists():
+        ref = json.loads(path.read_text())
+    else:
+        from gameopt import images
+
+        if kind == "stacked_mnist":
+            ev = images.StackedMNISTEvaluator()
+            ref = {"what": "26,000 stacked test-split samples (fresh draw, seed 1) vs the 26,000-sample reference (seed 0)",
+                   **ev(ev._data.sample(26000, __import__("torch").Generator().manual_seed(1))[0]),
+                   "reference_itself": ev.real_metrics()}
+        else:
+            ev = images.MNISTEvaluator(n_real=5000, seed=0)
+            x, _ = images.load_mnist(split="test")
+            idx = __import__("torch").randperm(10000, generator=__import__("torch").Generator().manual_seed(1))[:5000]
+            ref = {"what": "5,000 test digits (seed 1) vs 5,000 others (seed 0)",
+                   **ev(images.mnist_signed(x[idx]).unsqueeze(1)), "reference_itself": ev.real_metrics()}
+        ref["classifier_test_accuracy"] = ev.classifier.test_accuracy
+        path.write_text(json.dumps(ref, indent=2))
+    cells = " | ".join(_fmt(fmt, ref.get(k)) for k, _, fmt in METRICS)
+    return (f"Real data under the same evaluator ({ref['what']}; classifier test accuracy "
+            f"{ref['classifier_test_accuracy']:.4f}):\n\n| real data | " + cells + " |")
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run folders (each with metrics.json)")
     ap.add_argument("--out", default=None, help="write table.md, summary.json and curves.png here")
+    ap.add_argument("--published", choices=sorted(PUBLISHED), default=None,
+                    help="append the published numbers and the real-data ceiling for this game")
     args = ap.parse_args(argv)
     runs = load_runs(args.runs)
     if not runs:
         raise SystemExit("no metrics.json found in the given folders")
     md = table(runs)
-    print(md)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        if args.published:
+            md += "\n\n" + real_reference(args.published, out) + "\n\n" + "\n".join(PUBLISHED[args.published])
+    print(md)
+    if args.out:
         (out / "table.md").write_text(md + "\n")
         (out / "summary.json").write_text(json.dumps(
             [{k: r[k] for k in ("folder", "label", "seed", "final", "seconds", "skipped", "settings")} for r in runs],
@@ -123,6 +189,11 @@ def main(argv: list[str] | None = None) -> str:
             if grids:
                 (out / "samples").mkdir(exist_ok=True)
                 shutil.copyfile(grids[-1], out / "samples" / f"{Path(r['folder']).name}.png")
+            final = Path(r["folder"]) / "final_samples.npz"
+            if Path(r["folder"]).name == f"{r['settings']['method']}_s0" and final.exists():   # the main grid's seed 0
+                name = Path(r["folder"]).name
+                shutil.copyfile(final, out / "samples" / f"{name}.npz")
+                shutil.copyfile(final.with_suffix(".json"), out / "samples" / f"{name}.json")
     return md
 
 
