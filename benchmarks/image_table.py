@@ -40,6 +40,12 @@ def load_runs(folders: list[str]) -> list[dict[str, Any]]:
             label += f" (gamma {s['gamma']:g})"
         if s["method"] == "primal_dual":
             label += f" ({s['divergence']}, alpha {s['alpha']:g})"
+        if s["method"] == "consensus_lazy":
+            label += f" (gamma {s['gamma']:g}, every {s['every']})"
+        if s["method"] == "sga" and s.get("lam", 1.0) != 1.0:
+            label += f" (lam {s['lam']:g})"
+        if s["method"].startswith("lookahead") and (s.get("la_k", 5), s.get("la_alpha", 0.5)) != (5, 0.5):
+            label += f" (k {s['la_k']}, alpha {s['la_alpha']:g})"
         if s.get("model", "dcgan") != "dcgan":
             label += f", {s['model']}"
         if s.get("model", "").startswith("unrolled") and s.get("d_scale", 0.5) != 0.5:
