@@ -6,6 +6,7 @@ Sign convention: every player minimises its own loss; a zero-sum game has
 
 from . import solvers
 from .alternating import AlternatingOptimizer
+from .competitive import CompetitiveOptimizer, CompetitiveStats
 from .consensus import ConsensusOptimizer, ConsensusStats, SimultaneousOptimizer
 from .diagnostics import GameField, SpectrumSummary, max_stable_step, summarize_spectrum
 from .dual_discriminator import RBFFeatures, TrustRegionDualDiscriminator
@@ -23,6 +24,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlternatingOptimizer",
+    "CompetitiveOptimizer",
+    "CompetitiveStats",
     "ConsensusOptimizer",
     "ConsensusStats",
     "DISCRIMINATOR",
