@@ -19,6 +19,7 @@ except where a method replaces a player's step:
 | ``optimistic`` | Optimistic Adam: the base step plus its change since the last step (``gameopt.OptimisticOptimizer``) |
 | ``sga`` | symplectic gradient adjustment ``xi + lam A^T xi`` with alignment (``gameopt.SGAOptimizer``) |
 | ``lookahead`` / ``lookahead_eg`` | ``gameopt.LookaheadMinmax`` over AltGA (LA-GAN) / over ExtraAdam (LA-ExtraGrad) |
+| ``cgd`` / ``acgd`` | competitive gradient descent / its adaptive form (``gameopt.CompetitiveOptimizer``) on the minimax loss ``(-disc_loss, disc_loss)`` (CGD needs a zero-sum game) |
 | ``consensus_lazy`` | consensus with the correction every ``--every`` steps, scaled by it (``ConsensusOptimizer(every=k)``) |
 
 Each method object has ``step(real, z) -> dict`` (detached losses and statistics of the step),
@@ -74,13 +75,17 @@ def register(
     DEFAULTS[name] = {"optim": optim, "lr": lr}
 
 
-def game_optimizer(factory: GameOptimizerFactory) -> Callable[[nn.Module, nn.Module, argparse.Namespace], "GameStep"]:
+def game_optimizer(
+    factory: GameOptimizerFactory, zero_sum: bool = False,
+) -> Callable[[nn.Module, nn.Module, argparse.Namespace], "GameStep"]:
     """A builder for a method that is one gameopt optimiser over both players.
 
     ``factory(base, gen_params, disc_params, base_kwargs, args)`` returns the optimiser; the
     players, the loss, the primal-dual term (``--pd``) and checkpoints are handled by :class:`GameStep`.
+    ``zero_sum``: train on the minimax loss ``(-disc_loss, disc_loss)`` instead of the
+    non-saturating pair (for optimisers defined for zero-sum games only, such as CGD).
     """
-    return lambda G, D, args: GameStep(G, D, args, factory)
+    return lambda G, D, args: GameStep(G, D, args, factory, zero_sum=zero_sum)
 
 
 def add_method_arguments(ap: argparse.ArgumentParser) -> None:
@@ -137,9 +142,11 @@ class GameStep:
     ``args.method == "primal_dual"``."""
 
     def __init__(
-        self, G: nn.Module, D: nn.Module, args: argparse.Namespace, factory: GameOptimizerFactory
+        self, G: nn.Module, D: nn.Module, args: argparse.Namespace, factory: GameOptimizerFactory,
+        zero_sum: bool = False,
     ) -> None:
         self.G, self.D, self.method = G, D, args.method
+        self.zero_sum = zero_sum
         base, kw = _base(args)
         self.opt: gameopt.GameOptimizer = factory(base, G.parameters(), D.parameters(), kw, args)
         self.reg: gameopt.PrimalDualRegularizer | None = None
@@ -161,7 +168,8 @@ class GameStep:
             fake = self.G(z)
             d_fake, d_real = self.D(fake).flatten(), self.D(real).flatten()
             if self.reg is None:
-                return gan_losses(d_real, d_fake)
+                gen_loss, disc_loss = gan_losses(d_real, d_fake)
+                return (-disc_loss, disc_loss) if self.zero_sum else (gen_loss, disc_loss)
             div = self.reg.divergence
             disc_loss = div.discriminator_loss(d_real, d_fake)
             gen_loss = gan_losses(d_real, d_fake)[0] if self.pd_gen_loss == "nonsat" else div.generator_loss(d_fake)
@@ -261,6 +269,10 @@ register("lookahead", game_optimizer(
 register("lookahead_eg", game_optimizer(
     lambda base, gp, dp, kw, args: gameopt.LookaheadMinmax(
         gameopt.ExtragradientOptimizer(base, gp, dp, **kw), k=args.la_k, alpha=args.la_alpha)))
+register("cgd", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.CompetitiveOptimizer(gp, dp, lr=kw["lr"]), zero_sum=True))
+register("acgd", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.CompetitiveOptimizer(gp, dp, lr=kw["lr"], adaptive=True), zero_sum=True))
 register("consensus_lazy", game_optimizer(
     lambda base, gp, dp, kw, args: gameopt.ConsensusOptimizer(
         base, gp, dp, gamma=args.gamma, smoothing=args.smoothing, every=args.every, **kw)))

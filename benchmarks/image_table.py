@@ -40,6 +40,8 @@ def load_runs(folders: list[str]) -> list[dict[str, Any]]:
             label += f" (gamma {s['gamma']:g})"
         if s["method"] == "primal_dual":
             label += f" ({s['divergence']}, alpha {s['alpha']:g})"
+        if s["method"] in ("cgd", "acgd"):
+            label += " (zero-sum loss)"
         if s["method"] == "consensus_lazy":
             label += f" (gamma {s['gamma']:g}, every {s['every']})"
         if s["method"] == "sga" and s.get("lam", 1.0) != 1.0:
