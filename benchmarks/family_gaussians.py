@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("run")
     r.add_argument("--method", choices=METHODS, required=True)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--budget", type=int, default=12000, help="consensus steps of wall time every method gets")
+    r.add_argument("--budget", type=int, default=5000, help="consensus steps of wall time every method gets")
     r.add_argument("--points", type=int, default=12, help="evaluations along the run")
     t = sub.add_parser("table")
     for p in (c, r, t):

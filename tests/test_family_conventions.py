@@ -475,3 +475,22 @@ def test_backward_through_a_forwarding_wrapper_reaches_the_real_optimiser(kind):
     assert not all(torch.equal(a, b) for a, b in zip(before, snapshot(gan)))
     if kind == "sga":
         assert opt.stats is not None and "stats" not in vars(wrapper)
+
+
+@pytest.mark.parametrize("kind", ["optimistic", "sga", "la_optimistic"])
+def test_grad_scaler_step_equals_the_unscaled_run(kind):
+    gan, ref = TinyGAN(seed=17), TinyGAN(seed=17)
+    opt, ref_opt = make(kind, gan, base=torch.optim.SGD, lr=0.05), make(kind, ref, base=torch.optim.SGD, lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    for _ in range(4):   # lookahead k=3: one synchronisation
+        opt.zero_grad()
+        lg, ld = gan.losses()
+        kw = {"scaler": scaler} if kind == "sga" else {}
+        opt.backward(scaler.scale(lg), scaler.scale(ld), **kw)
+        scaler.step(opt)
+        scaler.update()
+        ref_opt.zero_grad()
+        ref_opt.backward(*ref.losses())
+        ref_opt.step()
+    for a, b in zip(snapshot(gan), snapshot(ref)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
