@@ -494,3 +494,17 @@ def test_grad_scaler_step_equals_the_unscaled_run(kind):
         ref_opt.step()
     for a, b in zip(snapshot(gan), snapshot(ref)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_sga_refuses_a_function_without_second_derivatives():
+    from test_bad_input import _OnceDifferentiable
+
+    gan = TinyGAN(seed=18)
+    opt = make("sga", gan)
+    fake = gan.G(gan.z)
+    d_fake = gan.D(_OnceDifferentiable.apply(fake))
+    lg = torch.nn.functional.softplus(-d_fake).mean()
+    ld = torch.nn.functional.softplus(-gan.D(gan.x)).mean() + torch.nn.functional.softplus(d_fake).mean()
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        opt.backward(lg, ld)
+    assert all(p.grad is None for ps in gan.params() for p in ps)
