@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.optim import Optimizer
 
 from . import checkpoints
@@ -241,14 +242,15 @@ class GameOptimizer(Optimizer):
         """
         stepping = self.players if players is None else tuple(players)
         groups = [g for g in self.param_groups if g["player"] in stepping]
-        if self.nonfinite != "ignore" and not self._finite(groups):
+        if self.nonfinite != "ignore" and not self._applied_is_finite(groups):
             self._refuse_step(groups)
             return False
         unhooked_step(self.base_optimizer)
         self._shared.moved = True
         return True
 
-    def _finite(self, groups: list[dict[str, Any]]) -> bool:
+    def _applied_is_finite(self, groups: list[dict[str, Any]]) -> bool:
+        """Whether every ``p.grad`` and ``lr`` of ``groups`` is finite (one host read)."""
         lrs = [g["lr"] for g in groups if "lr" in g]
         if any(_is_number(lr) and not math.isfinite(lr) for lr in lrs):
             return False
@@ -258,8 +260,6 @@ class GameOptimizer(Optimizer):
             return True
         flag = all_finite(tensors)
         if self.distributed:
-            import torch.distributed as dist
-
             bad = (~flag).to(torch.float32).reshape(1)
             dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
             return not bool(bad)
