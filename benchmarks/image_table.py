@@ -185,17 +185,19 @@ def real_reference(kind: str, out: Path) -> str:
     if path.exists():
         ref = json.loads(path.read_text())
     else:
+        import torch
+
         from gameopt import images
 
         if kind == "stacked_mnist":
             ev = images.StackedMNISTEvaluator()
+            fresh = ev._data.sample(26000, torch.Generator().manual_seed(1))[0]
             ref = {"what": "26,000 stacked test-split samples (fresh draw, seed 1) vs the 26,000-sample reference (seed 0)",
-                   **ev(ev._data.sample(26000, __import__("torch").Generator().manual_seed(1))[0]),
-                   "reference_itself": ev.real_metrics()}
+                   **ev(fresh), "reference_itself": ev.real_metrics()}
         else:
             ev = images.MNISTEvaluator(n_real=5000, seed=0)
             x, _ = images.load_mnist(split="test")
-            idx = __import__("torch").randperm(10000, generator=__import__("torch").Generator().manual_seed(1))[:5000]
+            idx = torch.randperm(10000, generator=torch.Generator().manual_seed(1))[:5000]
             ref = {"what": "5,000 test digits (seed 1) vs 5,000 others (seed 0)",
                    **ev(images.mnist_signed(x[idx]).unsqueeze(1)), "reference_itself": ev.real_metrics()}
         ref["classifier_test_accuracy"] = ev.classifier.test_accuracy

@@ -31,7 +31,7 @@ one() {
   if $cmd > "$log" 2>&1; then echo "done: $name"; else echo "FAILED: $name (see $log)"; fi
 }
 gauss() {
-  "$py" benchmarks/gamma_sweep_gaussians.py --steps 4000 --seeds 0,1,2 --threads 1 \
+  "$py" benchmarks/gamma_sweep_gaussians.py --steps 8000 --seeds 0,1,2 --threads 1 \
       --out benchmarks/results/gamma_sweep/eight_gaussians > runs/gamma_sweep_gaussians.log 2>&1 \
     && echo "done: gamma sweep (8 Gaussians)" || echo "FAILED: gamma sweep (see runs/gamma_sweep_gaussians.log)"
 }

