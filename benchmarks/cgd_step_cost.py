@@ -1,7 +1,7 @@
 """Step cost and memory of CGD / ACGD against a plain simultaneous Adam step, measured in one run.
 
-Game: the zero-sum GAN objective f = softplus(-D(x)).mean() + softplus(D(G(z))).mean() with the
-generator maximising... in gameopt's convention disc_loss = f is minimised by D and gen_loss = -f by G.
+Game: zero-sum, f = softplus(-D(x)).mean() + softplus(D(G(z))).mean() is the discriminator's loss
+(disc_loss = f) and the generator's is gen_loss = -f (gameopt's convention: both minimise).
 Players: the 8-Gaussian MLPs (batch 512) and the DCGAN-like 32x32 players of benchmarks/dcgan.py
 (batch 64). Every step draws the next batch from a fixed pool, so the CG warm start sees the
 mini-batch noise it would see in training.
@@ -9,10 +9,12 @@ mini-batch noise it would see in training.
 Methods (each on its own copy of the same players, steps interleaved round-robin so machine noise
 hits all alike; ratios of medians against ``adam``):
   adam        plain torch: one backward of f for both players (D's gradient negated), torch.optim.Adam
-  cgd         gameopt.CompetitiveOptimizer(lr), defaults (tol 1e-3, max_iter 10, warm start)
+              (betas 0.5, 0.999)
+  cgd         gameopt.CompetitiveOptimizer(lr), defaults (tol 0.1, max_iter 10, no warm start)
   acgd        gameopt.CompetitiveOptimizer(lr, adaptive=True), defaults
-  acgd_cold   ACGD without the warm start
-  acgd_tight  ACGD with tol 1e-6, max_iter 100 (about the cgds package's tolerance)
+  acgd_warm   ACGD with the warm start
+  acgd_k1     ACGD with max_iter=1: one CG iteration, 3 Hessian-vector products, whatever the residual
+  acgd_tight  ACGD with tol 1e-3, max_iter 100
 CG iterations and Hessian-vector products per step are the means over the timed steps.
 Memory (CPU): MB of tensors autograd saves for backward in one step (unique storages), as
 benchmarks/consensus_step_cost.py measures it, each method in a fresh subprocess; plus the
@@ -20,8 +22,9 @@ optimiser state's MB. CUDA: peak allocated MB above models and data over 3 steps
 
     /work/bin/quiet python benchmarks/cgd_step_cost.py --threads 1 --out runs/cgd_step_cost
 
-``make_step(method, G, D, batches)`` and ``METHODS`` are importable (e.g. from
-benchmarks/consensus_step_cost.py).
+Importable (e.g. from benchmarks/consensus_step_cost.py): ``make_competitive_step(G, D, losses,
+**settings)`` for any zero-sum ``losses() -> (gen_loss, disc_loss)``, ``SETTINGS`` (the methods'
+CompetitiveOptimizer arguments), ``make_step(method, G, D, batches)``.
 """
 
 from __future__ import annotations
@@ -46,8 +49,16 @@ import gameopt  # noqa: E402
 from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
 from gameopt.toy_games import mlp  # noqa: E402
 
-METHODS = ["adam", "cgd", "acgd", "acgd_cold", "acgd_tight"]
-LR = {"adam": 2e-4, "cgd": 2e-4, "acgd": 2e-4, "acgd_cold": 2e-4, "acgd_tight": 2e-4}
+METHODS = ["adam", "cgd", "acgd", "acgd_warm", "acgd_k1", "acgd_tight"]
+#: CompetitiveOptimizer's arguments per method (lr 2e-4 everywhere, Adam's too)
+SETTINGS = {
+    "cgd": {},
+    "acgd": {"adaptive": True},
+    "acgd_warm": {"adaptive": True, "warm_start": True},
+    "acgd_k1": {"adaptive": True, "max_iter": 1},
+    "acgd_tight": {"adaptive": True, "tol": 1e-3, "max_iter": 100},
+}
+LR = 2e-4
 POOL = 8  # batches cycled through
 
 
@@ -68,17 +79,35 @@ def objective(G, D, z, x) -> torch.Tensor:
     return F.softplus(-D(x)).mean() + F.softplus(D(G(z))).mean()
 
 
+def make_competitive_step(G, D, losses: Callable[[], tuple], lr: float = LR, **settings
+                          ) -> tuple[Callable[[], None], dict]:
+    """One CompetitiveOptimizer training step on ``losses() -> (gen_loss, disc_loss)`` (zero-sum).
+
+    Returns the step and a dict of lists it appends to: CG ``iterations`` and ``residual``
+    (0-dim tensors) and Hessian-vector ``products`` (ints), one entry per step.
+    """
+    opt = gameopt.CompetitiveOptimizer(G.parameters(), D.parameters(), lr=lr, **settings)
+    counts: dict = {"iterations": [], "products": [], "residual": []}
+
+    def step():
+        stats = opt.backward(*losses())
+        opt.step()
+        counts["iterations"].append(stats.cg_iterations)
+        counts["products"].append(stats.hessian_products)
+        counts["residual"].append(stats.cg_residual)
+    return step, counts
+
+
 def make_step(method: str, G, D, batches) -> tuple[Callable[[], None], dict]:
     """A callable doing one training step of ``method``, and a dict it fills with CG counts."""
-    gp, dp = list(G.parameters()), list(D.parameters())
-    counts: dict = {"iterations": [], "products": []}
     it = iter(range(10**9))
 
     def batch():
         return batches[next(it) % len(batches)]
 
     if method == "adam":
-        opt = torch.optim.Adam(gp + dp, lr=LR[method], betas=(0.5, 0.999))
+        gp, dp = list(G.parameters()), list(D.parameters())
+        opt = torch.optim.Adam(gp + dp, lr=LR, betas=(0.5, 0.999))
 
         def step():
             z, x = batch()
@@ -89,22 +118,12 @@ def make_step(method: str, G, D, batches) -> tuple[Callable[[], None], dict]:
             for p, g in zip(dp, grads[len(gp):]):
                 p.grad = g
             opt.step()
-        return step, counts
-    kw: dict = {"adaptive": method.startswith("acgd")}
-    if method == "acgd_cold":
-        kw["warm_start"] = False
-    if method == "acgd_tight":
-        kw.update(tol=1e-6, max_iter=100)
-    opt = gameopt.CompetitiveOptimizer(gp, dp, lr=LR[method], **kw)
+        return step, {}
 
-    def step():
-        z, x = batch()
-        ld = objective(G, D, z, x)
-        stats = opt.backward(-ld, ld)
-        opt.step()
-        counts["iterations"].append(stats.cg_iterations)
-        counts["products"].append(stats.hessian_products)
-    return step, counts
+    def losses():
+        ld = objective(G, D, *batch())
+        return -ld, ld
+    return make_competitive_step(G, D, losses, **SETTINGS[method])
 
 
 def sync(device: str) -> None:
@@ -120,8 +139,8 @@ def time_methods(model, device, rounds, warmup, methods, progress):
     for m in methods:
         for _ in range(warmup):
             steps[m]()
-        counts[m]["iterations"].clear()
-        counts[m]["products"].clear()
+        for values in counts[m].values():
+            values.clear()
     sync(device)
     times = {m: [] for m in methods}
     for _ in progress(range(rounds), desc=model):
@@ -134,9 +153,10 @@ def time_methods(model, device, rounds, warmup, methods, progress):
     out = {}
     for m in methods:
         out[m] = {"median_ms": 1e3 * med[m], "ratio_vs_adam": med[m] / med["adam"]}
-        if counts[m]["products"]:
+        if counts[m].get("products"):
             out[m]["cg_iterations_mean"] = float(torch.stack(counts[m]["iterations"]).double().mean())
             out[m]["hessian_products_mean"] = statistics.mean(counts[m]["products"])
+            out[m]["cg_residual_median"] = float(torch.stack(counts[m]["residual"]).median())
     return out
 
 
@@ -183,11 +203,35 @@ def measure_memory(model, device, methods, threads):
     return out
 
 
+def plot(table, path) -> None:
+    """Time and memory ratios against Adam, one panel per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(table), figsize=(5.5 * len(table), 3.6), squeeze=False)
+    for ax, (model, entry) in zip(axes[0], table.items()):
+        methods = list(entry["time"])
+        mem = entry.get("saved_mb", entry.get("peak_mb", {}))
+        xs = range(len(methods))
+        ax.bar([x - 0.2 for x in xs], [entry["time"][m]["ratio_vs_adam"] for m in methods], 0.4, label="time")
+        if mem:
+            ax.bar([x + 0.2 for x in xs], [mem[m] / mem["adam"] for m in methods], 0.4, label="saved memory")
+        ax.axhline(3.0, color="tab:red", lw=0.8, ls="--", label="goal: 3x time")
+        ax.axhline(1.0, color="k", lw=0.5)
+        ax.set_xticks(list(xs), methods, rotation=30)
+        ax.set_title(model)
+        ax.set_ylabel("x plain Adam step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["mlp", "dcgan", "both"], default="both")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--rounds", type=int, default=0, help="timed steps per method (0: 100 mlp, 15 dcgan)")
+    ap.add_argument("--rounds", type=int, default=0, help="timed steps per method (0: 100 mlp, 20 dcgan)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (adam is always run)")
@@ -208,7 +252,7 @@ def main() -> None:
     methods = ["adam"] + [m for m in args.methods.split(",") if m in METHODS and m != "adam"]
     table = {}
     for model in models:
-        rounds = args.rounds or (100 if model == "mlp" else 15)
+        rounds = args.rounds or (100 if model == "mlp" else 20)
         warmup = 10 if model == "mlp" else 3
         entry = {"time": time_methods(model, args.device, rounds, warmup, methods, progress), "rounds": rounds}
         if not args.no_memory:
@@ -217,7 +261,7 @@ def main() -> None:
         table[model] = entry
     results = {
         "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "lr": LR, "pool_batches": POOL,
+        "lr": LR, "settings": SETTINGS, "pool_batches": POOL,
         "memory_measure": "peak allocated MB above models and data (CUDA)" if args.device.startswith("cuda")
         else "MB of tensors autograd saves for backward in one step (CPU)",
         "results": table,
@@ -225,6 +269,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cgd_step_cost.json").write_text(json.dumps(results, indent=2))
+    plot(table, out / "cgd_step_cost.png")
     print(f"{'model':6s} {'method':11s} {'ms/step':>9s} {'x adam':>7s} {'CG it':>6s} {'HVPs':>5s} {'mem MB':>7s} {'x adam':>7s}")
     for model, entry in table.items():
         mem = entry.get("saved_mb", entry.get("peak_mb", {}))
@@ -233,7 +278,7 @@ def main() -> None:
             print(f"{model:6s} {m:11s} {t['median_ms']:9.2f} {t['ratio_vs_adam']:7.2f} "
                   f"{t.get('cg_iterations_mean', 0):6.2f} {t.get('hessian_products_mean', 0):5.2f} "
                   f"{mm:7.2f} {mm / mem.get('adam', float('nan')):7.2f}")
-    print(f"wrote {out}/cgd_step_cost.json")
+    print(f"wrote {out}/cgd_step_cost.json and .png")
 
 
 if __name__ == "__main__":

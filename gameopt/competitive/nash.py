@@ -55,6 +55,8 @@ Reduce = Callable[[Tensor], Tensor]
 
 def flatten(tensors: Sequence[Tensor | None], like: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
     """One flat vector of ``tensors`` (zeros where None) in ``dtype``."""
+    if all(t is not None and t.dtype == dtype for t in tensors):
+        return torch.cat([t.reshape(-1) for t in tensors])  # type: ignore[union-attr]
     parts = [
         torch.zeros(p.numel(), dtype=dtype, device=p.device) if t is None else t.reshape(-1).to(dtype)
         for t, p in zip(tensors, like)
@@ -99,7 +101,7 @@ class MixedHessian:
         result: Sequence[Tensor | None] = [None] * len(inputs)
         if outs:
             parts = unflatten(seed, seed_like)
-            seeds = [parts[i].to(g.dtype) for i, g in outs]
+            seeds = [parts[i] if parts[i].dtype == g.dtype else parts[i].to(g.dtype) for i, g in outs]
             result = torch.autograd.grad(
                 [g for _, g in outs], inputs, grad_outputs=seeds, retain_graph=True, allow_unused=True,
             )

@@ -131,7 +131,8 @@ class CompetitiveOptimizer(GameOptimizer):
         opt.backward(-d_loss, d_loss)     # or opt.backward(f) with the one objective f
         opt.step()
 
-    or ``opt.step(closure)`` with ``closure()`` returning ``(gen_loss, disc_loss)`` or f.
+    or ``opt.step(closure)`` with ``closure()`` returning ``(gen_loss, disc_loss)``, f, or
+    None after calling ``opt.backward`` itself.
 
     Args:
         gen_params, disc_params: the players' parameters (tensors or param-group dicts).
@@ -144,10 +145,10 @@ class CompetitiveOptimizer(GameOptimizer):
             normalised, so Adam's 1e-8 makes steps and CG iterations blow up there.
         tol: CG stops when ``||r|| <= tol * min(||u||, ||c||)`` (in (0, 1)), which bounds
             each player's relative step error (in its step-size-scaled norm) by
-            ``tol / (1 - tol)`` (see ``gameopt.competitive.nash``). The default 0.1 (about 10%,
-            well inside mini-batch noise) took 1 iteration for CGD and 2-3 for ACGD per step on
-            the DCGAN-like players (README); lower it for exact solves (the tests use 1e-13
-            in float64).
+            ``tol / (1 - tol)`` (see ``gameopt.competitive.nash``). The default 0.1 (each step
+            within about 11%) took 1 iteration for CGD and about 2 for ACGD per step on the
+            DCGAN-like players (README); lower it for exact solves (the tests use 1e-13 in
+            float64).
         max_iter: CG budget per step (>= 1); a solve that hits it is used as it is and
             reported in ``stats.cg_converged``.
         check_every: the host reads CG's stopping flag every ``check_every`` iterations
