@@ -4,12 +4,13 @@
 gradient field xi. Variants (each returns xi + sign * A^T xi for the alignment sign of
 gameopt's SGAOptimizer, and is checked against it):
   plain            first gradients of both players (the unit)
-  gameopt          gameopt.SGAOptimizer.backward (the double-backward trick, with the
-                   alignment, statistics and writing p.grad)
-  trick            the double-backward trick alone: h = J^T w with create_graph (w = xi as a
-                   leaf), J xi = d/dw <h, xi>
+  gameopt          gameopt.SGAOptimizer.backward (row by row as below, with the alignment,
+                   statistics and writing p.grad)
   rows             each loss's gradient w.r.t. every player with graph, J^T xi in one pass,
                    row i of J xi as d/dz_i <grad l_i, xi> (three second-order passes)
+  trick            the double-backward trick: h = J^T w with create_graph (w = xi as a leaf),
+                   J xi = d/dw <h, xi> (two passes, but third-order: torch cannot do it through
+                   transposed convolutions with output_padding)
   forward_mode     torch.func: (xi, vjp) = vjp(xi_fn), J^T xi = vjp(xi), J xi = jvp(xi_fn, xi)
                    (forward-over-reverse)
 

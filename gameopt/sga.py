@@ -21,7 +21,7 @@ from .distributed import all_reduce_mean
 from .errors import GameInputError
 from .field import Closure, FieldOptimizer, FieldState, Losses
 from .game_optimizer import shared
-from .gradients import explain_double_backward, find_once_differentiable
+from .gradients import explain_double_backward, find_once_differentiable, is_negation_of
 from .players import ParamsLike, game_players
 
 
@@ -72,15 +72,18 @@ class SGAOptimizer(FieldOptimizer):
     stable fixed points and repelled from unstable ones. The sign is a device tensor: no host
     sync. ``align=False`` keeps lam's sign.
 
-    Computation: xi with its graph (one backward pass with ``create_graph``); with
-    ``w = xi.detach()`` as a leaf, ``h = autograd.grad(xi, params, grad_outputs=w,
-    create_graph=True) = J^T xi``, then ``J xi = autograd.grad(h, w, grad_outputs=xi)`` (the
-    double-backward trick: h is linear in w with coefficient ``J^T``). Measured against two
-    alternatives that agree with it to rounding (``benchmarks/sga_jvp_cost.py``, 1 thread): J xi
-    row by row (each loss's gradient w.r.t. every player with graph, then ``d/dz_i <grad l_i,
-    xi>``: three second-order passes instead of two) was 9% slower on the DCGAN-like pair, and
-    torch.func's forward-over-reverse ``jvp`` 22% slower. An SGA step costs about 5.7x a plain
-    gradient step there (consensus: about 3x).
+    Computation: each loss's gradient w.r.t. *every* player's parameters, with its graph
+    (``rows[i][j] = d l_i / d z_j``; one backward pass per loss, one for a zero-sum pair);
+    ``xi`` is the diagonal blocks. ``J^T xi`` is one backward pass of the diagonal blocks seeded
+    with xi (what consensus computes), and row i of ``J xi`` is the gradient w.r.t. player i's
+    parameters of ``<rows[i], xi>``: one pass per player, so three second-order passes for two
+    players. SGA therefore needs second derivatives only, like consensus. The double-backward
+    trick (``J xi = d/dw <J^T w, xi>`` through the graph of ``J^T w``, two passes) was 9% cheaper
+    on the DCGAN-like pair (``benchmarks/sga_jvp_cost.py``, 1 thread; equal on the MLP) but
+    differentiates to third order, which torch does not support for transposed convolutions with
+    ``output_padding`` (the stacked-MNIST generators); torch.func's forward-over-reverse ``jvp``
+    was 22% slower. All agree to rounding. An SGA step costs 5-6x a plain step on the DCGAN pair
+    (consensus: 3x).
 
     Bilinear game (``l_G = x^T A y``, ``l_D = -l_G``, SGD with step eta, per singular value
     sigma): J is antisymmetric, so the antisymmetric part is J itself and ``A^T xi = J^T xi``;
@@ -148,10 +151,22 @@ class SGAOptimizer(FieldOptimizer):
         scale = _scaler_scale(scaler)
         for group in self.param_groups:
             _check_nonneg(group["lam"], f"lam of a '{group['player']}' param group")
-        params, grads, v = self._field(checked, create_graph=True)
+        per_player = [self.player_params(p) for p in self.players]
+        params = [p for ps in per_player for p in ps]
+        rows = self._full_gradients(checked, per_player)
+        # xi: each player's gradient of its own loss (the diagonal blocks), averaged over ranks
+        own = [t for i, row in enumerate(rows) for t in row[i]]
+        v: list[torch.Tensor | None] = [None if t is None else t.detach() for t in own]
+        if self.distributed:
+            v = list(all_reduce_mean([torch.zeros_like(p) if t is None else t for p, t in zip(params, v)],
+                                     self.process_group))
         seeds = [None if t is None else (t / scale if scale != 1.0 else t) for t in v]   # unscaled xi
+        seed_blocks, start = [], 0
+        for ps in per_player:
+            seed_blocks.append(seeds[start: start + len(ps)])
+            start += len(ps)
         zeros = [torch.zeros_like(p) for p in params]
-        jt_xi, j_xi = self._jacobian_products(grads, params, seeds, zeros)
+        jt_xi, j_xi = self._jacobian_products(rows, per_player, params, own, seeds, seed_blocks, zeros)
         if self.distributed:
             both = all_reduce_mean(jt_xi + j_xi, self.process_group)
             jt_xi, j_xi = both[: len(params)], both[len(params):]
@@ -172,40 +187,81 @@ class SGAOptimizer(FieldOptimizer):
         self._accumulate(params, finals)
         return self._shared.stats
 
-    def _jacobian_products(
-        self, grads: list[torch.Tensor | None], params: list[torch.Tensor],
-        seeds: list[torch.Tensor | None], zeros: list[torch.Tensor],
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """``J^T xi`` and ``J xi`` by the double-backward trick (zeros where a block is absent).
+    def _full_gradients(
+        self, losses: tuple[torch.Tensor, ...], per_player: list[list[torch.Tensor]]
+    ) -> list[list[list[torch.Tensor | None]]]:
+        """``rows[i][j]``: the gradient of player i's loss w.r.t. player j's parameters, with graph.
 
-        With ``w`` a leaf equal to xi, ``h = autograd.grad(xi, params, grad_outputs=w,
-        create_graph=True)`` is ``J^T w`` (= ``J^T xi`` in value, linear in w with coefficient
-        ``J^T``), so ``autograd.grad(h, w, grad_outputs=xi) = J xi``.
+        One backward pass per loss (one in all for a two-player zero-sum game). The off-diagonal
+        blocks are what the Jacobian-vector product J xi needs beyond consensus's v.
         """
-        keep = [i for i, t in enumerate(grads) if t is not None and t.requires_grad and seeds[i] is not None]
-        if not keep:
-            return list(zeros), list(zeros)
-        outs = [grads[i] for i in keep]
+        flat = [p for ps in per_player for p in ps]
+        names = self._loss_names()
+        with torch.enable_grad(), explain_double_backward(True):
+            if len(losses) == 2 and (is_negation_of(losses[1], losses[0]) or is_negation_of(losses[0], losses[1])):
+                first = 0 if is_negation_of(losses[1], losses[0]) else 1
+                g = list(torch.autograd.grad(losses[first], flat, create_graph=True, allow_unused=True))
+                neg = [None if t is None else -t for t in g]
+                full = [g, neg] if first == 0 else [neg, g]
+            else:
+                full = [list(torch.autograd.grad(loss, flat, create_graph=True, allow_unused=True))
+                        for loss in losses]
+        rows: list[list[list[torch.Tensor | None]]] = []
+        for i, g in enumerate(full):
+            blocks, start = [], 0
+            for ps in per_player:
+                blocks.append(g[start: start + len(ps)])
+                start += len(ps)
+            if all(t is None for t in blocks[i]):
+                raise GameInputError(
+                    f"{names[i]} does not depend on any parameter of player '{self.players[i]}'; each "
+                    "player's loss must be computed from that player's parameters (check that the "
+                    "players are not swapped and that nothing is detached)"
+                )
+            if any(t is not None and t.layout != torch.strided for t in g):
+                raise GameInputError(
+                    f"player '{self.players[i]}' produced a sparse gradient; gameopt needs dense "
+                    "gradients: build embeddings with sparse=False"
+                )
+            rows.append(blocks)
+        return rows
+
+    def _jacobian_products(
+        self, rows: list[list[list[torch.Tensor | None]]], per_player: list[list[torch.Tensor]],
+        params: list[torch.Tensor], own: list[torch.Tensor | None], seeds: list[torch.Tensor | None],
+        seed_blocks: list[list[torch.Tensor | None]], zeros: list[torch.Tensor],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``J^T xi`` (one backward pass of the diagonal blocks seeded with xi) and ``J xi`` (row i:
+        the gradient w.r.t. player i's parameters of ``<grad l_i, xi>``, one pass per player)."""
+        def live(pairs):
+            return [(t, s) for t, s in pairs if t is not None and s is not None and t.requires_grad]
+
+        transpose = live(zip(own, seeds))
+        row_outs = [live((t, s) for blk, sb in zip(row, seed_blocks) for t, s in zip(blk, sb)) for row in rows]
         if not self._shared.graph_checked:
-            culprit = find_once_differentiable(outs)
+            culprit = find_once_differentiable([t for t, _ in transpose] + [t for r in row_outs for t, _ in r])
             if culprit is not None:
                 raise RuntimeError(
                     f"SGA differentiates the gradients again, but a function marked "
                     f"@once_differentiable ({culprit}) would silently drop its second derivatives"
                 )
-        w = [seeds[i].detach().clone().requires_grad_(True) for i in keep]
+        jt_xi, j_xi = list(zeros), list(zeros)
+        calls = [(transpose, params, None)] + [(r, ps, i) for i, (r, ps) in enumerate(zip(row_outs, per_player))]
+        calls = [c for c in calls if c[0]]
+        offsets = [0]
+        for ps in per_player:
+            offsets.append(offsets[-1] + len(ps))
         with torch.enable_grad(), explain_double_backward(True):
-            h = torch.autograd.grad(outs, params, grad_outputs=w, create_graph=True, allow_unused=True)
-            pairs = [(t, seeds[j]) for j, t in enumerate(h)
-                     if t is not None and t.requires_grad and seeds[j] is not None]
-            jw = (torch.autograd.grad([t for t, _ in pairs], w, grad_outputs=[u for _, u in pairs], allow_unused=True)
-                  if pairs else [None] * len(w))
+            for n, (pairs, inputs, row) in enumerate(calls):
+                got = torch.autograd.grad([t for t, _ in pairs], inputs, grad_outputs=[s for _, s in pairs],
+                                          retain_graph=n < len(calls) - 1, allow_unused=True)
+                if row is None:
+                    jt_xi = [z if t is None else t for z, t in zip(zeros, got)]
+                else:
+                    for k, t in enumerate(got):
+                        if t is not None:
+                            j_xi[offsets[row] + k] = t
         self._shared.graph_checked = True
-        jt_xi = [z if t is None else t.detach() for z, t in zip(zeros, h)]
-        j_xi = list(zeros)
-        for i, t in zip(keep, jw):
-            if t is not None:
-                j_xi[i] = t
         return jt_xi, j_xi
 
     def _stats(self, xi: list[torch.Tensor], at_xi: list[torch.Tensor], sign: torch.Tensor,

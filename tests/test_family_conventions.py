@@ -508,3 +508,40 @@ def test_sga_refuses_a_function_without_second_derivatives():
     with pytest.raises(RuntimeError, match="once_differentiable"):
         opt.backward(lg, ld)
     assert all(p.grad is None for ps in gan.params() for p in ps)
+
+
+def test_sga_needs_second_derivatives_only():
+    """A transposed convolution with output_padding (the stacked-MNIST generators have them): torch
+    cannot differentiate its double backward again (third order: "output_padding is not supported
+    for non-transposed convolutions"), so SGA must need no more than consensus does. The
+    adjustment is checked against torch.func's forward-over-reverse products."""
+    from torch.func import functional_call, grad, jvp, vjp
+
+    torch.manual_seed(0)
+    G = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Unflatten(1, (2, 4, 4)),
+                            torch.nn.ConvTranspose2d(2, 1, 3, 2, 1, output_padding=1)).double()   # 8x8
+    D = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, stride=2, padding=1), torch.nn.Tanh(),
+                            torch.nn.Flatten(), torch.nn.Linear(32, 1)).double()
+    z, x = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 1, 8, 8, dtype=torch.float64)
+
+    def losses(g, d):
+        d_fake = functional_call(D, d, (functional_call(G, g, (z,)),))
+        return (torch.nn.functional.softplus(-d_fake).mean(),
+                torch.nn.functional.softplus(-functional_call(D, d, (x,))).mean()
+                + torch.nn.functional.softplus(d_fake).mean())
+
+    gp, dp = dict(G.named_parameters()), dict(D.named_parameters())
+    opt = gameopt.SGAOptimizer(torch.optim.SGD, list(gp.values()), list(dp.values()), lam=1.0, align=False, lr=0.1)
+    opt.backward(*losses(gp, dp))
+    got = torch.cat([p.grad.reshape(-1) for p in list(gp.values()) + list(dp.values())])
+
+    def xi_fn(g, d):
+        return grad(lambda g_: losses(g_, d)[0])(g), grad(lambda d_: losses(g, d_)[1])(d)
+
+    g0 = {k: v.detach() for k, v in gp.items()}
+    d0 = {k: v.detach() for k, v in dp.items()}
+    xi, vjp_fn = vjp(xi_fn, g0, d0)
+    jt = vjp_fn(xi)
+    _, jx = jvp(xi_fn, (g0, d0), xi)
+    flat = lambda parts: torch.cat([t.reshape(-1) for part in parts for t in part.values()])  # noqa: E731
+    torch.testing.assert_close(got, flat(xi) + 0.5 * (flat(jt) - flat(jx)), rtol=1e-9, atol=1e-12)
