@@ -15,6 +15,12 @@ except where a method replaces a player's step:
 | ``consensus`` | simultaneous step with ``gamma * grad(1/2 ||v||^2)`` (``gameopt.ConsensusOptimizer``) |
 | ``primal_dual`` | Algorithm 1 of Chen et al.: an alternating step whose generator loss adds ``PrimalDualRegularizer`` |
 | ``dual_score`` / ``dual_cost`` | a ``TrustRegionDualDiscriminator`` step (score / cost linearisation), then a generator step |
+| ``extragradient`` | ExtraAdam: an extrapolation step, the gradient there applied from the start (``gameopt.ExtragradientOptimizer``; both evaluations on the step's batch) |
+| ``optimistic`` | Optimistic Adam: the base step plus its change since the last step (``gameopt.OptimisticOptimizer``) |
+| ``sga`` | symplectic gradient adjustment ``xi + lam A^T xi`` with alignment (``gameopt.SGAOptimizer``) |
+| ``lookahead`` / ``lookahead_eg`` | ``gameopt.LookaheadMinmax`` over AltGA (LA-GAN) / over ExtraAdam (LA-ExtraGrad) |
+| ``cgd`` / ``acgd`` | competitive gradient descent / its adaptive form (``gameopt.CompetitiveOptimizer``) on the minimax loss ``(-disc_loss, disc_loss)`` (CGD needs a zero-sum game) |
+| ``consensus_lazy`` | consensus with the correction every ``--every`` steps, scaled by it (``ConsensusOptimizer(every=k)``) |
 
 Each method object has ``step(real, z) -> dict`` (detached losses and statistics of the step),
 ``state_dict()`` and ``load_state_dict()`` covering every optimiser, schedule and radius, so a
@@ -69,13 +75,17 @@ def register(
     DEFAULTS[name] = {"optim": optim, "lr": lr}
 
 
-def game_optimizer(factory: GameOptimizerFactory) -> Callable[[nn.Module, nn.Module, argparse.Namespace], "GameStep"]:
+def game_optimizer(
+    factory: GameOptimizerFactory, zero_sum: bool = False,
+) -> Callable[[nn.Module, nn.Module, argparse.Namespace], "GameStep"]:
     """A builder for a method that is one gameopt optimiser over both players.
 
     ``factory(base, gen_params, disc_params, base_kwargs, args)`` returns the optimiser; the
     players, the loss, the primal-dual term (``--pd``) and checkpoints are handled by :class:`GameStep`.
+    ``zero_sum``: train on the minimax loss ``(-disc_loss, disc_loss)`` instead of the
+    non-saturating pair (for optimisers defined for zero-sum games only, such as CGD).
     """
-    return lambda G, D, args: GameStep(G, D, args, factory)
+    return lambda G, D, args: GameStep(G, D, args, factory, zero_sum=zero_sum)
 
 
 def add_method_arguments(ap: argparse.ArgumentParser) -> None:
@@ -101,6 +111,10 @@ def add_method_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--pd-gen-loss", choices=["nonsat", "algorithm1"], default="nonsat",
                    help="primal_dual: generator loss beside the term: the non-saturating loss, or "
                         "Algorithm 1's f1(D(G(z))) (saturating for js)")
+    g.add_argument("--lam", type=float, default=1.0, help="sga: weight lam of the adjustment A^T xi")
+    g.add_argument("--every", type=int, default=4, help="consensus_lazy: regularise every k-th step (scaled by k)")
+    g.add_argument("--la-k", type=int, default=5, help="lookahead*: inner steps per synchronisation")
+    g.add_argument("--la-alpha", type=float, default=0.5, help="lookahead*: slow-weight step")
     g.add_argument("--C", type=float, default=1e-4, help="dual_*: weight decay C of the discriminator loss")
     g.add_argument("--delta", type=float, default=1e-3, help="dual_*: initial trust-region radius")
 
@@ -128,9 +142,11 @@ class GameStep:
     ``args.method == "primal_dual"``."""
 
     def __init__(
-        self, G: nn.Module, D: nn.Module, args: argparse.Namespace, factory: GameOptimizerFactory
+        self, G: nn.Module, D: nn.Module, args: argparse.Namespace, factory: GameOptimizerFactory,
+        zero_sum: bool = False,
     ) -> None:
         self.G, self.D, self.method = G, D, args.method
+        self.zero_sum = zero_sum
         base, kw = _base(args)
         self.opt: gameopt.GameOptimizer = factory(base, G.parameters(), D.parameters(), kw, args)
         self.reg: gameopt.PrimalDualRegularizer | None = None
@@ -152,7 +168,8 @@ class GameStep:
             fake = self.G(z)
             d_fake, d_real = self.D(fake).flatten(), self.D(real).flatten()
             if self.reg is None:
-                return gan_losses(d_real, d_fake)
+                gen_loss, disc_loss = gan_losses(d_real, d_fake)
+                return (-disc_loss, disc_loss) if self.zero_sum else (gen_loss, disc_loss)
             div = self.reg.divergence
             disc_loss = div.discriminator_loss(d_real, d_fake)
             gen_loss = gan_losses(d_real, d_fake)[0] if self.pd_gen_loss == "nonsat" else div.generator_loss(d_fake)
@@ -240,3 +257,22 @@ register("primal_dual", game_optimizer(
     lambda base, gp, dp, kw, args: gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, **kw)))
 register("dual_score", DualStep)
 register("dual_cost", DualStep)
+register("extragradient", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.ExtragradientOptimizer(base, gp, dp, **kw)))
+register("optimistic", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.OptimisticOptimizer(base, gp, dp, **kw)))
+register("sga", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.SGAOptimizer(base, gp, dp, lam=args.lam, **kw)))
+register("lookahead", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.LookaheadMinmax(
+        gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, **kw), k=args.la_k, alpha=args.la_alpha)))
+register("lookahead_eg", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.LookaheadMinmax(
+        gameopt.ExtragradientOptimizer(base, gp, dp, **kw), k=args.la_k, alpha=args.la_alpha)))
+register("cgd", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.CompetitiveOptimizer(gp, dp, lr=kw["lr"]), zero_sum=True))
+register("acgd", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.CompetitiveOptimizer(gp, dp, lr=kw["lr"], adaptive=True), zero_sum=True))
+register("consensus_lazy", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.ConsensusOptimizer(
+        base, gp, dp, gamma=args.gamma, smoothing=args.smoothing, every=args.every, **kw)))

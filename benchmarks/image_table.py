@@ -40,6 +40,14 @@ def load_runs(folders: list[str]) -> list[dict[str, Any]]:
             label += f" (gamma {s['gamma']:g})"
         if s["method"] == "primal_dual":
             label += f" ({s['divergence']}, alpha {s['alpha']:g})"
+        if s["method"] in ("cgd", "acgd"):
+            label += " (zero-sum loss)"
+        if s["method"] == "consensus_lazy":
+            label += f" (gamma {s['gamma']:g}, every {s['every']})"
+        if s["method"] == "sga" and s.get("lam", 1.0) != 1.0:
+            label += f" (lam {s['lam']:g})"
+        if s["method"].startswith("lookahead") and (s.get("la_k", 5), s.get("la_alpha", 0.5)) != (5, 0.5):
+            label += f" (k {s['la_k']}, alpha {s['la_alpha']:g})"
         if s.get("model", "dcgan") != "dcgan":
             label += f", {s['model']}"
         if s.get("model", "").startswith("unrolled") and s.get("d_scale", 0.5) != 0.5:
@@ -109,6 +117,42 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_against_time(runs: list[dict[str, Any]], cost: dict[str, Any], path: Path) -> None:
+    """Each metric against *equivalent* wall time: step x the method's ms/step from ``cost``
+    (``benchmarks/image_step_cost.py``'s step_cost.json, measured under /work/bin/quiet), the mean
+    over seeds per method, each run's own points faint. The runs' own clocks are not used: they
+    ran as background jobs on a shared machine."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = {m: v["ms_per_step"] for m, v in cost["methods"].items()}
+    runs = [r for r in runs if r["settings"]["method"] in ms]
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    palette = [plt.cm.tab10(i) for i in range(10)] + ["black", "darkkhaki", "navy", "lime"]
+    colours = {k: palette[i % len(palette)] for i, k in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.4 * len(METRICS), 3.8))
+    for ax, (k, title, _) in zip(axes, METRICS):
+        for label in labels:
+            group = [r for r in runs if r["label"] == label]
+            per_step = ms[group[0]["settings"]["method"]] / 1000
+            for r in group:
+                pts = [(h["step"] * per_step, h[k]) for h in r["history"] if k in h]
+                ax.plot(*zip(*pts), color=colours[label], alpha=0.25, lw=0.8)
+            steps = sorted({h["step"] for r in group for h in r["history"]})
+            mean = [(t * per_step, statistics.mean(h[k] for r in group for h in r["history"] if h["step"] == t and k in h))
+                    for t in steps if all(any(h["step"] == t and k in h for h in r["history"]) for r in group)]
+            if mean:
+                ax.plot(*zip(*mean), color=colours[label], lw=1.8, marker="o", ms=2.5, label=f"{label} ({len(group)})")
+        ax.set_title(title)
+        ax.set_xlabel("equivalent train time (s)")
+    axes[-1].set_yscale("log")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 #: Published numbers each table tests: (source, method, metric -> value).
 PUBLISHED = {
     "stacked_mnist": [
@@ -167,6 +211,9 @@ def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run folders (each with metrics.json)")
     ap.add_argument("--out", default=None, help="write table.md, summary.json and curves.png here")
+    ap.add_argument("--step-cost", default=None,
+                    help="step_cost.json of benchmarks/image_step_cost.py: also plot every metric against "
+                         "equivalent train time (quality_vs_time.png)")
     ap.add_argument("--published", choices=sorted(PUBLISHED), default=None,
                     help="append the published numbers and the real-data ceiling for this game")
     args = ap.parse_args(argv)
@@ -186,6 +233,8 @@ def main(argv: list[str] | None = None) -> str:
             [{k: r[k] for k in ("folder", "label", "seed", "final", "seconds", "skipped", "settings")} for r in runs],
             indent=2))
         plot(runs, out / "curves.png")
+        if args.step_cost:
+            plot_against_time(runs, json.loads(Path(args.step_cost).read_text()), out / "quality_vs_time.png")
         for r in runs:   # the last sample grid of every run, named after its folder
             grids = sorted((Path(r["folder"]) / "samples").glob("step_*.png"))
             if grids:

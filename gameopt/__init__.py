@@ -19,11 +19,15 @@ from .dual import (
     TrustRegionDualDiscriminator,
 )
 from .errors import GameInputError
+from .extragradient import ExtragradientOptimizer
 from .frameworks import backward
 from .game_optimizer import GameOptimizer
+from .lookahead import LookaheadMinmax
 from .monitor import Monitor
+from .optimistic import OptimisticOptimizer
 from .players import DISCRIMINATOR, GENERATOR
 from .primal_dual import PrimalDualRegularizer, get_divergence
+from .sga import SGAOptimizer, SGAStats
 
 __version__ = "0.1.0"
 
@@ -37,15 +41,20 @@ __all__ = [
     "DISCRIMINATOR",
     "DualSolverError",
     "DualSolverWarning",
+    "ExtragradientOptimizer",
     "GENERATOR",
     "GameField",
     "GameInputError",
     "GameOptimizer",
     "LinearDualDiscriminator",
+    "LookaheadMinmax",
     "Monitor",
+    "OptimisticOptimizer",
     "PrimalDualRegularizer",
     "RBFFeatures",
     "ScoreLinearisedDiscriminator",
+    "SGAOptimizer",
+    "SGAStats",
     "SimultaneousOptimizer",
     "SpectrumSummary",
     "TrustRegionDualDiscriminator",
