@@ -20,6 +20,7 @@ from .errors import GameInputError
 from .field import Closure, FieldOptimizer, Losses
 from .gradients import all_finite
 from .players import ParamsLike, game_players
+from .frameworks import through_wrappers
 
 
 class _ScalerSlot:
@@ -104,6 +105,7 @@ class ExtragradientOptimizer(FieldOptimizer):
                          process_group=process_group, **base_kwargs)
         self._scaler_slot = _ScalerSlot(self)
 
+    @through_wrappers
     def backward(self, *losses: torch.Tensor, **kwargs: Any) -> None:
         """Not available: extragradient evaluates the losses twice per step; use ``step(closure)``."""
         raise RuntimeError(

@@ -30,7 +30,8 @@ _MAX_DEPTH = 16
 def _inner(obj: Any) -> Any:
     """The optimiser that ``obj`` forwards to, or None when ``obj`` wraps nothing."""
     attrs = getattr(obj, "__dict__", {})
-    for name in ("_optimizer", "optimizer"):  # Lightning and Fabric, then accelerate
+    # Lightning and Fabric, accelerate, then gameopt's own LookaheadMinmax (which wraps a game optimiser)
+    for name in ("_optimizer", "optimizer", "inner"):
         inner = attrs.get(name)
         if inner is not None and inner is not obj:
             return inner
@@ -62,8 +63,9 @@ def find_game_optimizer(opt: Any) -> GameOptimizer | None:
     """The gameopt optimiser inside ``opt`` (or ``opt`` itself when it is one), or None.
 
     Follows wrappers through ``._optimizer`` (Lightning's ``LightningOptimizer``,
-    Fabric's optimiser) and ``.optimizer`` (accelerate's ``AcceleratedOptimizer``, or
-    any wrapper exposing it), outermost first.
+    Fabric's optimiser), ``.optimizer`` (accelerate's ``AcceleratedOptimizer``, or
+    any wrapper exposing it) and ``.inner`` (:class:`~gameopt.LookaheadMinmax`),
+    outermost first.
     """
     inner = _chain(opt)[-1]
     return inner if isinstance(inner, GameOptimizer) else None

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from .errors import GameInputError
 from .game_optimizer import GameOptimizer, SharedState
 from .step_hooks import hooked_step
+from .frameworks import through_wrappers
 
 
 @dataclasses.dataclass
@@ -155,6 +156,7 @@ class LookaheadMinmax(Optimizer):
     def last_step_skipped(self) -> bool:
         return self.inner.last_step_skipped
 
+    @through_wrappers
     def backward(self, *losses: torch.Tensor, **kwargs: Any) -> Any:
         """The inner optimiser's ``backward`` (for optimisers that have one)."""
         return self.inner.backward(*losses, **kwargs)

@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from .errors import GameInputError
 from .field import Closure, FieldOptimizer, Losses
 from .players import ParamsLike, game_players
+from .frameworks import through_wrappers
 
 
 class OptimisticOptimizer(FieldOptimizer):
@@ -82,6 +83,7 @@ class OptimisticOptimizer(FieldOptimizer):
         super().__init__(base_optimizer, players, nonfinite=nonfinite, distributed=distributed,
                          process_group=process_group, **base_kwargs)
 
+    @through_wrappers
     def backward(self, *losses: torch.Tensor, scaler: Any = None) -> None:
         """Accumulate v into ``p.grad`` (like ``loss.backward()``); one loss per player.
 

@@ -23,6 +23,7 @@ from .field import Closure, FieldOptimizer, FieldState, Losses
 from .game_optimizer import shared
 from .gradients import explain_double_backward, find_once_differentiable, is_negation_of
 from .players import ParamsLike, game_players
+from .frameworks import through_wrappers
 
 
 class SGAStats:
@@ -140,6 +141,7 @@ class SGAOptimizer(FieldOptimizer):
         self.align = bool(align)
         self.align_eps = float(align_eps)
 
+    @through_wrappers
     def backward(self, *losses: torch.Tensor, scaler: Any = None) -> SGAStats:
         """Accumulate ``xi + sign * lam * A^T xi`` into ``p.grad``; one loss per player.
 

@@ -31,6 +31,7 @@ from ..players import ParamsLike, game_players
 from .nash import MixedHessian, NashStep, flatten, solve_nash_step, unflatten
 from .step_sizes import AdaptiveStepSizes, ConstantStepSizes, per_param_vector
 from .zero_sum import negated_in_graph, negated_in_value
+from ..frameworks import through_wrappers
 
 Losses = Sequence[Tensor]
 
@@ -268,6 +269,7 @@ class CompetitiveOptimizer(GameOptimizer):
         return [f"loss of player '{p}'" for p in self.players]
 
     # --- the step ------------------------------------------------------------------------
+    @through_wrappers
     def backward(self, gen_loss: Tensor, disc_loss: Tensor | None = None, *, scaler: Any = None
                  ) -> CompetitiveStats:
         """Solve the Nash step and write the competitive gradient ``-step / lr`` into ``p.grad``.
