@@ -430,6 +430,7 @@ def cmd_run(args) -> None:
     opts = options_from_args(args)
     settings = draw_settings(args.settings, args.seed, "five_gaussians", args.lr_reading)
     base = study_dir(args.out, args.seed, args.lr_reading, args.iter_scale)
+    jobs = {}
     for method in args.methods.split(","):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; use {METHODS}")
@@ -439,8 +440,8 @@ def cmd_run(args) -> None:
             "data": {"modes": N_MODES, "radius": RADIUS, "std": STD}, "z_dim": Z_DIM,
             "anchors": {"n": N_ANCHORS, "seed": ANCHOR_SEED}, "sigma": SIGMA,
         })
-        run_settings(settings, run_dir, lambda s: train_setting(s, method, opts, args.iter_scale, args.eval_samples),
-                     shard=args.shard)
+        jobs[method] = (run_dir, lambda s, m=method: train_setting(s, m, opts, args.iter_scale, args.eval_samples))
+    run_settings(settings, jobs, shard=args.shard)
 
 
 def collect(args, name: str, opts: ToyOptions) -> dict[str, dict[int, dict]]:

@@ -59,22 +59,27 @@ def setting_path(run_dir: Path, index: int) -> Path:
 
 
 def run_settings(
-    settings: Iterable[dict], run_dir: Path, train_one: Callable[[dict], dict], shard: str = "0/1",
+    settings: Iterable[dict], jobs: dict[str, tuple[Path, Callable[[dict], dict]]], shard: str = "0/1",
     log: Callable[[str], None] = print,
 ) -> int:
-    """Run ``train_one(setting)`` for this shard's settings not yet in ``run_dir``; returns how many ran."""
+    """For this shard's settings, run every job not yet stored; returns how many runs were made.
+
+    ``jobs = {name: (run_dir, train_one)}``: ``train_one(setting)`` returns the result stored in
+    ``run_dir``. Settings are the outer loop, so the methods' paired results arrive together.
+    """
     i, k = parse_shard(shard)
     ran = 0
     for s in settings:
         if s["index"] % k != i:
             continue
-        path = setting_path(run_dir, s["index"])
-        if path.exists():
-            continue
-        result = train_one(s)
-        write_json_atomic(path, {"setting": s, **result})
-        ran += 1
-        log(f"{Path(run_dir).name} setting {s['index']}: {result.get('summary', '')}")
+        for name, (run_dir, train_one) in jobs.items():
+            path = setting_path(run_dir, s["index"])
+            if path.exists():
+                continue
+            result = train_one(s)
+            write_json_atomic(path, {"setting": s, **result})
+            ran += 1
+            log(f"{Path(run_dir).name} setting {s['index']}: {result.get('summary', '')}")
     return ran
 
 

@@ -144,10 +144,11 @@ def test_runner_is_resumable_and_sharded(tmp_path):
         return {"value": s["index"] * 2}
 
     run_dir = prepare_run_dir(tmp_path / "r", {"a": 1})
-    assert run_settings(settings, run_dir, train_one, shard="1/2", log=lambda _: None) == 2
+    jobs = {"m": (run_dir, train_one)}
+    assert run_settings(settings, jobs, shard="1/2", log=lambda _: None) == 2
     assert calls == [1, 3]
-    assert run_settings(settings, run_dir, train_one, shard="1/2", log=lambda _: None) == 0
-    run_settings(settings, run_dir, train_one, log=lambda _: None)
+    assert run_settings(settings, jobs, shard="1/2", log=lambda _: None) == 0
+    run_settings(settings, jobs, log=lambda _: None)
     assert calls == [1, 3, 0, 2, 4]
     runs = load_runs(run_dir)
     assert sorted(runs) == list(range(5)) and runs[3]["value"] == 6 and runs[3]["setting"] == settings[3]
