@@ -162,13 +162,12 @@ def anchors() -> Tensor:
 
 
 def make_features(kernel: str, bias: bool) -> nn.Module:
-    """RBF features on :func:`anchors`, sigma = 0.2, in the chosen convention.
-
-    ``RBFFeatures(a, bandwidth=b)`` computes exp(-d^2 / b), so the standard Gaussian kernel
-    exp(-d^2 / (2 sigma^2)) is bandwidth 2 sigma^2 = 0.08 and the old reading is bandwidth 0.2.
-    """
-    bandwidth = 2 * SIGMA**2 if kernel == "gaussian" else SIGMA
-    return RBFFeatures(anchors(), bandwidth=bandwidth, bias=bias)
+    """RBF features on :func:`anchors` with sigma = 0.2: ``"gaussian"`` is
+    ``RBFFeatures(convention="gaussian")``, exp(-d^2 / (2 sigma^2)); ``"divisor"`` is the
+    default convention read with bandwidth 0.2, exp(-d^2 / 0.2)."""
+    if kernel == "gaussian":
+        return RBFFeatures(anchors(), bandwidth=SIGMA, bias=bias, convention="gaussian")
+    return RBFFeatures(anchors(), bandwidth=SIGMA, bias=bias)
 
 
 def make_generator(arch: str, init: str) -> nn.Sequential:
