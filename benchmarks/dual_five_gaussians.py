@@ -69,6 +69,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from linear_players import GAN_LOSSES, DualPlayer, GradientPlayer  # noqa: E402
 from setting_runner import load_runs, prepare_run_dir, run_settings  # noqa: E402
 from table1_settings import draw_settings  # noqa: E402
 
@@ -89,7 +90,6 @@ METHODS = ("dual", "gan")
 MODE_SHARES = (0.02, 0.05, 0.10)
 KERNELS = ("gaussian", "divisor")
 INITS = ("he", "torch")
-GAN_LOSSES = ("minimax", "nonsaturating")
 
 
 @dataclass(frozen=True)
@@ -206,49 +206,6 @@ def mode_statistics(x: Tensor) -> dict:
 
 
 # ----------------------------------------------------------------------------- the two players
-class DualPlayer:
-    """The exact linear dual (Claim 1) on every minibatch; generator loss -g at the optimum."""
-
-    def __init__(self, phi: nn.Module, C: float) -> None:
-        self.D = TrustRegionDualDiscriminator(phi, model="linear", C=C)
-
-    def step(self, real: Tensor, fake: Tensor) -> tuple[float, bool]:
-        st = self.D.step(real, fake)
-        return st.dual_value, st.solver_failed
-
-    def gen_loss(self, real: Tensor, fake: Tensor) -> Tensor:
-        return self.D.generator_loss(real, fake)
-
-
-class GradientPlayer:
-    """The standard GAN's discriminator: w (zeros at start) takes one Adam step on f per call."""
-
-    def __init__(self, phi: nn.Module, C: float, lr: float, beta1: float, gan_loss: str) -> None:
-        self.phi, self.C, self.gan_loss = phi, C, gan_loss
-        with torch.no_grad():
-            d = phi(torch.zeros(1, 2)).shape[-1]
-        self.w = torch.zeros(d, requires_grad=True)
-        self.opt = torch.optim.Adam([self.w], lr=lr, betas=(beta1, 0.999))
-
-    def disc_loss(self, real: Tensor, fake: Tensor) -> Tensor:
-        fr, ff = self.phi(real) @ self.w, self.phi(fake) @ self.w
-        sp = nn.functional.softplus
-        return 0.5 * self.C * (self.w @ self.w) + 0.5 * (sp(-fr).mean() + sp(ff).mean())
-
-    def step(self, real: Tensor, fake: Tensor) -> tuple[float, bool]:
-        self.opt.zero_grad()
-        loss = self.disc_loss(real, fake)
-        loss.backward()
-        self.opt.step()
-        return float(loss.detach()), False
-
-    def gen_loss(self, real: Tensor, fake: Tensor) -> Tensor:
-        ff = self.phi(fake) @ self.w.detach()
-        if self.gan_loss == "minimax":
-            return -0.5 * nn.functional.softplus(ff).mean()
-        return 0.5 * nn.functional.softplus(-ff).mean()
-
-
 def weight_decay(opts: ToyOptions, setting: dict) -> float:
     return float(setting["col6"]) if opts.C == "table" else float(opts.C)
 
@@ -259,7 +216,7 @@ def make_player(method: str, opts: ToyOptions, setting: dict) -> DualPlayer | Gr
     if method == "dual":
         return DualPlayer(phi, C)
     beta1 = setting["g_mom"] if opts.d_beta1 == "gen" else float(opts.d_beta1)
-    return GradientPlayer(phi, C, setting["d_lr"], beta1, opts.gan_loss)
+    return GradientPlayer(phi, N_ANCHORS + int(opts.bias), C, setting["d_lr"], beta1, opts.gan_loss)
 
 
 # ----------------------------------------------------------------------------- one run
