@@ -191,3 +191,40 @@ def test_five_gaussians_cli_smoke(tmp_path):
     fg.main(["full-batch", "--full-batch-iters", "3", "--results", str(res)])
     fb = json.loads((res / "full_batch.json").read_text())
     assert fb["iters"] == 3 and fb["max_gap"] < 1e-8
+
+
+# ----------------------------------------------------------------------------- MNIST study
+def test_mnist_features_and_generators():
+    import dual_mnist_robustness as dm
+
+    from gameopt.images import LeNet5
+
+    phi = dm.LeNetAllLayers(LeNet5())
+    assert phi.dim == 6 * 14 * 14 + 16 * 5 * 5 + 120 + 84
+    x = torch.rand(3, 1, 28, 28, requires_grad=True)
+    phi(x).sum().backward()
+    assert x.grad.abs().sum() > 0 and all(p.grad is None for p in phi.parameters())
+    for arch in ("fc-small", "fc-large", "dcgan", "dcgan-no-bn"):
+        y = dm.make_generator(arch)(torch.randn(4, dm.Z_DIM))
+        assert y.shape == (4, 1, 28, 28) and 0 <= y.min() and y.max() <= 1
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in dm.make_generator("dcgan-no-bn"))
+
+
+def test_mnist_cli_smoke(tmp_path, monkeypatch):
+    import dual_mnist_robustness as dm
+
+    from gameopt.images.mnist import write_idx
+
+    monkeypatch.setenv("GAMEOPT_CACHE", str(tmp_path / "cache"))
+    folder = write_idx(tmp_path / "mnist")
+    common = ["--mnist", str(folder), "--settings", "2", "--iter-scale", "0.0002", "--eval-samples", "100",
+              "--out", str(tmp_path / "runs")]
+    dm.main(["run", *common])
+    files = sorted((tmp_path / "runs").glob("*/*/setting_*.json"))
+    assert len(files) == 4
+    r = json.loads(files[0].read_text())
+    assert r["iters_run"] == 4 and 1 <= r["inception_score"] <= 10 and sum(r["digit_histogram"]) == 100
+    summary = dm.main(["report", *common, "--results", str(tmp_path / "res")])
+    assert summary["settings"] == 2 and "wilcoxon_p" in summary["paired"]
+    for png in ("scores", "outcomes", "samples"):
+        assert (tmp_path / "res" / f"robustness_{png}.png").stat().st_size > 1000
