@@ -8,7 +8,15 @@ from . import solvers
 from .alternating import AlternatingOptimizer
 from .consensus import ConsensusOptimizer, ConsensusStats, SimultaneousOptimizer
 from .diagnostics import GameField, SpectrumSummary, max_stable_step, summarize_spectrum
-from .dual_discriminator import RBFFeatures, TrustRegionDualDiscriminator
+from .dual import (
+    CostLinearisedDiscriminator,
+    DualSolverError,
+    DualSolverWarning,
+    LinearDualDiscriminator,
+    RBFFeatures,
+    ScoreLinearisedDiscriminator,
+    TrustRegionDualDiscriminator,
+)
 from .errors import GameInputError
 from .game_optimizer import GameOptimizer
 from .monitor import Monitor
@@ -21,14 +29,19 @@ __all__ = [
     "AlternatingOptimizer",
     "ConsensusOptimizer",
     "ConsensusStats",
+    "CostLinearisedDiscriminator",
     "DISCRIMINATOR",
+    "DualSolverError",
+    "DualSolverWarning",
     "GENERATOR",
     "GameField",
     "GameInputError",
     "GameOptimizer",
+    "LinearDualDiscriminator",
     "Monitor",
     "PrimalDualRegularizer",
     "RBFFeatures",
+    "ScoreLinearisedDiscriminator",
     "SimultaneousOptimizer",
     "SpectrumSummary",
     "TrustRegionDualDiscriminator",
