@@ -199,6 +199,17 @@ def criteria() -> dict:
     return out
 
 
+def scores() -> dict:
+    """Graded outcomes per run: modes covered at the loosest and strictest share, and the
+    fraction of samples within 3 std of some mode."""
+    lo, hi = MODE_SHARES[0], MODE_SHARES[-1]
+    return {
+        f"modes covered (>= {lo:.0%})": lambda r: sum(c >= lo * r["eval_samples"] for c in r["mode_counts"]),
+        f"modes covered (>= {hi:.0%})": lambda r: sum(c >= hi * r["eval_samples"] for c in r["mode_counts"]),
+        "fraction of samples on modes": lambda r: r["in_modes"],
+    }
+
+
 def mode_statistics(x: Tensor) -> dict:
     """Samples within 3 std of each mode's centre (list of 5 counts), and the fraction within 3 std of any."""
     near = torch.cdist(x.double(), centres().double()) < 3 * STD
@@ -419,7 +430,7 @@ def cmd_report(args) -> None:
             print(f"{name}: no finished runs for {[m for m, r in runs.items() if not r]}; skipped")
             continue
         crit = criteria()
-        summary = summarise(runs, crit, options={m: opts.used_by(m) for m in METHODS})
+        summary = summarise(runs, crit, scores(), options={m: opts.used_by(m) for m in METHODS})
         summary["full_options"] = asdict(opts)
         summary.update(config=name, seed=args.seed, lr_reading=args.lr_reading, iter_scale=args.iter_scale,
                        paper={"settings": 100, "success_rate_dual": 0.49, "success_rate_gan": 0.32})

@@ -27,9 +27,13 @@ def rate(k: int, n: int) -> dict:
             "wilson95": list(wilson_interval(k, n)), "clopper_pearson95": list(clopper_pearson_interval(k, n))}
 
 
-def summarise(runs: dict[str, dict[int, dict]], criteria: Criteria, **extra) -> dict:
+def summarise(runs: dict[str, dict[int, dict]], criteria: Criteria,
+              scores: dict[str, Callable[[dict], float]] | None = None, **extra) -> dict:
     """Per criterion: each method's k/n with 95% intervals, the paired table and McNemar's p
-    (for exactly two methods, the first named "dual" when present)."""
+    (for exactly two methods). Per score (a number per run, e.g. modes covered): each
+    method's mean, and for two methods how often each is higher and the paired Wilcoxon p."""
+    from scipy import stats
+
     idx = paired_indices(runs)
     methods = list(runs)
     out = {"settings": len(idx), "methods": methods, "criteria": {}, **extra}
@@ -45,6 +49,16 @@ def summarise(runs: dict[str, dict[int, dict]], criteria: Criteria, **extra) -> 
             entry["paired"] = {f"only_{a}": only_a, f"only_{b}": only_b, "both": both,
                                "neither": len(idx) - only_a - only_b - both, "mcnemar_p": mcnemar_exact(only_a, only_b)}
         out["criteria"][name] = entry
+    out["scores"] = {}
+    for name, fn in (scores or {}).items():
+        vals = {m: [float(fn(runs[m][i])) for i in idx] for m in methods}
+        entry = {m: {"mean": sum(v) / len(v) if v else math.nan} for m, v in vals.items()}
+        if len(methods) == 2:
+            a, b = methods
+            d = [x - y for x, y in zip(vals[a], vals[b])]
+            entry["paired"] = {f"{a}_higher": sum(x > 0 for x in d), f"{b}_higher": sum(x < 0 for x in d),
+                               "wilcoxon_p": float(stats.wilcoxon(d).pvalue) if any(d) else 1.0}
+        out["scores"][name] = entry
     return out
 
 
@@ -67,6 +81,13 @@ def write_summary(summaries: dict[str, dict], path: Path, title: str) -> None:
             p = e.get("paired", {})
             lines.append(f"| {crit} | {fmt_rate(e['dual'])} | {fmt_rate(e['gan'])} | "
                          f"{p.get('only_dual', '-')} / {p.get('only_gan', '-')} | {p.get('mcnemar_p', math.nan):.3g} |")
+        if s.get("scores"):
+            lines += ["", "| score (mean per setting) | dual | standard GAN | dual higher / GAN higher | Wilcoxon p |",
+                      "|---|---|---|---|---|"]
+            for sc, e in s["scores"].items():
+                p = e.get("paired", {})
+                lines.append(f"| {sc} | {e['dual']['mean']:.2f} | {e['gan']['mean']:.2f} | "
+                             f"{p.get('dual_higher', '-')} / {p.get('gan_higher', '-')} | {p.get('wilcoxon_p', math.nan):.3g} |")
         lines.append("")
     Path(path).write_text("\n".join(lines))
 

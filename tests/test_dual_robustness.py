@@ -134,6 +134,23 @@ def test_mode_statistics_counts_within_three_std():
     assert st["mode_counts"] == [1, 0, 0, 0, 0] and st["in_modes"] == pytest.approx(1 / 3)
 
 
+def test_summarise_counts_only_paired_settings():
+    from robustness_report import summarise
+
+    def run(i, counts):
+        return {"setting": {"index": i}, **_result(counts, 0.9)}
+
+    good, bad = [400] * 5, [0, 400, 400, 400, 400]
+    runs = {"dual": {i: run(i, good if i < 6 else bad) for i in range(10)},
+            "gan": {i: run(i, good if i < 2 else bad) for i in range(9)}}   # setting 9: dual only, unpaired
+    s = summarise(runs, fg.criteria(), fg.scores())
+    e = s["criteria"]["every mode >= 2%"]
+    assert s["settings"] == 9 and e["dual"]["k"] == 6 and e["gan"]["k"] == 2
+    assert e["paired"] == {"only_dual": 4, "only_gan": 0, "both": 2, "neither": 3, "mcnemar_p": mcnemar_exact(4, 0)}
+    sc = s["scores"]["modes covered (>= 2%)"]
+    assert sc["dual"]["mean"] == pytest.approx((6 * 5 + 3 * 4) / 9) and sc["paired"]["dual_higher"] == 4
+
+
 # ----------------------------------------------------------------------------- runner
 def test_runner_is_resumable_and_sharded(tmp_path):
     settings = draw_settings(5)
@@ -184,6 +201,7 @@ def test_five_gaussians_cli_smoke(tmp_path):
     fg.main(["report", *common, "--results", str(res)])
     out = json.loads((res / "robustness_main.json").read_text())
     assert out["summary"]["settings"] == 2 and len(out["runs"]["gan"]) == 2
+    assert set(out["summary"]["scores"]["modes covered (>= 2%)"]) == {"dual", "gan", "paired"}
     assert "samples" not in out["runs"]["dual"][0]
     for png in ("outcomes", "samples", "modes"):
         assert (res / f"robustness_main_{png}.png").stat().st_size > 1000
