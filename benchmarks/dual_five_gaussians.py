@@ -207,7 +207,17 @@ def scores() -> dict:
         f"modes covered (>= {lo:.0%})": lambda r: sum(c >= lo * r["eval_samples"] for c in r["mode_counts"]),
         f"modes covered (>= {hi:.0%})": lambda r: sum(c >= hi * r["eval_samples"] for c in r["mode_counts"]),
         "fraction of samples on modes": lambda r: r["in_modes"],
+        "fraction of samples > 1 from every mode": far_fraction,
     }
+
+
+def far_fraction(result: dict) -> float:
+    """Share of the stored samples farther than 1 from every centre, where every Gaussian-kernel
+    feature is below e^-6 (fakes "hiding" from the discriminator); 1 for a run that failed."""
+    x = torch.tensor(result.get("samples") or [], dtype=torch.float64)
+    if result.get("status", "ok") != "ok" or not len(x):
+        return 1.0
+    return float((torch.cdist(x, centres().double()).min(1).values > 1.0).double().mean())
 
 
 def mode_statistics(x: Tensor) -> dict:

@@ -127,6 +127,13 @@ def test_criteria_strictness():
     assert not crit["every mode >= 2%"](_result([0, 400, 400, 400, 400], 0.8))
 
 
+def test_far_fraction_measures_hiding_samples():
+    c = fg.centres()
+    samples = torch.cat([c[:2] + 0.5, torch.tensor([[0.0, 0.0], [10.0, 10.0]])]).tolist()
+    assert fg.far_fraction({"samples": samples}) == pytest.approx(0.5)
+    assert fg.far_fraction({"samples": samples, "status": "diverged at iteration 3"}) == 1.0
+
+
 def test_mode_statistics_counts_within_three_std():
     c = fg.centres()
     x = torch.cat([c[0] + torch.tensor([[0.29, 0.0], [0.31, 0.0]]), torch.zeros(1, 2)])
