@@ -2,7 +2,8 @@
 
 Every fenced block opened with a bare ```` ```python ```` line runs, in order, in one namespace
 per page, after :data:`PRELUDE` (small stand-in models and data under the names the pages use).
-Blocks meant to be read, not run (they need a GPU, data or a path), are fenced as ```` ```text ````.
+Blocks meant to be read, not run (they need a GPU, data, a path or an optional package), are fenced
+as ```` ```{code-block} python ```` (highlighted) or ```` ```text ````.
 """
 
 from __future__ import annotations
