@@ -29,6 +29,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "api_pages",
     "references",
+    "attribute_docstrings",
     "allowlists",
 ]
 

@@ -79,7 +79,7 @@ def test_every_public_name_has_an_api_entry(built_site):
 MINI_CONF = f"""
 import sys
 sys.path[:0] = [{str(EXT)!r}, {str(ROOT)!r}, "."]
-extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "references"]
+extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "references", "attribute_docstrings"]
 nitpicky = True
 """
 
@@ -90,7 +90,9 @@ def _mini_site(tmp_path: Path, page: str, module: str, function: str = "current_
     (src / "conf.py").write_text(MINI_CONF)
     (src / "index.md").write_text(textwrap.dedent(page))
     # autodoc output is parsed by the page's parser: API pages are reStructuredText, as in docs/api/
-    (src / "api.rst").write_text(f"API\n===\n\n.. autofunction:: mini_module.{function}\n")
+    (src / "api.rst").write_text(
+        f"API\n===\n\n.. autofunction:: mini_module.{function}\n\n.. autoclass:: mini_module.Holder\n   :members:\n"
+    )
     (src / "mini_module.py").write_text(textwrap.dedent(module))
     return subprocess.run(
         [sys.executable, "-m", "sphinx", "-E", "-W", "--keep-going", "-q", "-b", "html", str(src), str(tmp_path / "out")],
@@ -106,6 +108,15 @@ def current_name(x):
 
 def helper():
     """Helps."""
+
+
+class Holder:
+    """Holds a period."""
+
+    @property
+    def period(self):
+        """Lazy regularisation period: the correction runs every k-th step (1: every step)."""
+        return 1
 '''
 
 PAGE = """
