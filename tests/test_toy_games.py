@@ -41,3 +41,23 @@ def test_reach_and_min_fraction_are_the_thresholds():
     assert mixture_metrics(one_each, CENTERS, STD).modes_reached == 8  # 1 sample >= 1% of 8
     assert mixture_metrics(one_each, CENTERS, STD, reach=0.05).modes_reached == 0
     assert mixture_metrics(one_each, CENTERS, STD, min_fraction=0.2).modes_reached == 0
+
+
+def test_the_demo_headline_names_the_metric_that_separates_the_methods():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "eight_gaussians.py"
+    spec = importlib.util.spec_from_file_location("eight_gaussians", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    ring = sample_mixture(4000, CENTERS, 0.1, torch.Generator().manual_seed(0))  # spread, not sharp
+    blob = CENTERS[0] + 0.3 * torch.randn(4000, 2, generator=torch.Generator().manual_seed(1))
+    results = {
+        method: {"history": [mixture_metrics(s, CENTERS, STD).as_dict() | {"step": 6000}], "seconds": 1.0}
+        for method, s in (("simga", blob), ("consensus", ring))
+    }
+    lines = demo.report(results, 6000)
+    headline = next(line for line in lines if line.startswith("headline"))
+    assert "SimGA 1/8, consensus 8/8" in headline
+    assert any("covered" in line and "SimGA 0/8, consensus 0/8" in line for line in lines)
