@@ -14,7 +14,7 @@ Three checks, each naming ``(qualified name, check)``:
 * ``"docstring"``: the object has no docstring of its own (a method may inherit one from a
   gameopt class it overrides, not from torch's: torch's ``forward`` or ``step`` does not say what
   gameopt's does; a dataclass's generated ``Name(field: type, ...)`` signature does not count).
-* ``"args"``: a named parameter is not mentioned in the docstring (for a class: in the class or
+* ``"args"``: a named parameter (not ``*args``, ``**kwargs`` or ``_private``) is not mentioned in the docstring (for a class: in the class or
   ``__init__`` docstring, which is where Google style puts the constructor's ``Args:``).
 * ``"raises"``: the body raises an exception class (``raise SomeError(...)``, nested functions
   excluded) that the docstring neither names nor covers with a ``Raises:`` section.
@@ -174,7 +174,8 @@ def _parameters(func) -> list[str]:
     return [
         p.name
         for p in sig.parameters.values()
-        if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        if p.name not in ("self", "cls") and not p.name.startswith("_")
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
 
 
