@@ -8,11 +8,23 @@ machine noise hits all alike; ratios of medians against the plain step):
                  autograd.grad(L, params), base step
   gameopt        gameopt.ConsensusOptimizer (gamma = 10)
   gameopt_smooth gameopt.ConsensusOptimizer(smoothing=True)
+  gameopt_lazy   gameopt.ConsensusOptimizer(every=4): the correction every 4th step, scaled by 4
+                 (the median over steps would hide the regularised ones: its time is the mean)
   gameopt_compiled gameopt.ConsensusOptimizer(compile=True), step(closure); compile
                  time is excluded from the timings and reported separately
+  extragradient  gameopt.ExtragradientOptimizer, step(closure) (two evaluations per step)
+  optimistic     gameopt.OptimisticOptimizer
+  sga            gameopt.SGAOptimizer(lam=1, align=True)
+  lookahead      gameopt.LookaheadMinmax(SimultaneousOptimizer, k=5): the wrapper's own cost
+                 (lookahead over any method X costs X plus this difference)
+  cgd, acgd      gameopt.CompetitiveOptimizer (adaptive=False / True), zero-sum case only
 Memory: each method in a fresh subprocess. CUDA: peak allocated above models and data over 3
 steps. CPU (no allocator statistics; peak RSS is dominated by allocator and thread-pool overhead,
-identical for every method): the MB of tensors autograd saves for backward in one step.
+identical for every method): the MB of tensors autograd saves for backward in one evaluation of
+the losses (the largest, for methods that evaluate twice), and separately the MB of optimiser
+state (the base optimiser's plus the method's own per-parameter tensors: the optimistic
+method's previous update, lookahead's slow weights) and of transient parameter copies taken
+during a step (extragradient's z_t, the optimistic method's z before the base step).
 
     python benchmarks/consensus_step_cost.py --model both --out runs/consensus_step_cost
 """
@@ -39,7 +51,13 @@ import gameopt  # noqa: E402
 from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
 from gameopt.toy_games import mlp  # noqa: E402
 
-METHODS = ["plain", "gameopt_sim", "reference", "gameopt", "gameopt_smooth", "gameopt_compiled"]
+METHODS = ["plain", "gameopt_sim", "reference", "gameopt", "gameopt_smooth", "gameopt_compiled",
+           "gameopt_lazy", "extragradient", "optimistic", "sga", "lookahead", "cgd", "acgd"]
+ZERO_SUM_ONLY = {"cgd", "acgd"}
+#: Methods whose step cost varies from step to step: reported by the mean over steps.
+MEAN_TIMED = {"gameopt_lazy"}
+#: Parameter-sized copies a method takes during a step and frees at its end.
+TRANSIENT_COPIES = {"extragradient": 1, "optimistic": 1}
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 GAMMA = 10.0
 
@@ -87,8 +105,26 @@ def make_step(method: str, G, D, z, x, kind: str):
                 p.grad = g
             base.step()
         return step
+    if method in ("extragradient", "lookahead"):
+        if method == "extragradient":
+            opt = gameopt.ExtragradientOptimizer(torch.optim.RMSprop, gp, dp, lr=1e-4)
+        else:
+            opt = gameopt.LookaheadMinmax(gameopt.SimultaneousOptimizer(torch.optim.RMSprop, gp, dp, lr=1e-4), k=5)
+
+        def step():
+            opt.step(lambda: losses(G, D, z, x, kind))
+        step.opt = opt
+        return step
     if method == "gameopt_sim":
         opt = gameopt.SimultaneousOptimizer(torch.optim.RMSprop, gp, dp, lr=1e-4)
+    elif method in ("cgd", "acgd"):
+        opt = gameopt.CompetitiveOptimizer(gp, dp, lr=1e-4, adaptive=method == "acgd")
+    elif method == "gameopt_lazy":
+        opt = gameopt.ConsensusOptimizer(torch.optim.RMSprop, gp, dp, gamma=GAMMA, every=4, lr=1e-4)
+    elif method == "optimistic":
+        opt = gameopt.OptimisticOptimizer(torch.optim.RMSprop, gp, dp, lr=1e-4)
+    elif method == "sga":
+        opt = gameopt.SGAOptimizer(torch.optim.RMSprop, gp, dp, lam=1.0, lr=1e-4)
     else:
         opt = gameopt.ConsensusOptimizer(
             torch.optim.RMSprop, gp, dp, gamma=GAMMA, lr=1e-4, smoothing=method == "gameopt_smooth",
@@ -97,13 +133,24 @@ def make_step(method: str, G, D, z, x, kind: str):
     if method == "gameopt_compiled":
         def step():
             opt.step(lambda: losses(G, D, z, x, kind))
+        step.opt = opt
         return step
 
     def step():
         opt.zero_grad(set_to_none=True)
         opt.backward(*losses(G, D, z, x, kind))
         opt.step()
+    step.opt = opt
     return step
+
+
+def state_mb(opt, params) -> float:
+    """MB of optimiser state: the base optimiser's per-parameter tensors and the method's own."""
+    tensors = [t for st in opt.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+    for st in getattr(getattr(opt, "inner", opt), "game_state", {}).values():
+        tensors += list(st.values())
+    tensors += list(getattr(opt, "slow", {}).values())
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
 def sync(device: str) -> None:
@@ -132,7 +179,7 @@ def time_methods(model, kind, device, rounds, warmup, methods, progress):
             steps[m]()
             sync(device)
             times[m].append(time.perf_counter() - t0)
-    med = {m: statistics.median(v) for m, v in times.items()}
+    med = {m: (statistics.mean(v) if m in MEAN_TIMED else statistics.median(v)) for m, v in times.items()}
     out = {m: {"median_ms": 1e3 * med[m], "ratio_vs_plain": med[m] / med["plain"]} for m in methods}
     if "gameopt_compiled" in out:
         out["gameopt_compiled"]["warmup_incl_compile_s"] = compile_s["gameopt_compiled"]
@@ -142,7 +189,17 @@ def time_methods(model, kind, device, rounds, warmup, methods, progress):
 def memory_child(model, kind, device, method) -> None:
     """Peak memory of training steps above what the models and data already hold."""
     G, D, z, x = build(model, device)
+    phases: list[dict[int, int]] = [{}]
+    if device == "cpu":   # a new phase at each evaluation of the losses (extragradient has two)
+        global losses
+        plain_losses = losses
+
+        def losses(*a, **kw):   # noqa: F811
+            phases.append({})
+            return plain_losses(*a, **kw)
     step = make_step(method, G, D, z, x, kind)
+    params = list(G.parameters()) + list(D.parameters())
+    param_mb = sum(p.numel() * p.element_size() for p in params) / 2**20
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -155,18 +212,22 @@ def memory_child(model, kind, device, method) -> None:
         # CPU has no allocator statistics and RSS is dominated by allocator and thread-pool
         # overhead (the same for every method), so count what differs between methods:
         # the bytes autograd keeps for backward during one step (unique storages).
-        storages: dict[int, int] = {}
-
         def pack(t: torch.Tensor) -> torch.Tensor:
             st = t.untyped_storage()
-            storages[st.data_ptr()] = st.nbytes()
+            phases[-1][st.data_ptr()] = st.nbytes()
             return t
 
         step()
+        phases.clear()
+        phases.append({})
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            step()
-        peak_mb = sum(storages.values()) / 2**20
-    print(json.dumps({"peak_mb": peak_mb}))
+            for _ in range(4 if method in MEAN_TIMED else 1):   # every=4: one regularised step
+                step()
+        peak_mb = max(sum(ph.values()) for ph in phases) / 2**20
+    opt = getattr(step, "opt", None)
+    print(json.dumps({"peak_mb": peak_mb,
+                      "state_mb": state_mb(opt, params) if opt is not None else None,
+                      "transient_mb": TRANSIENT_COPIES.get(method, 0) * param_mb}))
 
 
 def measure_memory(model, kind, device, methods):
@@ -178,7 +239,7 @@ def measure_memory(model, kind, device, methods):
             [sys.executable, __file__, "--memory-child", m, "--model", model, "--kind", kind, "--device", device],
             capture_output=True, text=True, check=True,
         )
-        out[m] = json.loads(res.stdout.strip().splitlines()[-1])["peak_mb"]
+        out[m] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
 
 
@@ -192,7 +253,7 @@ def plot(results, path):
     for ax, key in zip(axes[0], keys):
         methods = list(results[key]["time"])
         ratios = [results[key]["time"][m]["ratio_vs_plain"] for m in methods]
-        ax.bar(methods, ratios, color=["gray", "silver", "tab:red", "tab:blue", "tab:cyan", "tab:green"][: len(methods)])
+        ax.bar(methods, ratios, color=[plt.cm.tab10(i % 10) for i in range(len(methods))])
         ax.axhline(1.0, color="k", lw=0.5)
         ax.set_title(key)
         ax.set_ylabel("step time / plain step")
@@ -235,7 +296,8 @@ def main() -> None:
         for kind in kinds:
             rounds = args.rounds or (200 if model == "mlp" else 20)
             warmup = 20 if model == "mlp" else 3
-            methods = ["plain"] + [m for m in args.methods.split(",") if m in METHODS and m != "plain"]
+            methods = ["plain"] + [m for m in args.methods.split(",") if m in METHODS and m != "plain"
+                                   and (kind == "zerosum" or m not in ZERO_SUM_ONLY)]
             entry = {"time": time_methods(model, kind, args.device, rounds, warmup, methods, progress),
                      "rounds": rounds}
             if not args.no_memory:
@@ -247,11 +309,14 @@ def main() -> None:
     (out / "consensus_step_cost.json").write_text(json.dumps(results, indent=2))
     plot(table, out / "consensus_step_cost.png")
     mem_name = "peak MB" if args.device.startswith("cuda") else "saved MB"
-    print(f"{'case':16s} {'method':15s} {'ms/step':>9s} {'x plain':>8s} {mem_name:>8s}")
+    print(f"{'case':16s} {'method':16s} {'ms/step':>9s} {'x plain':>8s} {mem_name:>8s} {'state MB':>8s} {'copies MB':>9s}")
     for key, entry in table.items():
         for m, t in entry["time"].items():
-            mem = entry.get("peak_mb", {}).get(m, float("nan"))
-            print(f"{key:16s} {m:15s} {t['median_ms']:9.2f} {t['ratio_vs_plain']:8.2f} {mem:8.1f}")
+            mem = entry.get("peak_mb", {}).get(m) or {}
+            print(f"{key:16s} {m:16s} {t['median_ms']:9.2f} {t['ratio_vs_plain']:8.2f} "
+                  f"{mem.get('peak_mb', float('nan')):8.1f} "
+                  f"{float('nan') if mem.get('state_mb') is None else mem['state_mb']:8.2f} "
+                  f"{mem.get('transient_mb', float('nan')):9.2f}")
     print(f"wrote {out}/consensus_step_cost.json and .png")
 
 

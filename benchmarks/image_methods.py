@@ -15,10 +15,26 @@ except where a method replaces a player's step:
 | ``consensus`` | simultaneous step with ``gamma * grad(1/2 ||v||^2)`` (``gameopt.ConsensusOptimizer``) |
 | ``primal_dual`` | Algorithm 1 of Chen et al.: an alternating step whose generator loss adds ``PrimalDualRegularizer`` |
 | ``dual_score`` / ``dual_cost`` | a ``TrustRegionDualDiscriminator`` step (score / cost linearisation), then a generator step |
+| ``extragradient`` | ExtraAdam: an extrapolation step, the gradient there applied from the start (``gameopt.ExtragradientOptimizer``; both evaluations on the step's batch) |
+| ``optimistic`` | Optimistic Adam: the base step plus its change since the last step (``gameopt.OptimisticOptimizer``) |
+| ``sga`` | symplectic gradient adjustment ``xi + lam A^T xi`` with alignment (``gameopt.SGAOptimizer``) |
+| ``lookahead`` / ``lookahead_eg`` | ``gameopt.LookaheadMinmax`` over AltGA (LA-GAN) / over ExtraAdam (LA-ExtraGrad) |
+| ``cgd`` / ``acgd`` | competitive gradient descent / its adaptive form (``gameopt.CompetitiveOptimizer``) on the minimax loss ``(-disc_loss, disc_loss)`` (CGD needs a zero-sum game) |
+| ``consensus_lazy`` | consensus with the correction every ``--every`` steps, scaled by it (``ConsensusOptimizer(every=k)``) |
 
 Each method object has ``step(real, z) -> dict`` (detached losses and statistics of the step),
 ``state_dict()`` and ``load_state_dict()`` covering every optimiser, schedule and radius, so a
 run resumes bit-for-bit from a checkpoint.
+
+Adding a method is one registration. A gameopt optimiser over both players (``GameOptimizer``
+subclass taking ``(base_optimizer, gen_params, disc_params, **kw)``) needs one line::
+
+    register("extragradient", game_optimizer(lambda base, gp, dp, kw, args: gameopt.Extragradient(base, gp, dp, **kw)))
+
+Anything else registers a builder ``(G, D, args) -> object with step/state_dict/load_state_dict
+/skipped_steps``; extra command-line options go in ``add_method_arguments``. The runner's
+``--method`` choices, the tests (every method is smoke-run and resumed bit for bit) and the suite
+scripts pick the new name up from ``METHODS``.
 """
 
 from __future__ import annotations
@@ -32,12 +48,44 @@ from torch import Tensor, nn
 
 import gameopt
 
-METHODS = ("simga", "altga", "consensus", "primal_dual", "dual_score", "dual_cost")
+#: ``name -> builder(G, D, args)``, in registration order; see :func:`register`.
+METHODS: dict[str, Callable[[nn.Module, nn.Module, argparse.Namespace], Any]] = {}
 
 #: Per-method defaults of the optimiser settings (overridden by the command line). Every method
 #: shares DCGAN's Adam 2e-4, so runs differ only in the method; the consensus paper's CIFAR-10
 #: setting is ``--optim rmsprop --lr 1e-4 --gamma 10``.
-DEFAULTS: dict[str, dict[str, Any]] = {m: {"optim": "adam", "lr": 2e-4} for m in METHODS}
+DEFAULTS: dict[str, dict[str, Any]] = {}
+
+GameOptimizerFactory = Callable[
+    [type[torch.optim.Optimizer], Any, Any, dict[str, Any], argparse.Namespace], gameopt.GameOptimizer
+]
+
+
+def register(
+    name: str,
+    builder: Callable[[nn.Module, nn.Module, argparse.Namespace], Any],
+    *,
+    optim: str = "adam",
+    lr: float = 2e-4,
+) -> None:
+    """Make ``--method name`` build ``builder(G, D, args)``, with default base optimiser and lr."""
+    if name in METHODS:
+        raise ValueError(f"method {name!r} is already registered")
+    METHODS[name] = builder
+    DEFAULTS[name] = {"optim": optim, "lr": lr}
+
+
+def game_optimizer(
+    factory: GameOptimizerFactory, zero_sum: bool = False,
+) -> Callable[[nn.Module, nn.Module, argparse.Namespace], "GameStep"]:
+    """A builder for a method that is one gameopt optimiser over both players.
+
+    ``factory(base, gen_params, disc_params, base_kwargs, args)`` returns the optimiser; the
+    players, the loss, the primal-dual term (``--pd``) and checkpoints are handled by :class:`GameStep`.
+    ``zero_sum``: train on the minimax loss ``(-disc_loss, disc_loss)`` instead of the
+    non-saturating pair (for optimisers defined for zero-sum games only, such as CGD).
+    """
+    return lambda G, D, args: GameStep(G, D, args, factory, zero_sum=zero_sum)
 
 
 def add_method_arguments(ap: argparse.ArgumentParser) -> None:
@@ -55,10 +103,18 @@ def add_method_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--divergence", default="js", help="primal_dual: Table 1 variant (js, kl, wgan, ...)")
     g.add_argument("--alpha", type=float, default=1.0, help="primal_dual: dual step size alpha")
     g.add_argument("--bandwidth", type=float, default=None,
-                   help="primal_dual: kernel sigma in pixel units (default sqrt(number of pixels) / 2)")
+                   help="primal_dual: kernel sigma (default: pixels sqrt(number of pixels) / 2; "
+                        "features: the median distance between real samples' features)")
+    g.add_argument("--pd-features", choices=["pixels", "classifier", "projection"], default="pixels",
+                   help="primal_dual: kernel space (eq. 17): pixels, the evaluation classifier's "
+                        "features (MNIST games), or a fixed random projection to 64 dims")
     g.add_argument("--pd-gen-loss", choices=["nonsat", "algorithm1"], default="nonsat",
                    help="primal_dual: generator loss beside the term: the non-saturating loss, or "
                         "Algorithm 1's f1(D(G(z))) (saturating for js)")
+    g.add_argument("--lam", type=float, default=1.0, help="sga: weight lam of the adjustment A^T xi")
+    g.add_argument("--every", type=int, default=4, help="consensus_lazy: regularise every k-th step (scaled by k)")
+    g.add_argument("--la-k", type=int, default=5, help="lookahead*: inner steps per synchronisation")
+    g.add_argument("--la-alpha", type=float, default=0.5, help="lookahead*: slow-weight step")
     g.add_argument("--C", type=float, default=1e-4, help="dual_*: weight decay C of the discriminator loss")
     g.add_argument("--delta", type=float, default=1e-3, help="dual_*: initial trust-region radius")
 
@@ -81,24 +137,29 @@ def gan_losses(d_real: Tensor, d_fake: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class GameStep:
-    """simga / altga / consensus / primal_dual: one gameopt optimiser over both players."""
+    """A method that is one gameopt optimiser over both players (simga, altga, consensus, ...),
+    with the primal-dual term of Chen et al. added to the generator's loss when
+    ``args.method == "primal_dual"``."""
 
-    def __init__(self, G: nn.Module, D: nn.Module, args: argparse.Namespace) -> None:
+    def __init__(
+        self, G: nn.Module, D: nn.Module, args: argparse.Namespace, factory: GameOptimizerFactory,
+        zero_sum: bool = False,
+    ) -> None:
         self.G, self.D, self.method = G, D, args.method
+        self.zero_sum = zero_sum
         base, kw = _base(args)
-        gp, dp = G.parameters(), D.parameters()
+        self.opt: gameopt.GameOptimizer = factory(base, G.parameters(), D.parameters(), kw, args)
         self.reg: gameopt.PrimalDualRegularizer | None = None
-        if args.method == "consensus":
-            self.opt: gameopt.GameOptimizer = gameopt.ConsensusOptimizer(
-                base, gp, dp, gamma=args.gamma, smoothing=args.smoothing, **kw)
-        elif args.method == "simga":
-            self.opt = gameopt.SimultaneousOptimizer(base, gp, dp, **kw)
-        else:
-            self.opt = gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, **kw)
         if args.method == "primal_dual":
-            pixels = args.image_numel
-            sigma = args.bandwidth if args.bandwidth is not None else 0.5 * pixels**0.5
-            self.reg = gameopt.PrimalDualRegularizer(args.divergence, alpha=args.alpha, bandwidth=sigma)
+            feature_map = getattr(args, "pd_feature_map", None)
+            if args.bandwidth is not None:
+                sigma = args.bandwidth
+            elif feature_map is None:
+                sigma = 0.5 * args.image_numel**0.5
+            else:
+                raise ValueError("primal_dual in a feature space needs --bandwidth (the runner sets one)")
+            self.reg = gameopt.PrimalDualRegularizer(
+                args.divergence, alpha=args.alpha, bandwidth=sigma, feature_map=feature_map)
             self.reg.attach(self.opt)
             self.pd_gen_loss = args.pd_gen_loss
 
@@ -107,7 +168,8 @@ class GameStep:
             fake = self.G(z)
             d_fake, d_real = self.D(fake).flatten(), self.D(real).flatten()
             if self.reg is None:
-                return gan_losses(d_real, d_fake)
+                gen_loss, disc_loss = gan_losses(d_real, d_fake)
+                return (-disc_loss, disc_loss) if self.zero_sum else (gen_loss, disc_loss)
             div = self.reg.divergence
             disc_loss = div.discriminator_loss(d_real, d_fake)
             gen_loss = gan_losses(d_real, d_fake)[0] if self.pd_gen_loss == "nonsat" else div.generator_loss(d_fake)
@@ -177,10 +239,40 @@ class DualStep:
         self.skipped_steps = int(state["skipped_steps"])
 
 
-def build_method(G: nn.Module, D: nn.Module, args: argparse.Namespace) -> GameStep | DualStep:
+def build_method(G: nn.Module, D: nn.Module, args: argparse.Namespace) -> Any:
     """The method object named by ``args.method`` for the players G and D."""
     if args.method not in METHODS:
-        raise ValueError(f"unknown method {args.method!r}; use one of {METHODS}")
-    if args.method.startswith("dual_"):
-        return DualStep(G, D, args)
-    return GameStep(G, D, args)
+        raise ValueError(f"unknown method {args.method!r}; use one of {tuple(METHODS)}")
+    return METHODS[args.method](G, D, args)
+
+
+register("simga", game_optimizer(lambda base, gp, dp, kw, args: gameopt.SimultaneousOptimizer(base, gp, dp, **kw)))
+register("altga", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, **kw)))
+register("consensus", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.ConsensusOptimizer(
+        base, gp, dp, gamma=args.gamma, smoothing=args.smoothing, **kw)))
+# Algorithm 1 of Chen et al.: alternating steps, the term joins the generator's loss (GameStep)
+register("primal_dual", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, **kw)))
+register("dual_score", DualStep)
+register("dual_cost", DualStep)
+register("extragradient", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.ExtragradientOptimizer(base, gp, dp, **kw)))
+register("optimistic", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.OptimisticOptimizer(base, gp, dp, **kw)))
+register("sga", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.SGAOptimizer(base, gp, dp, lam=args.lam, **kw)))
+register("lookahead", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.LookaheadMinmax(
+        gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, **kw), k=args.la_k, alpha=args.la_alpha)))
+register("lookahead_eg", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.LookaheadMinmax(
+        gameopt.ExtragradientOptimizer(base, gp, dp, **kw), k=args.la_k, alpha=args.la_alpha)))
+register("cgd", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.CompetitiveOptimizer(gp, dp, lr=kw["lr"]), zero_sum=True))
+register("acgd", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.CompetitiveOptimizer(gp, dp, lr=kw["lr"], adaptive=True), zero_sum=True))
+register("consensus_lazy", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.ConsensusOptimizer(
+        base, gp, dp, gamma=args.gamma, smoothing=args.smoothing, every=args.every, **kw)))

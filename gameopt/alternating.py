@@ -19,6 +19,7 @@ from .errors import GameInputError
 from .game_optimizer import GameOptimizer, SharedState, shared
 from .gradients import check_loss
 from .players import GENERATOR, ParamsLike, game_players
+from .frameworks import through_wrappers
 
 Losses = Sequence[torch.Tensor]
 
@@ -86,6 +87,7 @@ class AlternatingOptimizer(GameOptimizer):
             )
         self.order = order
 
+    @through_wrappers
     def backward(self, *losses: torch.Tensor) -> None:
         """Not available: alternating steps need losses re-evaluated between players."""
         raise RuntimeError(

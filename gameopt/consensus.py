@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 
 from .errors import GameInputError
 from .distributed import all_reduce_mean
+from .frameworks import through_wrappers
 from .game_optimizer import GameOptimizer, SharedState, shared, transient
 from .gradients import (
     check_loss,
@@ -94,6 +95,9 @@ class ConsensusState(SharedState):
     loss_scale: torch.Tensor | None = None  # the GradScaler's scale of the last backward (None: unscaled)
     graph_checked: bool = False  # the one-time graph checks ran
     compiled_core: Callable[..., Any] | None = transient(None)
+    every: int = 1  # lazy regularisation: the correction at every every-th gradient computation
+    lazy_calls: int = 0  # gradient computations so far (backward calls), for ``every``
+    reg_factor: float = transient(1.0)  # the multiplier of gamma in the current computation
 
 
 class ConsensusOptimizer(GameOptimizer):
@@ -125,6 +129,12 @@ class ConsensusOptimizer(GameOptimizer):
             ``gamma=0`` is exactly the base optimiser's simultaneous step (SimGA).
         smoothing: the paper's "smoothing optimiser": the regulariser is added to the
             discriminator's gradient only.
+        every: lazy regularisation (as StyleGAN2 does for R1): the correction is computed
+            at the first gradient computation (``backward`` or ``step(closure)``) and every
+            ``every``-th one after, multiplied by ``every`` so its average weight stays
+            gamma; the others are plain simultaneous steps (first derivatives only). With
+            ``every=k`` a step costs on average about ``(cost_consensus + (k-1) cost_plain) / k``.
+            The count is checkpointed. ``every=1`` (default) regularises every step.
         unbiased: subtract the mini-batch bias of ``1/2||v_B||^2`` (supplement of the
             paper): ``backward`` then takes per-example losses of shape (B,), whose
             means are the players' losses. Costly: per-example gradients are held with
@@ -169,6 +179,7 @@ class ConsensusOptimizer(GameOptimizer):
         *,
         smoothing: bool = False,
         unbiased: bool = False,
+        every: int = 1,
         compile: bool = False,
         distributed: bool = False,
         process_group: Any = None,
@@ -178,6 +189,7 @@ class ConsensusOptimizer(GameOptimizer):
     ) -> None:
         players = game_players(gen_params, disc_params, players)
         _check_gamma(gamma, "gamma")
+        _check_every(every, "every")
         if distributed and (compile or unbiased):
             raise GameInputError("distributed=True does not support compile=True or unbiased=True yet")
         if compile and unbiased:
@@ -196,6 +208,7 @@ class ConsensusOptimizer(GameOptimizer):
         self.smoothing = bool(smoothing)
         self.unbiased = bool(unbiased)
         self.compile = bool(compile)
+        self._shared.every = every
 
     @property
     def regularized_players(self) -> tuple[str, ...]:
@@ -209,6 +222,7 @@ class ConsensusOptimizer(GameOptimizer):
             return ["gen_loss", "disc_loss"]
         return [f"loss of player '{p}'" for p in self.players]
 
+    @through_wrappers
     def backward(self, *losses: torch.Tensor, scaler: Any = None) -> ConsensusStats:
         """Accumulate the consensus-corrected gradient into ``p.grad`` (like ``loss.backward()``).
 
@@ -222,6 +236,10 @@ class ConsensusOptimizer(GameOptimizer):
         unscales it, checks it for inf/NaN and skips the step on overflow as usual.
         Forgetting ``scaler=`` with scaled losses makes the regulariser ``s`` times too
         large; gameopt warns once when a loss looks like ``scaler.scale(loss)``.
+
+        Called on a framework's wrapper (Lightning's ``opt = self.optimizers()``), it acts
+        like :func:`gameopt.backward`: on the real optimiser, with the framework's fp16
+        ``GradScaler`` applied to the losses when there is one.
         """
         if len(losses) != len(self.players):
             raise GameInputError(
@@ -256,8 +274,22 @@ class ConsensusOptimizer(GameOptimizer):
             for p in g["params"]
         ]
 
+    @property
+    def every(self) -> int:
+        """Lazy regularisation period (1: the correction at every step)."""
+        return self._shared.every
+
+    def _lazy_turn(self, advance: bool = True) -> float:
+        """The multiplier of gamma for the next gradient computation (``every`` or 0); advances the count."""
+        shared_state = self._shared
+        factor = float(shared_state.every) if shared_state.lazy_calls % shared_state.every == 0 else 0.0
+        if advance:
+            shared_state.lazy_calls += 1
+            shared_state.reg_factor = factor
+        return factor
+
     def _backward(self, losses: Losses, names: list[str], scaled: bool) -> ConsensusStats:
-        reg_params = self._reg_params()
+        reg_params = self._reg_params() if self._lazy_turn() else []
         params = [self.player_params(p) for p in self.players]
         if reg_params and not self._shared.graph_checked:
             self._warn_isolated_losses(losses, names, params)
@@ -381,7 +413,7 @@ class ConsensusOptimizer(GameOptimizer):
         for group in groups:
             if group["player"] not in regularized or group["gamma"] == 0:
                 continue
-            gamma = float(group["gamma"])
+            gamma = float(group["gamma"]) * self._shared.reg_factor
             pairs = [(index[id(p)], reg[id(p)]) for p in group["params"] if id(p) in reg]
             with_v = [(i, r) for i, r in pairs if finals[i] is not None]
             if with_v:
@@ -423,13 +455,14 @@ class ConsensusOptimizer(GameOptimizer):
     def _closure_gradients(self, closure: Callable[[], Losses | None]) -> Losses | None:
         """Evaluate ``closure`` and, when it returns losses, put their consensus gradient in ``p.grad``."""
         core = self._shared.compiled_core
-        reg_params = self._reg_params() if core is not None else []
+        reg_params = self._reg_params() if core is not None and self._lazy_turn(advance=False) else []
         if reg_params:  # compile=True after the first (eager) step; needs losses from the closure
             params = [self.player_params(p) for p in self.players]
             with torch.enable_grad(), torch._dynamo.config.patch(trace_autograd_ops=True):
                 losses, v, r = core(closure, params, reg_params)
             self.zero_grad(set_to_none=True)
             self._shared.loss_scale = None
+            self._lazy_turn()
             reg = {id(p): t for p, t in zip(reg_params, r) if t is not None}
             self._apply(v, reg, params)
             return tuple(losses)
@@ -462,7 +495,8 @@ class ConsensusOptimizer(GameOptimizer):
 
     def _extra_state(self) -> dict[str, Any]:
         extra = super()._extra_state()
-        extra.update(smoothing=self.smoothing, unbiased=self.unbiased)
+        extra.update(smoothing=self.smoothing, unbiased=self.unbiased, every=self._shared.every,
+                     lazy_calls=self._shared.lazy_calls)
         return extra
 
     def _check_extra_state(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -477,6 +511,12 @@ class ConsensusOptimizer(GameOptimizer):
                 "the checkpoint was written with unbiased=True, which this optimiser "
                 "(compile=True or distributed=True) does not support"
             )
+        every = extra.get("every", self._shared.every)
+        _check_every(every, "the checkpoint's 'every'")
+        calls = extra.get("lazy_calls", 0)
+        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
+            raise GameInputError(f"the checkpoint's 'lazy_calls' must be an integer >= 0, got {calls!r}")
+        settings.update(every=every, lazy_calls=calls)
         return settings
 
     def _check_group(self, index: int, group: dict[str, Any]) -> None:
@@ -536,6 +576,13 @@ def _warn_scaled_losses(losses: Losses, names: list[str]) -> None:
                 RuntimeWarning, stacklevel=5,
             )
             return
+
+
+def _check_every(every: Any, what: str) -> None:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise GameInputError(
+            f"{what} must be an integer >= 1 (regularise at every every-th step; 1 = always), got {every!r}"
+        )
 
 
 def _check_gamma(gamma: Any, what: str) -> None:

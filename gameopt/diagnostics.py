@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .errors import GameInputError
+from .frameworks import find_game_optimizer
 from .game_optimizer import GameOptimizer
 
 Closure = Callable[[], Sequence[torch.Tensor]]
@@ -34,7 +36,8 @@ class GameField:
         closure: returns one loss per player (same order as the players), e.g.
             ``lambda: (gen_loss, disc_loss)``; it is re-evaluated by :meth:`at`.
             Use a fixed batch: the spectrum is that of this batch's game.
-        players: the players' parameter lists, or a gameopt optimiser (its players).
+        players: the players' parameter lists, or a gameopt optimiser (its players), also
+            wrapped by a training framework (``LightningOptimizer``, ``AcceleratedOptimizer``).
         gamma: 0 for ``F = v``; > 0 for the consensus field ``v + gamma v'^T v``.
     """
 
@@ -44,8 +47,9 @@ class GameField:
         players: Sequence[Sequence[torch.Tensor]] | GameOptimizer,
         gamma: float = 0.0,
     ) -> None:
-        if isinstance(players, GameOptimizer):
-            params = [players.player_params(p) for p in players.players]
+        game = find_game_optimizer(players)  # also inside a framework's wrapper (Lightning, accelerate)
+        if game is not None:
+            params = [game.player_params(p) for p in game.players]
         else:
             params = [list(ps) for ps in players]
         if gamma < 0:
@@ -63,6 +67,13 @@ class GameField:
         losses = self.closure()
         if len(losses) != len(self.params):
             raise ValueError(f"closure returned {len(losses)} losses for {len(self.params)} players")
+        finite = torch.stack([torch.isfinite(torch.as_tensor(loss)).all() for loss in losses]).tolist()
+        if not all(finite):
+            bad = [i for i, ok in enumerate(finite) if not ok]
+            raise GameInputError(
+                f"the closure returned a NaN or inf loss for player(s) {bad}: the game has no Jacobian "
+                "spectrum here. Check the losses at these parameters (log(0), overflow, a diverged run)."
+            )
         parts: list[torch.Tensor] = []
         for loss, ps in zip(losses, self.params):
             grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
@@ -86,6 +97,11 @@ class GameField:
             self._jt_w = torch.cat([
                 (torch.zeros_like(p) if t is None else t).reshape(-1) for p, t in zip(self.flat_params, jt_w)
             ])
+        if not bool(torch.isfinite(u).all()):
+            raise GameInputError(
+                f"the update field F has {int((~torch.isfinite(u)).sum())} NaN/inf entries at these parameters "
+                "(a gradient overflowed or is undefined): its Jacobian spectrum is not defined here."
+            )
         self._u, self._w = u, w
         return self
 
@@ -135,9 +151,14 @@ class GameField:
         eigenvalues by ARPACK with matrix-free products; ``which`` as in
         ``scipy.sparse.linalg.eigs``: "LM" largest modulus, "SR" smallest real part
         (the least stable), "LR" largest real part, "LI" largest imaginary part.
+
+        Raises:
+            GameInputError: a loss, the field, the dense Jacobian or a Jacobian-vector product
+                is NaN/inf (checked before LAPACK / ARPACK see it: they can crash on NaN).
         """
         if k is None or k >= self.size - 1:
             J = self.jacobian().to(torch.float64).cpu()
+            _check_finite_jacobian(int((~torch.isfinite(J)).sum()), "dense Jacobian")
             return torch.linalg.eigvals(J).numpy()
         from scipy.sparse.linalg import LinearOperator, eigs
 
@@ -150,6 +171,8 @@ class GameField:
             if np.iscomplexobj(x):
                 di = torch.as_tensor(np.imag(x).ravel(), dtype=dtype, device=self._u.device)
                 out = out + 1j * self.matvec(di).to(torch.float64).cpu().numpy()
+            # ARPACK must never see NaN (it fails late or crashes): stop at the first product
+            _check_finite_jacobian(int((~np.isfinite(out)).sum()), "Jacobian-vector product")
             return out
 
         op = LinearOperator((self.size, self.size), matvec=mv, dtype=np.float64)
@@ -168,6 +191,26 @@ class GameField:
         Eigenvalues of modulus below 1e-9 x the largest are treated as zero.
         """
         return _summary(self, k, tol)
+
+
+def _check_finite_jacobian(n_bad: int, what: str) -> None:
+    if n_bad:
+        raise GameInputError(
+            f"the {what} of the update field has {n_bad} NaN/inf entries at these parameters (a second "
+            "derivative is undefined or overflowed): its eigenvalues are not defined here; "
+            "the eigen-solver was not called."
+        )
+
+
+def _finite_eigenvalues(eigenvalues: np.ndarray, where: str) -> np.ndarray:
+    lam = np.asarray(eigenvalues, dtype=complex)
+    bad = int((~np.isfinite(lam)).sum())
+    if bad:
+        raise GameInputError(
+            f"{where}: {bad} of {lam.size} eigenvalues are NaN or inf; no step size can be certified "
+            "stable from them. Compute the spectrum at finite parameters and losses."
+        )
+    return lam
 
 
 def _summary(field: GameField, k: int | None, tol: float) -> SpectrumSummary:
@@ -201,8 +244,11 @@ def max_stable_step(eigenvalues: np.ndarray, zero_tol: float = 0.0) -> float:
     """Largest ``h`` for which ``x <- x - h F(x)`` converges locally (Lemma 4, minimise convention).
 
     Eigenvalues with ``|lambda| <= zero_tol`` are ignored (directions the field does not move).
+
+    Raises:
+        GameInputError: an eigenvalue is NaN or inf (no step is stable for an undefined spectrum).
     """
-    lam = np.asarray(eigenvalues, dtype=complex)
+    lam = _finite_eigenvalues(eigenvalues, "max_stable_step")
     lam = lam[np.abs(lam) > zero_tol]
     if lam.size == 0:
         return math.inf
@@ -213,8 +259,8 @@ def max_stable_step(eigenvalues: np.ndarray, zero_tol: float = 0.0) -> float:
 
 
 def summarize_spectrum(eigenvalues: np.ndarray, zero_tol: float = 0.0) -> SpectrumSummary:
-    """:class:`SpectrumSummary` of a set of eigenvalues."""
-    lam = np.asarray(eigenvalues, dtype=complex)
+    """:class:`SpectrumSummary` of a set of eigenvalues (GameInputError if one is NaN or inf)."""
+    lam = _finite_eigenvalues(eigenvalues, "summarize_spectrum")
     lam_nz = lam[np.abs(lam) > zero_tol]
     if lam_nz.size == 0:
         return SpectrumSummary(0.0, 0.0, 0.0, math.inf)

@@ -13,12 +13,22 @@ from typing import Any, Protocol
 
 import torch
 
+from .frameworks import find_game_optimizer
+from .game_optimizer import GameOptimizer
+
 
 class HasMonitorStats(Protocol):
     """What a :class:`Monitor` source provides: every gameopt optimiser, regulariser and discriminator."""
 
     def monitor_stats(self) -> dict[str, Any]:
         """The last step's statistics, ``{name: tensor or number}``, read without a host sync."""
+
+
+def _unwrap(src: Any) -> Any:
+    """A gameopt optimiser inside a framework's wrapper (Lightning, accelerate) reports itself."""
+    if isinstance(src, GameOptimizer) or not callable(getattr(src, "monitor_stats", None)):
+        return find_game_optimizer(src) or src
+    return src
 
 
 class Monitor:
@@ -43,6 +53,7 @@ class Monitor:
     """
 
     def __init__(self, **sources: HasMonitorStats) -> None:
+        sources = {name: _unwrap(src) for name, src in sources.items()}
         for name, src in sources.items():
             if not callable(getattr(src, "monitor_stats", None)):
                 raise TypeError(

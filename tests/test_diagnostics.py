@@ -177,3 +177,71 @@ def test_summary_iterative_matches_exact_on_quadratic_game():
     assert approx.max_step == pytest.approx(exact.max_step, rel=1e-6)
     lam = np.linalg.eigvals(J.numpy())
     assert exact.min_real == pytest.approx(lam.real.min())
+
+
+# ------------------------------------------------ issue 11: non-finite games and spectra
+_NONFINITE_GAMES = r'''
+import sys, torch
+from gameopt.diagnostics import GameField
+torch.manual_seed(0)
+x = torch.nn.Parameter(torch.randn(12, dtype=torch.float64))
+y = torch.nn.Parameter(torch.randn(12, dtype=torch.float64))
+x0 = torch.nn.Parameter(torch.zeros(12, dtype=torch.float64))
+
+games = {
+    # NaN loss (and so NaN field)
+    "nan_loss": (lambda: ((x * y).sum() * float("nan") + (x * x).sum(), -(x * y).sum()), [[x], [y]]),
+    # finite losses, infinite gradient: d sqrt|x| / dx at 0
+    "inf_field": (lambda: (x0.abs().sqrt().sum() + (x0 * y).sum(), -(x0 * y).sum()), [[x0], [y]]),
+    # finite losses and field, undefined second derivative: |x|^1.5 at 0
+    "nan_jacobian": (lambda: ((x0.abs() ** 1.5).sum() + (x0 * y).sum(), -(x0 * y).sum()), [[x0], [y]]),
+}
+for name, (closure, players) in games.items():
+    for how in ("dense", "arpack", "summary", "summary_k"):
+        field = GameField(closure, players)
+        try:
+            if how == "dense":
+                field.eigenvalues()
+            elif how == "arpack":
+                field.eigenvalues(k=3)
+            elif how == "summary":
+                field.summary()
+            else:
+                field.summary(k=2)
+            print(name, how, "NO ERROR")
+        except Exception as e:
+            print(name, how, type(e).__name__, str(e).replace("\n", " "))
+'''
+
+
+def test_nonfinite_game_raises_before_lapack_or_arpack_sees_it():
+    # run in a child: before the fix LAPACK aborted the whole process ("free(): invalid pointer")
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _NONFINITE_GAMES], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 12, out.stdout
+    want = {"nan_loss": "NaN or inf loss for player(s) [0]", "inf_field": "update field F has",
+            "nan_jacobian": "NaN/inf entries"}
+    for line in lines:
+        name = line.split()[0]
+        assert "GameInputError" in line and want[name] in line, line
+    assert any("nan_jacobian dense" in line and "dense Jacobian" in line for line in lines)
+    assert any("nan_jacobian arpack" in line and "Jacobian-vector product" in line for line in lines)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, complex(np.nan, 1.0), complex(1.0, np.inf)])
+def test_max_stable_step_and_summary_refuse_nonfinite_eigenvalues(bad):
+    lam = np.array([0.5 + 2j, 0.5 - 2j, bad])
+    with pytest.raises(gameopt.GameInputError, match="1 of 3 eigenvalues are NaN or inf"):
+        max_stable_step(lam)
+    with pytest.raises(gameopt.GameInputError, match="NaN or inf"):
+        summarize_spectrum(lam)
+    # the finite ones alone still give Lemma 4's bound
+    assert max_stable_step(lam[:2]) == pytest.approx(2 * 0.5 / (0.25 + 4))

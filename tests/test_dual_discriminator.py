@@ -185,6 +185,20 @@ def test_rbf_features_formula():
     torch.testing.assert_close(phi(x), expected)
 
 
+def test_rbf_gaussian_convention_is_the_standard_kernel():
+    anchors = torch.tensor([[0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 1.0], [0.5, -0.3]], dtype=torch.float64)
+    sigma = 0.7
+    phi = RBFFeatures(anchors, bandwidth=sigma, convention="gaussian")
+    d2 = torch.cdist(x, anchors) ** 2
+    torch.testing.assert_close(phi(x), torch.exp(-d2 / (2 * sigma**2)))
+    # the two conventions agree when bandwidth = 2 sigma^2
+    torch.testing.assert_close(RBFFeatures(anchors, bandwidth=2 * sigma**2)(x), phi(x))
+    assert RBFFeatures(anchors).convention == "sqdist_over_bandwidth"
+    with pytest.raises(ValueError, match="unknown RBF convention 'gauss'"):
+        RBFFeatures(anchors, convention="gauss")
+
+
 def test_linear_step_is_exact_dual_solution_and_generator_loss_is_minus_dual():
     g = torch.Generator().manual_seed(0)
     anchors = torch.randn(20, 2, generator=g, dtype=torch.float64)

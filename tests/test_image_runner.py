@@ -69,7 +69,8 @@ def test_two_step_smoke_run(method, tmp_path):
     assert any(not torch.equal(v, G1[f"G.{k}"]) for k, v in G0.state_dict().items())
 
 
-@pytest.mark.parametrize("method", ["consensus", "altga", "primal_dual", "dual_score"])
+@pytest.mark.parametrize("method", ["consensus", "altga", "primal_dual", "dual_score", "optimistic", "lookahead_eg",
+                                    "consensus_lazy"])
 def test_resume_equals_uninterrupted(method, tmp_path):
     common = ["--method", method, "--eval-every", "0", "--ckpt-every", "0", *TINY]
     image_gan.main([*common, "--steps", "4", "--out", str(tmp_path / "straight")])

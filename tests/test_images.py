@@ -457,10 +457,12 @@ def test_evaluator_rejects_bad_images(digits_evaluator):
         digits_evaluator(torch.zeros(10, 1, 8, 8))
 
 
-def test_evaluator_score_matches_the_generic_classifier_score(digits_evaluator):
+def test_evaluator_score_matches_the_generic_classifier_score():
+    from gameopt.images.metrics import _joint_scores
+
     logp = torch.log_softmax(torch.randn(300, 3, 10, dtype=torch.float64) * 3, 2)
     joint = (logp[:, 0, :, None, None] + logp[:, 1, None, :, None] + logp[:, 2, None, None, :])
-    _, score = digits_evaluator._scores(logp, chunk=64)
+    _, score = _joint_scores(logp, chunk=64)
     assert score == pytest.approx(classifier_score(joint.reshape(300, 1000)), rel=1e-9)
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
+import pickle
 import resource
+import warnings
 
 import numpy as np
 import pytest
@@ -497,3 +500,369 @@ def test_random_projection_preserves_distances_on_average():
     d_out = torch.cdist(fx, fx) ** 2
     ratio = d_out.sum() / d_in.sum()
     assert 0.9 < ratio.item() < 1.1
+
+
+# ---------------------------------------------------------------------------
+# Issue 11: NaN/Inf inputs, feature maps, bandwidth range, half precision
+# ---------------------------------------------------------------------------
+
+
+def _batch(dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    real = torch.randn(6, 2, generator=g, dtype=dtype)
+    fake = torch.randn(5, 2, generator=g, dtype=dtype).requires_grad_(True)
+    return real, fake, torch.randn(6, generator=g, dtype=dtype)
+
+
+def _hide_nan(d):
+    # a user f1 that maps NaN to a number: the regulariser must not hide the NaN in its value
+    return torch.nan_to_num(d, nan=0.0)
+
+
+@pytest.mark.parametrize("which", ["real", "fake", "d_real"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(chunk_size=2), dict(feature_map=RandomProjection(2, 3)),
+     dict(divergence=(torch.log, _hide_nan, torch.sigmoid))],
+)
+def test_nonfinite_input_makes_the_value_nan_by_default(which, bad, kwargs):
+    reg = gameopt.PrimalDualRegularizer(**{"divergence": "js", **kwargs}, bandwidth=0.7)
+    real, fake, d = _batch(torch.float32 if "feature_map" in kwargs else torch.float64)
+    tensors = dict(real=real, fake=fake.detach().clone(), d_real=d)
+    tensors[which][1] = bad
+    fake = tensors["fake"].requires_grad_(True)
+    value = reg(tensors["real"], fake, tensors["d_real"])
+    assert torch.isnan(value), (which, value)
+    value.backward()
+    # the gradient is not finite either (the value says what the gradient is)
+    if which != "d_real" or "divergence" not in kwargs:
+        assert not torch.isfinite(fake.grad).all()
+
+
+@pytest.mark.parametrize("which", ["real", "fake", "d_real"])
+def test_nonfinite_raise_policy_names_the_input(which):
+    reg = gameopt.PrimalDualRegularizer("js", bandwidth=0.7, nonfinite="raise")
+    real, fake, d = _batch()
+    tensors = dict(real=real.clone(), fake=fake.detach().clone(), d_real=d.clone())
+    tensors[which][2] = float("nan")
+    with pytest.raises(gameopt.GameInputError, match=rf"NaN or inf values in {which}"):
+        reg(tensors["real"], tensors["fake"].requires_grad_(True), tensors["d_real"])
+    assert torch.isfinite(reg(real, fake, d))  # finite inputs pass
+    with pytest.raises(ValueError, match="nonfinite must be 'propagate' or 'raise'"):
+        gameopt.PrimalDualRegularizer("js", nonfinite="skip")
+
+
+@pytest.mark.parametrize(
+    "feature_map",
+    [
+        lambda x: x.reshape(-1, 1),  # (n, 2) -> (2n, 1)
+        lambda x: x[:2],  # drops rows
+        lambda x: x.sum(),  # one scalar for the batch
+        lambda x: x.T,  # (n, 2) -> (2, n)
+        lambda x: x.mean(0, keepdim=True),  # (1, 2): would broadcast against every row
+    ],
+)
+def test_feature_map_that_changes_the_row_count_raises(feature_map):
+    reg = gameopt.PrimalDualRegularizer("js", feature_map=feature_map)
+    real, fake, d = _batch()
+    with pytest.raises(gameopt.GameInputError, match=r"feature_map .* changed the number of samples of (real|fake): \(6, 2\)|\(5, 2\)"):
+        reg(real, fake, d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("sigma", [1e-20, 1e-40, 1e-170, 1e-300])
+def test_bandwidth_below_the_dtype_range_raises_instead_of_nan(dtype, sigma):
+    from gameopt.primal_dual.bandwidth import min_bandwidth
+
+    real, fake, d = _batch(dtype)
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    reg = gameopt.PrimalDualRegularizer("js", bandwidth=sigma)
+    if sigma >= min_bandwidth(compute):
+        value = reg(real, fake, d)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(fake.grad).all()
+        return
+    with pytest.raises(gameopt.GameInputError, match=r"below the smallest bandwidth .*larger bandwidth"):
+        reg(real, fake, d)
+    with pytest.raises(gameopt.GameInputError, match="below the smallest bandwidth"):
+        kernel_density(real, fake, sigma)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_smallest_supported_bandwidth_gives_finite_gradients(dtype):
+    from gameopt.primal_dual.bandwidth import min_bandwidth
+
+    sigma = min_bandwidth(dtype) * 1.01
+    real = torch.zeros(3, 2, dtype=dtype)
+    real[1, 0] = 1.0
+    # a sample on a data point, one at distance sigma from one, one far away
+    fake = torch.tensor([[0.0, 0.0], [0.0, sigma], [5.0, 5.0]], dtype=dtype, requires_grad=True)
+    for chunk in (2048, 1):
+        fake.grad = None
+        reg = gameopt.PrimalDualRegularizer("js", alpha=1.0, bandwidth=sigma, chunk_size=chunk)
+        value = reg(real, fake, torch.tensor([1.0, -1.0, 0.5], dtype=dtype))
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(fake.grad).all(), fake.grad
+        assert fake.grad[1, 1] != 0  # the sample at distance sigma feels the kernel
+
+
+def test_schedule_decaying_below_the_range_raises_at_the_step_it_gets_there():
+    reg = gameopt.PrimalDualRegularizer("js", bandwidth=ExponentialBandwidth(1.0, 1e-5))
+    real, fake, d = _batch(torch.float32)
+    for _ in range(3):  # sigma 1, 1e-5, 1e-10: fine
+        assert torch.isfinite(reg(real, fake, d))
+        reg.step()
+    reg.step()  # sigma 1e-20
+    with pytest.raises(gameopt.GameInputError, match="minimum"):
+        reg(real, fake, d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", DIVERGENCE_NAMES)
+def test_saturated_logits_stay_finite_in_half_precision(name, dtype):
+    div = get_divergence(name)
+    s = torch.tensor([-1e4, 1e4, 0.0], dtype=dtype, requires_grad=True)
+    for loss in (div.discriminator_loss(s, s), div.generator_loss(s),
+                 div.f0_from_output(s).sum(), div.f1_from_output(s).sum()):
+        (g,) = torch.autograd.grad(loss, s)
+        assert loss.dtype == torch.float32 and g.dtype == dtype
+        assert torch.isfinite(loss) and torch.isfinite(g).all(), (name, loss, g)
+    # the values are the float32 values of the same (half-rounded) logits
+    s32 = s.detach().float()
+    torch.testing.assert_close(div.f1_from_output(s), div.f1_from_output(s32))
+    reg = gameopt.PrimalDualRegularizer(name, alpha=0.5, bandwidth=0.5)
+    real, fake, _ = _batch(dtype, seed=2)
+    fake = fake[:3].detach().requires_grad_(True)
+    v = reg(real[:3], fake, s.detach())
+    v.backward()
+    assert v.dtype == torch.float32 and torch.isfinite(v)
+    # the gradient reaches fake in its dtype; it is finite wherever the float32 gradient fits that dtype
+    fake32 = fake.detach().float().requires_grad_(True)
+    reg(real[:3].float(), fake32, s.detach().float()).backward()
+    fits = fake32.grad.abs() < torch.finfo(dtype).max / 2
+    assert fake.grad.dtype == dtype and torch.isfinite(fake.grad[fits]).all()
+
+
+# ---------------------------------------------------------------------------
+# Issue 11: checkpoints load all or nothing; pickle and deepcopy after attach
+# ---------------------------------------------------------------------------
+
+
+def _snapshot(reg):
+    sd = reg.state_dict()
+    return {k: (v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)) for k, v in sd.items()}, reg._steps
+
+
+def _assert_unchanged(reg, snap):
+    sd, steps = snap
+    now = reg.state_dict()
+    assert set(now) == set(sd) and reg._steps == steps
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(now[k], v), k
+        else:
+            assert now[k] == v, k
+
+
+def _exp_reg(**kw):
+    reg = gameopt.PrimalDualRegularizer("js", bandwidth=ExponentialBandwidth(0.7, 0.9, every=2, minimum=0.05), **kw)
+    for _ in range(7):
+        reg.step()
+    return reg
+
+
+def _bad_checkpoints():
+    good = _exp_reg().state_dict()
+
+    def edit(key=None, value=None, extra=None, drop=None):
+        sd = copy.deepcopy(good)
+        if key is not None:
+            sd[key] = value
+        if extra is not None:
+            sd["_extra_state"] = extra
+        if drop is not None:
+            del sd[drop]
+        return sd
+
+    sched = good["_extra_state"]["bandwidth"]
+    return {
+        "negative step count": edit("num_steps", torch.tensor(-3)),
+        "float step count": edit("num_steps", torch.tensor(2.5)),
+        "step count not a tensor": edit("num_steps", "7"),
+        "other schedule type": edit(extra={"bandwidth": {"sigmas": [0.5, 0.1], "milestones": [10]},
+                                           "bandwidth_type": "StepBandwidth"}),
+        "schedule keys without type": edit(extra={"bandwidth": {"sigma": 0.5}}),
+        "negative sigma": edit(extra={"bandwidth": {**sched, "initial": -0.7}, "bandwidth_type": "ExponentialBandwidth"}),
+        "decay above one": edit(extra={"bandwidth": {**sched, "decay": 1.5}, "bandwidth_type": "ExponentialBandwidth"}),
+        "fractional every": edit(extra={"bandwidth": {**sched, "every": 2.5}, "bandwidth_type": "ExponentialBandwidth"}),
+        "no schedule state (saved with a callable)": edit(extra={}),
+        "extra state not a dict": edit(extra=[1, 2]),
+        "missing key": edit(drop="num_steps"),
+        "unexpected key": {**good, "alpha": torch.tensor(1.0)},
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_checkpoints()))
+def test_bad_checkpoint_is_refused_and_nothing_changes(case):
+    reg = gameopt.PrimalDualRegularizer("js", bandwidth=ExponentialBandwidth(0.2, 0.5))
+    reg.step()
+    snap = _snapshot(reg)
+    with pytest.raises(gameopt.GameInputError):
+        reg.load_state_dict(_bad_checkpoints()[case])
+    _assert_unchanged(reg, snap)
+    # inside a parent module, the regulariser's own entries are checked before any of them load
+    if case not in ("missing key", "unexpected key"):
+        parent = torch.nn.ModuleDict({"reg": reg})
+        with pytest.raises(gameopt.GameInputError):
+            parent.load_state_dict({f"reg.{k}": v for k, v in _bad_checkpoints()[case].items()})
+        _assert_unchanged(reg, snap)
+
+
+def test_step_bandwidth_checkpoint_checks_lengths_and_order():
+    reg = gameopt.PrimalDualRegularizer("js", bandwidth=StepBandwidth([0.5, 0.1], [10]))
+    snap = _snapshot(reg)
+    for bad in ({"sigmas": [0.5], "milestones": [10]}, {"sigmas": [0.5, 0.1, 0.05], "milestones": [10, 5]},
+                {"sigmas": [0.5, 0.0], "milestones": [10]}, {"sigmas": [0.5, 0.1], "milestones": [-1]}):
+        sd = reg.state_dict()
+        sd["_extra_state"] = {"bandwidth": bad, "bandwidth_type": "StepBandwidth"}
+        with pytest.raises(gameopt.GameInputError, match="StepBandwidth"):
+            reg.load_state_dict(sd)
+        _assert_unchanged(reg, snap)
+        with pytest.raises(gameopt.GameInputError):  # the schedule on its own, too
+            reg.bandwidth.load_state_dict(bad)
+        assert reg.bandwidth.state_dict() == {"sigmas": [0.5, 0.1], "milestones": [10]}
+
+
+def test_checkpoint_with_a_bad_sigma_at_its_step_is_refused():
+    saved = gameopt.PrimalDualRegularizer("js", bandwidth=lambda t: 1.0)
+    for _ in range(12):
+        saved.step()
+    reg = gameopt.PrimalDualRegularizer("js", bandwidth=lambda t: 0.5 - 0.05 * t)  # <= 0 from t = 10 on
+    snap = _snapshot(reg)
+    with pytest.raises(gameopt.GameInputError, match="checkpoint's step 12"):
+        reg.load_state_dict(saved.state_dict())
+    _assert_unchanged(reg, snap)
+    # a schedule's state cannot be loaded into a plain callable bandwidth
+    with pytest.raises(gameopt.GameInputError, match="plain callable"):
+        reg.load_state_dict(_exp_reg().state_dict())
+    _assert_unchanged(reg, snap)
+
+
+def test_feature_map_buffer_of_wrong_shape_is_refused_before_the_step_count_loads():
+    saved = gameopt.PrimalDualRegularizer("js", feature_map=RandomProjection(4, 3))
+    for _ in range(5):
+        saved.step()
+    reg = gameopt.PrimalDualRegularizer("js", feature_map=RandomProjection(4, 2))
+    snap = _snapshot(reg)
+    with pytest.raises(gameopt.GameInputError, match="feature_map.weight"):
+        reg.load_state_dict(saved.state_dict())
+    _assert_unchanged(reg, snap)
+
+
+def test_good_checkpoint_still_loads_and_is_bit_for_bit():
+    saved = _exp_reg()
+    reg = gameopt.PrimalDualRegularizer("js", bandwidth=ExponentialBandwidth(0.2, 0.5))
+    reg.load_state_dict(saved.state_dict())
+    assert reg._steps == 7 and reg.current_bandwidth == saved.current_bandwidth
+    # a checkpoint written before the schedule type was saved loads too
+    old = saved.state_dict()
+    old["_extra_state"] = {"bandwidth": old["_extra_state"]["bandwidth"]}
+    gameopt.PrimalDualRegularizer("js", bandwidth=ExponentialBandwidth(0.2, 0.5)).load_state_dict(old)
+
+
+@pytest.mark.parametrize("name", DIVERGENCE_NAMES)
+def test_regularizer_pickles_with_every_builtin_divergence(name):
+    reg = gameopt.PrimalDualRegularizer(name, alpha=0.3, bandwidth=StepBandwidth([0.5, 0.2], [2]))
+    reg.step()
+    back = pickle.loads(pickle.dumps(reg))
+    real, fake, d = _batch()
+    assert back.divergence.name == name and back._steps == 1
+    torch.testing.assert_close(back(real, fake, d), reg(real, fake, d), rtol=0, atol=0)
+    wg = get_divergence("wgan", eps=0.3)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(wg)).f0(d), wg.f0(d))
+
+
+def _game():
+    torch.manual_seed(0)
+    G = torch.nn.Linear(2, 2).double()
+    D = torch.nn.Linear(2, 1).double()
+    return G, D
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copied_optimizer_and_regularizer_drive_only_each_other(how):
+    G, D = _game()
+    opt = gameopt.ConsensusOptimizer(torch.optim.SGD, G.parameters(), D.parameters(), gamma=0.5, lr=0.01)
+    reg = gameopt.PrimalDualRegularizer("js", bandwidth=StepBandwidth([0.5, 0.1], [2]))
+    reg.attach(opt)
+    reg.step()
+    opt2, reg2 = copy.deepcopy((opt, reg)) if how == "deepcopy" else pickle.loads(pickle.dumps((opt, reg)))
+    assert reg2._steps == 1 and reg2.current_bandwidth == 0.5
+
+    def step(o):
+        o.zero_grad()
+        for p in o.player_params("generator") + o.player_params("discriminator"):
+            p.grad = torch.ones_like(p)
+        o.step()
+
+    # gameopt optimisers, like torch.optim, do not copy hooks: the copy drives nothing until attached
+    step(opt2)
+    assert reg._steps == 1 and reg2._steps == 1
+    reg2.attach(opt2)
+    for _ in range(2):
+        step(opt2)
+    assert reg2._steps == 3 and int(reg2.num_steps) == 3 and reg2.current_bandwidth == 0.1
+    assert reg._steps == 1 and int(reg.num_steps) == 1  # the original is not driven by the copy
+    step(opt)  # and the original still drives the original
+    assert reg._steps == 2 and reg2._steps == 3
+
+
+def test_schedule_stepper_hook_pickles_with_its_regularizer():
+    from gameopt.primal_dual.regularizer import ScheduleStepper
+
+    reg = gameopt.PrimalDualRegularizer("js")
+    hook = ScheduleStepper(reg)
+    hook2 = pickle.loads(pickle.dumps(hook))
+    hook3 = copy.deepcopy(hook)
+    for h in (hook2, hook3):
+        h(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), (), {})
+        assert h.regularizer._steps == 1
+    assert reg._steps == 0
+    skipped = type("Opt", (), {"last_step_skipped": True})()
+    hook(skipped, (), {})
+    assert reg._steps == 0
+
+
+def test_plain_torch_optimizer_copy_after_attach():
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=0.1)
+    reg = gameopt.PrimalDualRegularizer("js")
+    reg.attach(opt)
+    opt2, reg2 = pickle.loads(pickle.dumps((opt, reg)))  # torch.optim drops hooks when pickling
+    opt3, reg3 = copy.deepcopy((opt, reg))
+    for o in (opt2, opt3):
+        o.param_groups[0]["params"][0].grad = torch.ones(2)
+        o.step()
+    assert reg._steps == 0
+    p.grad = torch.ones(2)
+    opt.step()
+    assert reg._steps == 1
+
+
+def test_attach_does_not_advance_on_a_skipped_step():
+    G, D = _game()
+    opt = gameopt.ConsensusOptimizer(torch.optim.SGD, G.parameters(), D.parameters(), gamma=0.0, lr=0.01)
+    reg = gameopt.PrimalDualRegularizer("js")
+    reg.attach(opt)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    for poison in (False, True, False):
+        opt.zero_grad()
+        fake = G(x)
+        gen_loss = -D(fake).mean() * (float("nan") if poison else 1.0)
+        opt.backward(gen_loss, D(fake.detach()).mean() - D(x).mean())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            opt.step()
+    assert opt.skipped_steps == 1
+    assert reg._steps == 2 and int(reg.num_steps) == 2

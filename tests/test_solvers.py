@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gameopt
 from gameopt import solvers
 from gameopt.solvers import TorchNewtonSolver, solve_linear_dual, solve_trust_region_dual, trust_region_step
 
@@ -395,7 +397,8 @@ def test_missing_cyipopt_names_the_extra(monkeypatch):
 def test_ipopt_failure_is_reported():
     need_ipopt()
     real, fake = rand_problem(10, 4)
-    res = solve_linear_dual(real, fake, 1e-4, solver="ipopt", options={"max_iter": 1})
+    with pytest.warns(solvers.SolverConvergenceWarning, match="Maximum number of iterations"):
+        res = solve_linear_dual(real, fake, 1e-4, solver="ipopt", options={"max_iter": 1})
     assert not bool(res.converged) and not res.success
     assert "maximum number of iterations" in res.status[0].lower()
 
@@ -419,3 +422,165 @@ def test_forced_linear_paths_agree(path):
     assert float(res.gap) <= 1e-10
     assert abs(float(res.dual_value - ref.dual_value)) <= float(res.gap + ref.gap) + 1e-12
     assert float((res.w - ref.w).norm()) <= w_bound(float(res.gap), 1e-4) + w_bound(float(ref.gap), 1e-4) + 1e-9
+
+
+# ------------------------------------------------ issue 11: ill-conditioned and bad values
+def grid_problem(seed: int):
+    """One problem of the seeded float32 grid: n in 1..24, d in 1..60, scale 10^[-2, 2], C 10^[-6, 0]."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 25, (1,), generator=g))
+    d = int(torch.randint(1, 61, (1,), generator=g))
+    log_scale = float(torch.rand(1, generator=g)) * 4 - 2
+    log_c = float(torch.rand(1, generator=g)) * -6
+    shift = float(torch.rand(1, generator=g)) * 6 - 3
+    real, fake = rand_problem(n, d, 10**log_scale, shift, seed)
+    return real, fake, 10**log_c
+
+
+# Seeds whose float32 solve failed before the fix (14 of the first 300): 11 stalled at z = 0 on
+# separable problems (the Newton direction was -(r - M S x), two ~1e9 numbers that cancel to 0 in
+# float32), 3 stopped at float32's rounding floor of the gap (kappa ~ 1e6 to 1e8).
+STALLED_F32 = [14, 19, 29, 71, 95, 121, 135, 140, 160, 187, 264]
+FLOOR_F32 = [67, 204, 230]
+
+
+@pytest.mark.parametrize("seed", STALLED_F32)
+def test_float32_newton_direction_has_no_cancellation(seed):
+    real, fake, C = grid_problem(seed)
+    slv = TorchNewtonSolver(dtype=torch.float32, promote=False)  # float32 alone must get there
+    res = solve_linear_dual(real.float(), fake.float(), C, solver=slv)
+    assert bool(res.converged) and float(res.gap) <= 1e-5, (float(res.gap), int(res.iterations))
+    ref = solve_linear_dual(real.float().double(), fake.float().double(), C)
+    assert abs(float(res.dual_value) - float(ref.dual_value)) <= 1e-4 * (1 + abs(float(ref.dual_value)))
+
+
+@pytest.mark.parametrize("seed", STALLED_F32[:3] + FLOOR_F32)
+def test_float32_problems_float32_cannot_certify_are_promoted(seed):
+    real, fake, C = grid_problem(seed)
+    res = solve_linear_dual(real.float(), fake.float(), C, solver=TorchNewtonSolver(dtype=torch.float32))
+    assert res.lam.dtype == torch.float32 and res.success
+    assert float(res.gap) <= 1e-5
+    for name in ("lam", "mu", "w"):
+        assert torch.isfinite(getattr(res, name)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [1, 2, 5, 50])
+@pytest.mark.parametrize("C", [1e-2, 1e-4, 1e-6])
+def test_one_sample_huge_features_small_C_never_nan(dtype, d, C):
+    real, fake = rand_problem(1, d, scale=1e4, seed=0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = solve_linear_dual(real.to(dtype), fake.to(dtype), C, solver=TorchNewtonSolver(dtype=dtype))
+    for name in ("lam", "mu", "w", "gap", "dual_value"):
+        assert torch.isfinite(getattr(res, name)).all(), name
+    if not bool(res.converged):  # only where float64 rounding cannot certify tol; said loudly
+        msgs = [str(w.message) for w in seen if issubclass(w.category, solvers.SolverConvergenceWarning)]
+        assert msgs and "ill-conditioned" in msgs[0] and "larger C" in msgs[0]
+        assert "ill-conditioned" in res.status[0]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(300, 100_000))
+def test_float32_grid_property(seed):
+    real, fake, C = grid_problem(seed)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = solve_linear_dual(real.float(), fake.float(), C, solver=TorchNewtonSolver(dtype=torch.float32))
+    assert torch.isfinite(res.lam).all() and torch.isfinite(res.w).all()
+    if not bool(res.converged):
+        assert any("ill-conditioned" in str(w.message) for w in seen), res.status
+
+
+def test_unconverged_solve_warns_with_the_reason_and_fills_status():
+    real, fake = rand_problem(10, 4)
+    with pytest.warns(solvers.SolverConvergenceWarning, match="raise max_iter"):
+        res = solve_linear_dual(real, fake, 1e-4, solver=TorchNewtonSolver(max_iter=1))
+    assert not bool(res.converged) and "not converged" in res.status[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        solve_linear_dual(real, fake, 1e-4, solver=TorchNewtonSolver(max_iter=1), on_failure="ignore")
+        # a solver that never synchronises is never read back
+        solve_linear_dual(real, fake, 1e-4, solver=TorchNewtonSolver(max_iter=1, sync_every=None))
+    with pytest.raises(ValueError, match="on_failure must be 'warn' or 'ignore'"):
+        solve_linear_dual(real, fake, 1e-4, on_failure="raise!")
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0)])
+def test_empty_features_raise(shape):
+    with pytest.raises(gameopt.GameInputError, match="features are empty"):
+        solve_linear_dual(torch.zeros(shape), torch.zeros(shape), 1e-2)
+
+
+def test_empty_batch_of_problems_is_fine_but_empty_kernel_raises():
+    res = solve_linear_dual(torch.zeros(0, 3, 2), torch.zeros(0, 3, 2), 1e-2)
+    assert res.lam.shape == (0, 3) and res.w.shape == (0, 2)
+    with pytest.raises(gameopt.GameInputError, match="K is empty"):
+        solve_trust_region_dual(torch.zeros(0, 0), torch.zeros(0), torch.zeros(0), 0.0, 1e-2, 1.0)
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        (dict(tol=-1.0), "tol"), (dict(tol=float("nan")), "tol"), (dict(tol=0.0), "tol"), (dict(tol="1e-8"), "tol"),
+        (dict(max_iter=0), "max_iter"), (dict(max_iter=2.5), "max_iter"), (dict(max_iter=True), "max_iter"),
+        (dict(line_search_steps=0), "line_search_steps"), (dict(line_search_steps=100), "line_search_steps"),
+        (dict(sync_every=0), "sync_every"), (dict(sync_every="never"), "sync_every"),
+        (dict(cpu_chunk_bytes=0), "cpu_chunk_bytes"), (dict(dtype=torch.float16), "dtype"),
+        (dict(linear_path="dense"), "linear_path"), (dict(promote=1), "promote"),
+    ],
+)
+def test_solver_options_are_validated_at_construction(options, match):
+    with pytest.raises(gameopt.GameInputError, match=match):
+        TorchNewtonSolver(**options)
+    with pytest.raises(gameopt.GameInputError, match=match):  # the string API passes them through
+        solve_linear_dual(torch.randn(4, 2), torch.randn(4, 2), 1e-2, **options)
+
+
+def test_linear_path_assignment_is_validated():
+    slv = TorchNewtonSolver()
+    with pytest.raises(gameopt.GameInputError, match="linear_path"):
+        slv.linear_path = "qr"
+    assert slv.linear_path == "auto"
+
+
+def test_ipopt_options_are_validated():
+    need_ipopt()
+    with pytest.raises(gameopt.GameInputError, match="tol"):
+        solvers.get_solver("ipopt", tol=-1.0)
+    with pytest.raises(gameopt.GameInputError, match="options must be a dict"):
+        solvers.get_solver("ipopt", options=[("max_iter", 3)])
+
+
+def test_trust_region_negative_weight_norm_is_refused():
+    J, w, Fk = tr_problem(3, 4)
+    with pytest.raises(gameopt.GameInputError, match=r"w_norm_sq must be >= 0.*\|\|w_k\|\|\^2"):
+        solve_trust_region_dual(J @ J.T, J @ w, Fk, -1.0, 1e-3, 1.0)
+    with pytest.raises(gameopt.GameInputError, match="delta must be > 0"):
+        solve_trust_region_dual(J @ J.T, J @ w, Fk, w @ w, 1e-3, -1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_trust_region_refuses_a_kernel_that_is_not_psd(dtype):
+    J, w, Fk = tr_problem(4, 6)
+    K = (J @ J.T).to(dtype)
+    bad = K - 0.5 * float(K.diagonal().min()) * torch.eye(8, dtype=dtype) * 3
+    assert float(torch.linalg.eigvalsh(bad.double()).min()) < 0
+    with pytest.raises(gameopt.GameInputError, match="not positive semi-definite"):
+        solve_trust_region_dual(bad, (J @ w).to(dtype), Fk.to(dtype), float(w @ w), 1e-3, 1.0)
+    asym = K.clone()
+    asym[0, 1] += 1.0
+    with pytest.raises(gameopt.GameInputError, match="not symmetric"):
+        solve_trust_region_dual(asym, (J @ w).to(dtype), Fk.to(dtype), float(w @ w), 1e-3, 1.0)
+    # a rank-deficient J J^T (eigenvalues 0 up to rounding) and K = 0 are PSD and accepted
+    Jr, wr, Fr = tr_problem(4, 6, rank=2)
+    for Kok in ((Jr @ Jr.T).to(dtype), torch.zeros(8, 8, dtype=dtype)):
+        res = solve_trust_region_dual(Kok, (Jr @ wr).to(dtype), Fr.to(dtype), float(wr @ wr), 1e-3, 1.0)
+        assert bool(res.converged)
+
+
+def test_nonfinite_score_inputs_name_the_score_model():
+    J, w, Fk = tr_problem(3, 4)
+    Fk[2] = float("nan")
+    with pytest.raises(gameopt.GameInputError, match="Fk contains NaN.*score model"):
+        solve_trust_region_dual(J @ J.T, J @ w, Fk, w @ w, 1e-3, 1.0)

@@ -1,4 +1,5 @@
-"""Image benchmarks: offline data sets (stacked digits, CIFAR-10 from a user's path) and metrics.
+"""Image benchmarks: offline data sets (stacked digits, MNIST and stacked MNIST, CIFAR-10 from a
+user's path) and metrics.
 
 Importing this package is cheap: scikit-learn (digits) is imported only when digits are loaded.
 The classifier score and Frechet distance in :mod:`gameopt.images.metrics` use gameopt's own
@@ -15,11 +16,13 @@ from .cifar10 import (
     to_signed_unit,
     write_cifar10_like,
 )
-from .classifier import SmallCNN, cifar10_classifier, digit_classifier, train_classifier
+from .classifier import LeNet5, SmallCNN, cifar10_classifier, digit_classifier, mnist_classifier, train_classifier
 from .metrics import (
     CIFAR10Evaluator,
+    MNISTEvaluator,
     NonFiniteImagesError,
     StackedDigitsEvaluator,
+    StackedMNISTEvaluator,
     classifier_score,
     feature_statistics,
     frechet_distance,
@@ -27,6 +30,15 @@ from .metrics import (
     mode_histogram,
     mode_kl,
     modes_covered,
+)
+from .mnist import (
+    MNIST_ENV,
+    MNISTFormatError,
+    MNISTNotFoundError,
+    StackedMNIST,
+    load_mnist,
+    mnist_signed,
+    write_idx,
 )
 from .inception import InceptionUnavailableError, inception_features, inception_fid, inception_score
 from .stacked_digits import StackedDigits, digit_images
@@ -37,10 +49,17 @@ __all__ = [
     "CIFAR10FormatError",
     "CIFAR10NotFoundError",
     "InceptionUnavailableError",
+    "LeNet5",
+    "MNISTEvaluator",
+    "MNIST_ENV",
+    "MNISTFormatError",
+    "MNISTNotFoundError",
     "NonFiniteImagesError",
     "SmallCNN",
     "StackedDigits",
     "StackedDigitsEvaluator",
+    "StackedMNIST",
+    "StackedMNISTEvaluator",
     "cifar10_classifier",
     "classifier_score",
     "digit_classifier",
@@ -52,11 +71,15 @@ __all__ = [
     "inception_fid",
     "inception_score",
     "load_cifar10",
+    "load_mnist",
     "mode_histogram",
     "mode_kl",
+    "mnist_classifier",
+    "mnist_signed",
     "modes_covered",
     "require_cifar10",
     "to_signed_unit",
     "train_classifier",
     "write_cifar10_like",
+    "write_idx",
 ]

@@ -6,13 +6,19 @@ user unpacks the official ``cifar-10-python.tar.gz`` once and passes the folder 
 for tests and smoke runs.
 
 The batches are pickles. They are read with a restricted unpickler that only builds numpy
-arrays, lists, dicts, bytes and numbers, so a tampered file cannot run code.
+arrays, lists, dicts, bytes and numbers, so a tampered file cannot run code, and every array
+or string it builds must fit in the file's own size, so a corrupt or crafted file (a 200-byte
+file declaring 200,000 images) cannot make it allocate more memory than the file holds. Any
+defect raises :class:`CIFAR10FormatError`.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -42,25 +48,136 @@ class CIFAR10FormatError(ValueError):
     """A CIFAR-10 batch file was read but does not have the standard contents."""
 
 
-class _DataUnpickler(pickle.Unpickler):
-    """Unpickler that can only rebuild numpy arrays (the only objects in CIFAR batches)."""
+#: Largest batch file read (the official ones are 31 MB); anything bigger is not a CIFAR batch.
+MAX_BATCH_BYTES = 256 * 2**20
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        # protocol-2 pickles written by Python 3 encode bytes objects through this call
-        ("_codecs", "encode"),
-    }
+# What a corrupt pickle can raise while being read; all become CIFAR10FormatError. MemoryError
+# stays here as a last guard: the size checks below should make it unreachable.
+_READ_ERRORS = (
+    pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+    LookupError, OverflowError, RecursionError, MemoryError, struct.error,
+)
+
+
+_NUMERIC_KINDS = "biuf"  # bool, int, uint, float: the only dtypes a CIFAR batch holds
+
+
+class _DataUnpickler(pickle._Unpickler):
+    """Unpickler that can only rebuild numpy arrays (the only objects in CIFAR batches).
+
+    The pure-Python unpickler, so that BUILD (``__setstate__``) can be checked too: numpy's
+    dtype ``__setstate__`` on a corrupt state mutates the process-wide ``uint8`` dtype
+    (seen: SystemError, then "get_clear_loop not set for the DType 'uint8'"). Every array
+    it builds must fit in ``budget`` (the file's length in bytes) before anything is allocated.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file: io.BytesIO, budget: int) -> None:
+        super().__init__(file, encoding="bytes")
+        self.budget = budget
+        import numpy._core.multiarray as multiarray  # numpy >= 2
+        import numpy._core.numeric as numeric
+
+        self._multiarray, self._numeric = multiarray, numeric
+        self._allowed = {
+            ("numpy.core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy.core.numeric", "_frombuffer"): self._frombuffer,
+            ("numpy._core.numeric", "_frombuffer"): self._frombuffer,
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): self._dtype,
+            ("numpy.core.multiarray", "scalar"): self._scalar,
+            ("numpy._core.multiarray", "scalar"): self._scalar,
+            # protocol-2 pickles written by Python 3 encode bytes objects through this call
+            ("_codecs", "encode"): self._latin1_encode,
+        }
+
+    def _fail(self, msg: str) -> pickle.UnpicklingError:
+        return pickle.UnpicklingError(msg)
+
+    def _nbytes(self, what: str, shape, dtype: np.dtype) -> int:
+        dims = (shape,) if isinstance(shape, int) else shape
+        if not isinstance(dims, tuple) or not all(isinstance(n, int) and n >= 0 for n in dims):
+            raise self._fail(f"invalid array shape {shape!r}")
+        nbytes = math.prod(dims) * dtype.itemsize
+        if nbytes > self.budget:
+            raise self._fail(
+                f"{what} of shape {dims} declares {nbytes} bytes but the whole file has {self.budget}: "
+                "the file is corrupt (an array's contents must be stored in the file)"
+            )
+        return nbytes
+
+    def _dtype(self, *args) -> np.dtype:
+        dt = args[0] if len(args) == 1 and isinstance(args[0], np.dtype) else np.dtype(*args)
+        if dt.kind not in _NUMERIC_KINDS or dt.fields is not None or dt.subdtype is not None:
+            raise self._fail(f"refusing dtype {dt}: a CIFAR-10 batch holds plain numeric arrays")
+        return dt
+
+    def _reconstruct(self, subtype, shape, dtype):
+        if subtype is not np.ndarray:
+            raise self._fail(f"refusing to build an array of type {subtype!r}")
+        dt = self._dtype(dtype)
+        self._nbytes("an array", shape, dt)  # numpy allocates it, uninitialised, right here
+        return self._multiarray._reconstruct(np.ndarray, shape, dt)
+
+    def _frombuffer(self, buf, dtype, shape, order):
+        if not isinstance(buf, (bytes, bytearray)):
+            raise self._fail(f"array buffer must be bytes, got {type(buf).__name__}")
+        self._nbytes("an array", shape, self._dtype(dtype))
+        return self._numeric._frombuffer(buf, self._dtype(dtype), shape, order)
+
+    def _scalar(self, dtype, data=None):
+        dt = self._dtype(dtype)
+        if not isinstance(data, bytes) or len(data) != dt.itemsize:
+            raise self._fail(f"corrupt numpy scalar of dtype {dt}")
+        return self._multiarray.scalar(dt, data)
+
+    def _latin1_encode(self, text, encoding="utf-8"):
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise self._fail(
+                f"corrupt bytes object: _codecs.encode({type(text).__name__}, {encoding!r}); CIFAR batches "
+                "encode bytes as latin1"
+            )
+        return text.encode("latin1")
+
+    def load_build(self) -> None:
+        """BUILD only for the two numpy objects, with their states checked first."""
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, np.dtype):
+            # the constructor already made this dtype; its state may only set the byte order
+            want = inst.__reduce__()[2]
+            order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+            if isinstance(order, bytes):  # Python 2 pickles (the official files): str read as bytes
+                order = order.decode("latin1")
+            if not (isinstance(state, tuple) and len(state) == len(want) and state[2:] == want[2:]
+                    and order in ("|", "<", ">", "=")):
+                raise self._fail(f"corrupt dtype state {state!r}")
+            if order in ("<", ">") and inst.itemsize > 1:
+                self.stack[-1] = inst.newbyteorder(order)
+            return
+        if isinstance(inst, np.ndarray):
+            if not (isinstance(state, tuple) and len(state) in (4, 5)):
+                raise self._fail(f"corrupt array state of type {type(state).__name__}")
+            shape, dtype, fortran, raw = state[-4:]
+            if not isinstance(dtype, np.dtype) or not isinstance(fortran, (bool, int)):
+                raise self._fail("corrupt array state (dtype / order)")
+            dt = self._dtype(dtype)
+            nbytes = self._nbytes("an array", shape, dt)
+            if not isinstance(raw, (bytes, str)) or len(raw) != nbytes:
+                raise self._fail(f"array of shape {shape} needs {nbytes} bytes of data, the file gives "
+                                 f"{len(raw) if isinstance(raw, (bytes, str)) else type(raw).__name__}")
+            inst.__setstate__(state)
+            return
+        raise self._fail(f"refusing to set the state of a {type(inst).__name__}")
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str):  # noqa: D102
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
+        found = self._allowed.get((module, name))
+        if found is not None:
+            return found
         raise pickle.UnpicklingError(
             f"refusing to load {module}.{name}: a CIFAR-10 batch contains only numpy arrays, "
             "lists and dicts"
@@ -68,10 +185,16 @@ class _DataUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
+    size = path.stat().st_size
+    if size > MAX_BATCH_BYTES:
+        raise CIFAR10FormatError(
+            f"{path} has {size} bytes; a CIFAR-10 python batch has about 31 MB (limit {MAX_BATCH_BYTES}). "
+            f"Point root at the unpacked cifar-10-batches-py folder. {HOW_TO_GET}"
+        )
     try:
-        with open(path, "rb") as f:
-            obj = _DataUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        # read whole: the unpickler then sees every length field against the bytes that exist
+        obj = _DataUnpickler(io.BytesIO(path.read_bytes()), budget=size).load()
+    except _READ_ERRORS as e:
         raise CIFAR10FormatError(
             f"{path} is not a readable CIFAR-10 python batch ({type(e).__name__}: {e}). "
             f"The file may be truncated or corrupt; unpack a fresh copy. {HOW_TO_GET}"
@@ -157,7 +280,20 @@ def load_cifar10(
                 else type(data).__name__
             )
             raise CIFAR10FormatError(f"{path}: 'data' must be a uint8 array (N, 3072), got {desc}")
-        lab = np.asarray(batch["labels"])
+        size = path.stat().st_size
+        if data.size > size:  # e.g. zero strides: the copy below would allocate all of it
+            raise CIFAR10FormatError(
+                f"{path}: 'data' claims {data.shape[0]} images ({data.size} bytes) in a file of {size} bytes"
+            )
+        raw_labels = batch["labels"]
+        sized = isinstance(raw_labels, list) or (isinstance(raw_labels, np.ndarray) and raw_labels.ndim == 1)
+        if not sized or len(raw_labels) != data.shape[0]:
+            got = f"{len(raw_labels)} entries" if sized else f"a {type(raw_labels).__name__} {np.shape(raw_labels)}"
+            raise CIFAR10FormatError(f"{path}: 'labels' must be a list of {data.shape[0]} integers, got {got}")
+        try:
+            lab = np.asarray(raw_labels)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise CIFAR10FormatError(f"{path}: 'labels' must be {data.shape[0]} integers ({e})") from e
         if lab.shape != (data.shape[0],) or not np.issubdtype(lab.dtype, np.integer):
             raise CIFAR10FormatError(
                 f"{path}: 'labels' must be {data.shape[0]} integers, got shape {lab.shape} "

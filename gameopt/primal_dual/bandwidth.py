@@ -12,8 +12,13 @@ Any callable ``t -> float`` works as a schedule too; subclasses of
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Sequence
+
+import torch
+
+from ..errors import GameInputError
 
 __all__ = [
     "BandwidthSchedule",
@@ -21,6 +26,8 @@ __all__ = [
     "StepBandwidth",
     "ExponentialBandwidth",
     "check_bandwidth",
+    "check_bandwidth_for_dtype",
+    "min_bandwidth",
 ]
 
 
@@ -38,6 +45,38 @@ def check_bandwidth(sigma: Any, where: str = "bandwidth") -> float:
     return value
 
 
+def _as_int(value: Any, where: str) -> int:
+    """An integral number as int (2000 or 2000.0), else ValueError."""
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be integers, got {value!r}.") from None
+    if isinstance(value, bool) or not as_float.is_integer():
+        raise ValueError(f"{where} must be integers, got {value!r}.")
+    return int(as_float)
+
+
+def min_bandwidth(dtype: torch.dtype) -> float:
+    """Smallest sigma the kernel supports in ``dtype``: 2 / sigma^2 must stay finite.
+
+    float32: 1.1e-19, float64: 1.5e-154 (half precision is computed in float32). Below it
+    the kernel's gradient factor -2 / sigma^2 overflows and 0 * inf makes NaN gradients.
+    """
+    return 2.0 / math.sqrt(torch.finfo(dtype).max)
+
+
+def check_bandwidth_for_dtype(sigma: float, dtype: torch.dtype, where: str = "bandwidth") -> None:
+    """GameInputError when ``sigma`` is below :func:`min_bandwidth` of ``dtype``."""
+    low = min_bandwidth(dtype)
+    if sigma < low:
+        raise GameInputError(
+            f"{where} {sigma:.3g} is below the smallest bandwidth {dtype} samples support ({low:.2g}: "
+            "1/sigma^2 must stay finite). At such a bandwidth the kernel of any two distinct samples is 0 "
+            "and the term has no gradient; use a larger bandwidth (a schedule's `minimum`), or float64 "
+            f"samples (down to {min_bandwidth(torch.float64):.2g})."
+        )
+
+
 class BandwidthSchedule:
     """Base class: ``schedule(t)`` returns sigma at generator iteration t."""
 
@@ -48,20 +87,45 @@ class BandwidthSchedule:
         """Parameters of the schedule (plain Python values)."""
         return dict(vars(self))
 
+    def validated_copy(self, state: Any) -> "BandwidthSchedule":
+        """A copy of this schedule with ``state`` loaded, after checking it; self is untouched.
+
+        Raises:
+            GameInputError: ``state`` is not a dict with exactly this schedule's keys, or its
+                values are invalid (built-in schedules re-run their constructor's checks).
+        """
+        if not isinstance(state, dict):
+            raise GameInputError(f"{type(self).__name__} state must be a dict, got {type(state).__name__}.")
+        if set(state) != set(vars(self)):
+            raise GameInputError(
+                f"{type(self).__name__} state must have the keys {sorted(vars(self))}, got {sorted(state)}: "
+                "the checkpoint was saved with a different bandwidth schedule."
+            )
+        new = copy.copy(self)
+        vars(new).update(state)
+        return new
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore parameters saved by :meth:`state_dict`."""
-        unknown = set(state) - set(vars(self))
-        if unknown:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected keys {sorted(unknown)}.")
-        for key, value in state.items():
-            setattr(self, key, value)
+        """Restore parameters saved by :meth:`state_dict`; on any error nothing changes."""
+        vars(self).update(vars(self.validated_copy(state)))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
 
 
-class ConstantBandwidth(BandwidthSchedule):
+class _CheckedSchedule(BandwidthSchedule):
+    """Built-in schedules: their state is exactly their constructor's arguments."""
+
+    def validated_copy(self, state: Any) -> BandwidthSchedule:
+        super().validated_copy(state)  # dict with the right keys
+        try:
+            return type(self)(**state)
+        except (TypeError, ValueError) as e:
+            raise GameInputError(f"invalid {type(self).__name__} state {state!r}: {e}") from None
+
+
+class ConstantBandwidth(_CheckedSchedule):
     """sigma(t) = sigma."""
 
     def __init__(self, sigma: float) -> None:
@@ -71,7 +135,7 @@ class ConstantBandwidth(BandwidthSchedule):
         return self.sigma
 
 
-class StepBandwidth(BandwidthSchedule):
+class StepBandwidth(_CheckedSchedule):
     """Piecewise-constant sigma: ``sigmas[k]`` once ``t >= milestones[k-1]``.
 
     The paper's 1-D toy (appendix 7.3): ``StepBandwidth([0.5, 0.1], [2000])``.
@@ -79,7 +143,7 @@ class StepBandwidth(BandwidthSchedule):
 
     def __init__(self, sigmas: Sequence[float], milestones: Sequence[int]) -> None:
         sigmas = [check_bandwidth(s, "StepBandwidth sigmas") for s in sigmas]
-        milestones = [int(m) for m in milestones]
+        milestones = [_as_int(m, "StepBandwidth milestones") for m in milestones]
         if len(sigmas) != len(milestones) + 1:
             raise ValueError(
                 f"StepBandwidth needs len(sigmas) == len(milestones) + 1, got {len(sigmas)} sigmas "
@@ -95,7 +159,7 @@ class StepBandwidth(BandwidthSchedule):
         return self.sigmas[k]
 
 
-class ExponentialBandwidth(BandwidthSchedule):
+class ExponentialBandwidth(_CheckedSchedule):
     """sigma(t) = max(minimum, initial * decay ** (t / every)).
 
     The paper's 8-Gaussian run starts at sigma^2 = 0.1 and decays sigma^2
@@ -108,7 +172,7 @@ class ExponentialBandwidth(BandwidthSchedule):
         decay = float(decay)
         if not (0.0 < decay <= 1.0):
             raise ValueError(f"ExponentialBandwidth decay must be in (0, 1], got {decay!r}.")
-        every = int(every)
+        every = _as_int(every, "ExponentialBandwidth every")
         if every < 1:
             raise ValueError(f"ExponentialBandwidth every must be a positive int, got {every!r}.")
         minimum = float(minimum)

@@ -63,6 +63,12 @@ def _identity(s: Tensor) -> Tensor:
     return s
 
 
+def _wide(s: Tensor) -> Tensor:
+    """float16 / bfloat16 raw outputs in float32 (as autocast computes losses): f0 and f1 of
+    logits of 1e4 reach 1e8 (``pearson``, ``wgan``, ``other``), beyond float16's 65504."""
+    return s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
+
+
 class Divergence:
     """One (f0, f1) pair of Table 1, plus how the raw discriminator output maps to D.
 
@@ -124,11 +130,17 @@ class Divergence:
         return self._activation(s)
 
     def f0_from_output(self, s: Tensor) -> Tensor:
-        """f0(activation(s)), computed stably for the built-in variants."""
+        """f0(activation(s)), computed stably for the built-in variants.
+
+        float16 / bfloat16 ``s`` is computed and returned in float32 (gradients flow back in
+        the input's dtype), so the values stay finite for |s| up to 1e4 in every dtype.
+        """
+        s = _wide(s)
         return self._f0_out(s) if self._f0_out is not None else self._f0(self._activation(s))
 
     def f1_from_output(self, s: Tensor) -> Tensor:
-        """f1(activation(s)), computed stably for the built-in variants."""
+        """f1(activation(s)), computed stably for the built-in variants (half precision: in float32)."""
+        s = _wide(s)
         return self._f1_out(s) if self._f1_out is not None else self._f1(self._activation(s))
 
     # -- Algorithm 1 losses in gameopt's minimise convention --------------------
@@ -151,6 +163,17 @@ class Divergence:
 
     def __repr__(self) -> str:
         return f"Divergence({self.name!r}, D range: {self.d_range})"
+
+    def __reduce_ex__(self, protocol):
+        # Built-in variants hold lambdas, which pickle cannot store: rebuild them by name.
+        # A user pair pickles by value (its functions must then be importable).
+        if getattr(self, "_builtin", None) is not None:
+            return (_builtin_divergence, self._builtin)
+        return super().__reduce_ex__(protocol)
+
+
+def _builtin_divergence(key: str, eps: float | None) -> Divergence:
+    return get_divergence(key, eps=eps)
 
 
 # --------------------------------------------------------------------------
@@ -284,18 +307,21 @@ def get_divergence(name: str, *, eps: float | None = None) -> Divergence:
     if eps is not None and not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a positive finite float, got {eps!r}.")
     if key == "kl":
-        return _kl()
-    if key == "reverse_kl":
-        return _reverse_kl()
-    if key == "pearson":
-        return _pearson()
-    if key == "hellinger":
-        return _hellinger(1e-3 if eps is None else eps)
-    if key == "js":
-        return _js()
-    if key == "wgan":
-        return _wgan(0.1 if eps is None else eps)
-    return _other()
+        div = _kl()
+    elif key == "reverse_kl":
+        div = _reverse_kl()
+    elif key == "pearson":
+        div = _pearson()
+    elif key == "hellinger":
+        div = _hellinger(1e-3 if eps is None else eps)
+    elif key == "js":
+        div = _js()
+    elif key == "wgan":
+        div = _wgan(0.1 if eps is None else eps)
+    else:
+        div = _other()
+    div._builtin = (key, eps)
+    return div
 
 
 DivergenceLike = Union[str, Divergence, tuple]

@@ -17,8 +17,12 @@ Backward passes are written in differentiable torch ops, so ``create_graph=True`
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+from .bandwidth import check_bandwidth_for_dtype
 
 __all__ = ["kernel_density", "primal_dual_term"]
 
@@ -110,7 +114,10 @@ class _PrimalDualTerm(torch.autograd.Function):
     def forward(ctx, x: Tensor, y: Tensor, w: Tensor, sigma: float, chunk: int, exact: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, y, w)
         ctx.args = (sigma, chunk, exact)
-        return (w * w).mean()
+        # The value does not depend on x or y, but a NaN/inf there makes the gradient NaN: the
+        # value says so too (elementwise flags on the device, no host read).
+        finite = torch.isfinite(x).all() & torch.isfinite(y).all()
+        return torch.where(finite, (w * w).mean(), torch.full((), math.nan, dtype=w.dtype, device=w.device))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
@@ -127,11 +134,19 @@ class _PrimalDualTerm(torch.autograd.Function):
         return None, _kde_vjp(x, y, g, *ctx.args), None, None, None, None
 
 
-def _prepare(x: Tensor, y: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor, int, bool]:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernel's dtype for samples of ``dtype``: half precision is computed in float32
+    (exp of squared distances and the 1/sigma^2 factor need its range), others as they are."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _prepare(x: Tensor, y: Tensor, sigma: float, chunk_size: int | None) -> tuple[Tensor, Tensor, int, bool]:
     n, m, d = x.shape[0], y.shape[0], x.shape[1]
     chunk = max(n, m) if chunk_size is None else int(chunk_size)
     exact = _use_exact(n, m, d, chunk)
-    x = x.detach()
+    dtype = compute_dtype(y.dtype)
+    check_bandwidth_for_dtype(float(sigma), dtype)
+    x, y = x.detach().to(dtype), y.to(dtype)
     if not exact:
         center = x.mean(0)
         x, y = x - center, y - center
@@ -148,9 +163,13 @@ def kernel_density(x: Tensor, y: Tensor, sigma: float, chunk_size: int | None = 
         chunk_size: block size for both axes (``None``: one block).
 
     Returns:
-        (n,) tensor p_hat(x_i), each in [0, 1].
+        (n,) tensor p_hat(x_i), each in [0, 1]; float32 for float16 / bfloat16 samples.
+
+    Raises:
+        GameInputError: ``sigma`` below :func:`~gameopt.primal_dual.bandwidth.min_bandwidth`
+            of the computation dtype (float32: 1.1e-19, float64: 1.5e-154).
     """
-    x, y, chunk, exact = _prepare(x, y, chunk_size)
+    x, y, chunk, exact = _prepare(x, y, sigma, chunk_size)
     if chunk >= max(x.shape[0], y.shape[0]):
         return _kde(x, y, float(sigma), chunk, exact)  # single block: plain autograd
     return _KDE.apply(x, y, float(sigma), chunk, exact)
@@ -165,6 +184,9 @@ def primal_dual_term(x: Tensor, y: Tensor, w: Tensor, sigma: float, chunk_size: 
         w: (n,) dual step alpha * f1(D(x_i)), constants.
         sigma: kernel bandwidth.
         chunk_size: block size for both axes (``None``: one block).
+
+    The value is NaN when x or y holds a NaN or inf (their gradient would be NaN).
+    Half-precision samples are computed in float32 and the value returned in float32.
     """
-    x, y, chunk, exact = _prepare(x, y, chunk_size)
-    return _PrimalDualTerm.apply(x, y, w.detach(), float(sigma), chunk, exact)
+    x, y, chunk, exact = _prepare(x, y, sigma, chunk_size)
+    return _PrimalDualTerm.apply(x, y, w.detach().to(x.dtype), float(sigma), chunk, exact)

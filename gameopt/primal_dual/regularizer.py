@@ -8,10 +8,11 @@ from typing import Any, Callable, Union
 import torch
 from torch import Tensor, nn
 
+from ..distributed import check_distributed, check_same_shapes, gather_rows
+from ..errors import GameInputError
 from .bandwidth import BandwidthSchedule, ConstantBandwidth, check_bandwidth
 from .divergences import Divergence, as_divergence
-from ..distributed import check_distributed, check_same_shapes, gather_rows
-from .kernel import primal_dual_term
+from .kernel import compute_dtype, primal_dual_term
 
 __all__ = ["PrimalDualRegularizer"]
 
@@ -20,6 +21,28 @@ BandwidthLike = Union[float, BandwidthSchedule, Callable[[int], float]]
 
 def _refresh_step_count(module: "PrimalDualRegularizer", incompatible_keys: Any) -> None:
     module._steps = int(module.num_steps)
+
+
+class ScheduleStepper:
+    """The post-step hook :meth:`PrimalDualRegularizer.attach` installs: one ``reg.step()`` per applied step.
+
+    A small class rather than a lambda, so that whatever holds it can be pickled and
+    deep-copied; a copied hook drives the copied regulariser (copied in the same call),
+    never the original. A step the optimiser reports as skipped (``last_step_skipped``,
+    gameopt's NaN/Inf policy) does not advance the schedule; gameopt optimisers also run
+    post-step hooks only on steps that moved the parameters.
+    """
+
+    def __init__(self, regularizer: "PrimalDualRegularizer") -> None:
+        self.regularizer = regularizer
+
+    def __call__(self, optimizer: Any, args: Any = (), kwargs: Any = None) -> None:
+        if getattr(optimizer, "last_step_skipped", False):
+            return
+        self.regularizer.step()
+
+    def __repr__(self) -> str:
+        return f"ScheduleStepper({type(self.regularizer).__name__})"
 
 
 class PrimalDualRegularizer(nn.Module):
@@ -64,9 +87,20 @@ class PrimalDualRegularizer(nn.Module):
             all-reduce mean) the step equals one process on the full batch, double
             backward included. The value returned is the rank's own share.
         process_group: the group to gather over (default: the world).
+        nonfinite: what a NaN or inf in ``real``, ``fake`` or ``d_real`` (or in the feature
+            map's output) does. "propagate" (default): the returned value is NaN, as the
+            gradient is, so the NaN shows in the loss and a gameopt optimiser's NaN/Inf
+            policy (or a ``GradScaler``) skips the step; no host read. "raise": a
+            :class:`~gameopt.GameInputError` naming the input (one host read per call; with
+            ``distributed=True`` a NaN in one rank's ``real`` raises on that rank only).
 
     Gradients flow only to ``fake`` (and through ``feature_map`` applied to it);
     ``real`` and ``d_real`` are treated as constants.
+
+    Precision: float16 / bfloat16 inputs are computed in float32 and the value is returned in
+    float32 (as autocast does for losses); gradients reach ``fake`` in its own dtype. The
+    bandwidth must be at least :func:`~gameopt.primal_dual.bandwidth.min_bandwidth` of the
+    computation dtype (float32: 1.1e-19, float64: 1.5e-154), else a GameInputError.
     """
 
     num_steps: Tensor
@@ -81,8 +115,12 @@ class PrimalDualRegularizer(nn.Module):
         *,
         distributed: bool = False,
         process_group: Any = None,
+        nonfinite: str = "propagate",
     ) -> None:
         super().__init__()
+        if nonfinite not in ("propagate", "raise"):
+            raise GameInputError(f"nonfinite must be 'propagate' or 'raise', got {nonfinite!r}")
+        self.nonfinite = nonfinite
         check_distributed("PrimalDualRegularizer", distributed)
         self.distributed = bool(distributed)
         self.process_group = process_group
@@ -125,25 +163,124 @@ class PrimalDualRegularizer(nn.Module):
         self.num_steps.add_(1)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Call :meth:`step` automatically after every ``optimizer.step()`` (the generator's).
+        """Call :meth:`step` automatically after every applied ``optimizer.step()`` (the generator's).
+
+        The hook is a :class:`ScheduleStepper`: it skips steps the optimiser reports as skipped
+        (``last_step_skipped``), and it pickles and deep-copies wherever it is held. Optimisers,
+        torch's and gameopt's alike, do not copy their hooks (a copy keeps defaults, state and
+        groups), so a copied optimiser never drives the original regulariser: attach the copy
+        to the copied regulariser again.
 
         Returns the hook handle; ``handle.remove()`` detaches it.
         """
-        return optimizer.register_step_post_hook(lambda *_: self.step())
+        return optimizer.register_step_post_hook(ScheduleStepper(self))
 
     def get_extra_state(self) -> Any:
         if isinstance(self.bandwidth, BandwidthSchedule):
-            return {"bandwidth": self.bandwidth.state_dict()}
+            return {"bandwidth": self.bandwidth.state_dict(), "bandwidth_type": type(self.bandwidth).__name__}
         return {}
 
     def set_extra_state(self, state: Any) -> None:
+        # validated in _load_from_state_dict before anything was loaded
         if isinstance(state, dict) and "bandwidth" in state and isinstance(self.bandwidth, BandwidthSchedule):
             self.bandwidth.load_state_dict(state["bandwidth"])
 
+    # -- checkpoints: validate everything, then load ------------------------------
+    def _check_checkpoint(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """GameInputError unless this module's entries of ``state_dict`` can be loaded as a whole."""
+        steps = self._steps
+        key = prefix + "num_steps"
+        if key in state_dict:
+            t = state_dict[key]
+            if not (isinstance(t, Tensor) and t.numel() == 1 and not t.is_floating_point()
+                    and not t.is_complex() and t.dtype != torch.bool):
+                raise GameInputError(
+                    f"checkpoint entry {key!r} must be a one-element integer tensor (the generator step count), "
+                    f"got {t!r}"
+                )
+            steps = int(t)
+            if steps < 0:
+                raise GameInputError(f"checkpoint entry {key!r} must be >= 0 (a step count), got {steps}")
+        key = prefix + "_extra_state"
+        schedule = self.bandwidth
+        if key in state_dict:
+            extra = state_dict[key]
+            if not isinstance(extra, dict):
+                raise GameInputError(f"checkpoint entry {key!r} must be a dict, got {type(extra).__name__}")
+            mine = type(self.bandwidth).__name__
+            saved = extra.get("bandwidth_type")
+            if isinstance(self.bandwidth, BandwidthSchedule):
+                if "bandwidth" not in extra:
+                    raise GameInputError(
+                        f"this regulariser's bandwidth is a {mine}, but the checkpoint holds no schedule state "
+                        "(it was saved with a plain callable bandwidth); build the regulariser as it was saved"
+                    )
+                if saved is not None and saved != mine:
+                    raise GameInputError(
+                        f"the checkpoint's bandwidth schedule is a {saved}, this regulariser's is a {mine}; "
+                        "build the regulariser with the schedule type it was saved with"
+                    )
+                schedule = self.bandwidth.validated_copy(extra["bandwidth"])
+            elif "bandwidth" in extra:
+                raise GameInputError(
+                    f"the checkpoint holds a {saved or 'BandwidthSchedule'} state, but this regulariser's bandwidth "
+                    "is a plain callable that cannot load it; build the regulariser with that schedule"
+                )
+        try:
+            check_bandwidth(schedule(steps), f"bandwidth schedule at the checkpoint's step {steps}")
+        except ValueError as e:
+            raise GameInputError(str(e)) from None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        self._check_checkpoint(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load a checkpoint written by :meth:`state_dict`, all or nothing.
+
+        Everything is checked before anything is loaded: the step count (an integer >= 0), the
+        bandwidth schedule's type and parameters (lengths, signs, ranges), sigma at the saved
+        step, and, for the feature map's buffers, keys and shapes.
+
+        Raises:
+            GameInputError: any of the above; the regulariser is then unchanged.
+        """
+        if not isinstance(state_dict, dict):
+            raise GameInputError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        own = self.state_dict()
+        if strict:
+            missing = sorted(set(own) - set(state_dict))
+            unexpected = sorted(set(state_dict) - set(own))
+            if missing or unexpected:
+                raise GameInputError(
+                    f"checkpoint keys do not match this regulariser: missing {missing}, unexpected {unexpected}"
+                )
+        for key, value in own.items():
+            if key in state_dict and isinstance(value, Tensor) and key != "num_steps":
+                saved = state_dict[key]
+                if not isinstance(saved, Tensor) or saved.shape != value.shape:
+                    got = tuple(saved.shape) if isinstance(saved, Tensor) else type(saved).__name__
+                    raise GameInputError(
+                        f"checkpoint entry {key!r} has shape {got}, this regulariser's has {tuple(value.shape)}"
+                    )
+        self._check_checkpoint(state_dict, "")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     # -- the term ---------------------------------------------------------------
-    def _features(self, x: Tensor) -> Tensor:
+    def _features(self, x: Tensor, which: str) -> Tensor:
+        """(rows, features) of a batch, after the feature map; the map must keep one row per sample."""
         if self.feature_map is not None:
-            x = self.feature_map(x)
+            f = self.feature_map(x)
+            if not isinstance(f, Tensor) or f.dim() == 0 or f.shape[0] != x.shape[0]:
+                got = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+                raise GameInputError(
+                    f"feature_map {self.feature_map!r} changed the number of samples of {which}: "
+                    f"{tuple(x.shape)} -> {got}. It must map each sample to its own feature vector "
+                    "(n rows in, n rows out); a map that mixes or drops rows would be broadcast silently."
+                )
+            x = f
         if x.dim() == 1:
             return x.unsqueeze(1)
         return x.reshape(x.shape[0], -1)
@@ -177,25 +314,44 @@ class PrimalDualRegularizer(nn.Module):
         sigma = self.current_bandwidth
 
         with torch.no_grad():
-            x = self._features(real.detach()).to(fake.dtype)
-        y = self._features(fake)
+            x = self._features(real.detach(), "real")
+        y = self._features(fake, "fake")
+        if not y.is_floating_point():
+            raise ValueError(f"fake must be a floating-point tensor, got {y.dtype}.")
+        x = x.to(compute_dtype(y.dtype))  # real in float16 would overflow where fake's dtype is half
         if x.shape[1:] != y.shape[1:]:
             raise ValueError(
                 f"real and fake have different feature dimensions ({x.shape[1]} vs {y.shape[1]}, from shapes "
                 f"{tuple(real.shape)} and {tuple(fake.shape)}); pass batches of the same sample shape "
                 "(and one feature_map for both)."
             )
-        if not y.is_floating_point():
-            raise ValueError(f"fake must be a floating-point tensor, got {y.dtype}.")
         if self.distributed:
             y = gather_rows(y, self.process_group)
+        d = d_real.detach().reshape(n).to(y.device)
+        if self.nonfinite == "raise":
+            self._raise_if_nonfinite(x, y, d)
 
-        w = self.alpha * self.divergence.f1_from_output(d_real.detach().reshape(n).to(device=y.device, dtype=y.dtype))
+        dtype = compute_dtype(y.dtype)
+        w = self.alpha * self.divergence.f1_from_output(d.to(dtype))
+        # a user f1 may map NaN to a number (torch.where, clamp): the value must still say NaN
+        w = torch.where(torch.isfinite(d), w.to(dtype), torch.full_like(w, math.nan, dtype=dtype))
         # (p_tilde - p_hat) = -w by construction, so the value is mean(w^2); the kernel
         # density is only needed for the gradient, computed blockwise in backward.
         out = primal_dual_term(x, y, w, sigma, self.chunk_size)
         self._last_value = out.detach()
         return out
+
+    def _raise_if_nonfinite(self, x: Tensor, y: Tensor, d: Tensor) -> None:
+        ok = torch.stack([torch.isfinite(x).all(), torch.isfinite(y).all(), torch.isfinite(d).all()]).tolist()
+        names = ("real", "fake", "d_real")
+        bad = [n + (" (after feature_map)" if self.feature_map is not None and n != "d_real" else "")
+               for n, good in zip(names, ok) if not good]
+        if bad:
+            raise GameInputError(
+                f"PrimalDualRegularizer: NaN or inf values in {', '.join(bad)}, which would make the "
+                "generator's gradient NaN. Check the generator / discriminator outputs (or pass "
+                "nonfinite='propagate' to get a NaN value and let the optimiser skip the step)."
+            )
 
     def monitor_stats(self) -> dict[str, Any]:
         """Last term value (a tensor: no host sync), current bandwidth and step count, for :class:`gameopt.Monitor`."""

@@ -18,11 +18,13 @@ Sign convention: the discriminator minimises
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from ..errors import GameInputError
 from ._common import (
     LinearDualResult,
     TrustRegionDualResult,
@@ -43,6 +45,7 @@ __all__ = [
     "solve_trust_region_dual",
     "trust_region_step",
     "SOLVER_NAMES",
+    "SolverConvergenceWarning",
 ]
 
 SOLVER_NAMES = ("torch", "ipopt")
@@ -79,14 +82,73 @@ def get_solver(solver: "str | DualSolver" = "torch", **options) -> DualSolver:
             from .ipopt import IpoptSolver
 
             return IpoptSolver(**options)
-        raise ValueError(f"unknown solver {solver!r}; use one of {SOLVER_NAMES} or pass a solver instance")
+        raise GameInputError(f"unknown solver {solver!r}; use one of {SOLVER_NAMES} or pass a solver instance")
     if isinstance(solver, DualSolver):
         if options:
-            raise ValueError("solver options can only be given together with a solver name")
+            raise GameInputError("solver options can only be given together with a solver name")
         return solver
-    raise ValueError(
+    raise GameInputError(
         f"solver must be one of {SOLVER_NAMES} or an object with solve_linear/solve_kernel, got {type(solver).__name__}"
     )
+
+
+class SolverConvergenceWarning(RuntimeWarning):
+    """A dual solve ended with some problem's duality gap above the solver's ``tol``."""
+
+
+def check_on_failure(on_failure: str) -> None:
+    if on_failure not in ("warn", "ignore"):
+        raise GameInputError(f"on_failure must be 'warn' or 'ignore', got {on_failure!r}")
+
+
+def _report(res, slv, on_failure: str, where: str) -> None:
+    """Warn once per solve when some problem did not converge (one host read, none with sync_every=None)."""
+    if on_failure == "ignore" or getattr(slv, "sync_every", "auto") is None:
+        return
+    bad = (~res.converged).nonzero().flatten().tolist()
+    if not bad:
+        return
+    status = res.status[bad[0]] if res.status is not None else f"duality gap {float(res.gap[bad[0]]):.3g}"
+    warnings.warn(
+        f"{where}: {len(bad)} of {res.converged.numel()} problem(s) did not converge "
+        f"(first: problem {bad[0]}, {status}); see result.converged and result.status",
+        SolverConvergenceWarning, stacklevel=3,
+    )
+
+
+def check_psd_kernel(K: Tensor, C) -> None:
+    """GameInputError unless K is symmetric and positive semi-definite up to a tolerance (one host read).
+
+    K = J J^T always is PSD, but a K formed in low precision (float32, or bf16 under autocast)
+    has eigenvalues down to about -m eps ||K||. The dual stays strictly concave as long as
+    lambda_min(K) > -4 m C (the entropy's curvature, in K's units), so the test allows
+    tol = max(64 m eps32 max(diag K), 2 m C): symmetry to 64 m eps32 max|K|, then a Cholesky
+    factorisation of (K + K^T) / 2 + tol I. One m x m Cholesky per problem, once per solve
+    (about 3-5% of a trust-region solve at m = 64-128).
+    """
+    Kf = K if K.is_floating_point() else K.double()
+    m = Kf.shape[-1]
+    eps = max(torch.finfo(Kf.dtype).eps, torch.finfo(torch.float32).eps)
+    scale = Kf.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(Kf.dtype).tiny)
+    rounding = 64 * m * eps * scale
+    Cb = torch.as_tensor(C, dtype=Kf.dtype, device=Kf.device).expand(rounding.shape)
+    tol = torch.maximum(rounding, 2 * m * Cb)
+    asym = (Kf - Kf.transpose(-1, -2)).abs().amax((-2, -1))
+    shifted = 0.5 * (Kf + Kf.transpose(-1, -2)) + tol[..., None, None] * torch.eye(m, dtype=Kf.dtype, device=Kf.device)
+    _, info = torch.linalg.cholesky_ex(shifted)
+    flags = torch.stack([(asym > rounding).any(), (info > 0).any()]).tolist()
+    if flags[0]:
+        raise GameInputError(
+            "K is not symmetric: it must be the kernel J J^T of the per-sample score gradients "
+            f"(largest |K - K^T| {float(asym.max()):.3g}, allowed {float(rounding.min()):.3g})."
+        )
+    if flags[1]:
+        lowest = float(torch.linalg.eigvalsh(0.5 * (Kf + Kf.transpose(-1, -2))).min())
+        raise GameInputError(
+            f"K is not positive semi-definite (smallest eigenvalue {lowest:.3g}, below the allowance "
+            f"-{float(tol.max()):.3g} = -max(float32 rounding, 2 * 2n * C)): it must be the kernel J J^T of the "
+            "per-sample score gradients; with it the dual is not concave and its answer meaningless."
+        )
 
 
 def _unbatch(res, batched: bool):
@@ -104,6 +166,7 @@ def solve_linear_dual(
     fake_features: Tensor,
     C: float | Tensor,
     solver: "str | DualSolver" = "torch",
+    on_failure: str = "warn",
     **solver_options,
 ) -> LinearDualResult:
     """Solve the linear discriminator's dual exactly (methods.md 3a).
@@ -113,27 +176,41 @@ def solve_linear_dual(
         fake_features: phi(y_j), same shape as ``real_features``.
         C: weight decay (> 0), scalar or (B,).
         solver: "torch" | "ipopt" | a solver instance; ``solver_options`` go to its constructor.
+        on_failure: "warn" (default): a :class:`SolverConvergenceWarning` with the first
+            unconverged problem's ``status`` when some problem misses the solver's ``tol``;
+            "ignore": only ``converged`` / ``status`` say so. Not checked when the solver never
+            synchronises (``sync_every=None``).
 
     Returns:
         :class:`LinearDualResult` with ``lam`` (.., n) for the real samples, ``mu`` (.., n)
         for the fake ones, ``w`` (.., d) the optimal discriminator weights
         (sum lam phi(x) - sum mu phi(y)) / C, ``gap`` >= 0 the duality gap.
+
+    Raises:
+        GameInputError: shapes, empty samples (n = 0 or d = 0; B = 0 problems is fine), NaN/inf features,
+            C <= 0, or a bad solver option (the message names it).
     """
     real = torch.as_tensor(real_features)
     fake = torch.as_tensor(fake_features)
     if real.ndim not in (2, 3) or fake.ndim != real.ndim:
-        raise ValueError(
+        raise GameInputError(
             f"features must both be (n, d) or both (B, n, d); got real {tuple(real.shape)}, fake {tuple(fake.shape)}"
         )
     if real.shape != fake.shape:
-        raise ValueError(
+        raise GameInputError(
             f"real and fake features must have the same shape (the dual needs the same number n of real and fake "
             f"samples and the same feature dimension); got real {tuple(real.shape)}, fake {tuple(fake.shape)}. "
             "Draw as many generator samples as real samples."
         )
-    check_finite("real_features", real)
-    check_finite("fake_features", fake)
+    if real.shape[-2] == 0 or real.shape[-1] == 0:
+        raise GameInputError(
+            f"features are empty (shape {tuple(real.shape)}): the dual needs n >= 1 real and n fake samples "
+            "of dimension d >= 1."
+        )
+    check_finite("real_features", real, "the feature map's output on the data")
+    check_finite("fake_features", fake, "the feature map's output on the generated samples (a diverged generator?)")
     check_positive("C", C)
+    check_on_failure(on_failure)
     slv = get_solver(solver, **solver_options)
     batched = real.ndim == 3
     if not batched:
@@ -142,7 +219,9 @@ def solve_linear_dual(
     if not A.is_floating_point():
         A = A.double()
     Cb = as_batch_param(C, A.shape[0], torch.float64, A.device)
-    return _unbatch(slv.solve_linear(A, Cb), batched)
+    res = slv.solve_linear(A, Cb)
+    _report(res, slv, on_failure, "solve_linear_dual")
+    return _unbatch(res, batched)
 
 
 def solve_trust_region_dual(
@@ -153,6 +232,7 @@ def solve_trust_region_dual(
     C: float | Tensor,
     delta: float | Tensor,
     solver: "str | DualSolver" = "torch",
+    on_failure: str = "warn",
     **solver_options,
 ) -> TrustRegionDualResult:
     """Solve the score-linearised trust-region dual (methods.md 3b).
@@ -164,25 +244,40 @@ def solve_trust_region_dual(
         w_norm_sq: ||w_k||^2.  C: weight decay > 0.  delta: radius > 0 (``math.inf`` allowed:
             no trust region, the model's unconstrained minimiser).
         solver: "torch" | "ipopt" | instance.
+        on_failure: "warn" | "ignore", as in :func:`solve_linear_dual`.
 
     Returns:
         :class:`TrustRegionDualResult`; the step is s = (J^T eta - C w_k) * step_scale with
         eta = (lam, -mu).
+
+    Raises:
+        GameInputError: shapes, an empty K, NaN/inf inputs, w_norm_sq < 0, C <= 0, delta <= 0,
+            or a K that is not symmetric positive semi-definite (K = J J^T always is; eigenvalues
+            down to -max(64 * 2n * eps(float32) * max diag K, 2 * 2n * C) are allowed, since a K
+            formed in low precision is PSD only up to rounding and the dual stays concave there).
     """
     K = torch.as_tensor(K)
     batched = K.ndim == 3
     if K.ndim not in (2, 3) or K.shape[-1] != K.shape[-2] or K.shape[-1] % 2:
-        raise ValueError(f"K must be (2n, 2n) or (B, 2n, 2n) with real samples first; got {tuple(K.shape)}")
+        raise GameInputError(f"K must be (2n, 2n) or (B, 2n, 2n) with real samples first; got {tuple(K.shape)}")
     m = K.shape[-1]
     Jw = torch.as_tensor(Jw, dtype=K.dtype, device=K.device)
     Fk = torch.as_tensor(Fk, dtype=K.dtype, device=K.device)
     for name, x in (("Jw", Jw), ("Fk", Fk)):
         if x.shape != K.shape[:-1]:
-            raise ValueError(f"{name} must have shape {tuple(K.shape[:-1])} to match K; got {tuple(x.shape)}")
-    for name, x in (("K", K), ("Jw", Jw), ("Fk", Fk), ("w_norm_sq", torch.as_tensor(w_norm_sq))):
-        check_finite(name, x)
+            raise GameInputError(f"{name} must have shape {tuple(K.shape[:-1])} to match K; got {tuple(x.shape)}")
+    if m == 0:
+        raise GameInputError(
+            f"K is empty (shape {tuple(K.shape)}): the dual needs n >= 1 real and n fake samples."
+        )
+    for name, x in (("K", K), ("Jw", Jw), ("Fk", Fk)):
+        check_finite(name, x, "the score model's outputs and per-sample gradients (K = J J^T, J w_k, F_k)")
+    check_positive("w_norm_sq", w_norm_sq, allow_zero=True,
+                   hint="it is ||w_k||^2, the squared norm of the current discriminator weights")
     check_positive("C", C)
     check_positive("delta", delta, allow_inf=True)
+    check_psd_kernel(K, C)
+    check_on_failure(on_failure)
     slv = get_solver(solver, **solver_options)
     if not batched:
         K, Jw, Fk = K[None], Jw[None], Fk[None]
@@ -198,6 +293,7 @@ def solve_trust_region_dual(
         as_batch_param(C, B, torch.float64, K.device),
         as_batch_param(delta, B, torch.float64, K.device),
     )
+    _report(res, slv, on_failure, "solve_trust_region_dual")
     return _unbatch(res, batched)
 
 

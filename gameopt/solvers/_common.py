@@ -10,11 +10,14 @@ vector e in [0, 1/m]^m with lam = e[:n] and mu = e[n:].
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from ..errors import GameInputError
 
 __all__ = [
     "LinearDualResult",
@@ -146,22 +149,76 @@ class TrustRegionDualResult(_SolveStatus):
     status: list[str] | None = None
 
 
-def check_finite(name: str, x: Tensor) -> None:
-    """ValueError when ``x`` holds NaN or inf (one host sync; inputs only)."""
+def check_finite(name: str, x: Tensor, source: str = "the inputs") -> None:
+    """GameInputError when ``x`` holds NaN or inf (one host sync; inputs only).
+
+    ``source`` says where the values came from, for the message.
+    """
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(
-            f"{name} contains NaN or inf values; check the generator / feature map output "
-            "(e.g. a diverged generator) before calling the dual solver."
+        raise GameInputError(
+            f"{name} contains NaN or inf values; {source} must be finite before the dual solve."
         )
 
 
-def check_positive(name: str, value, allow_inf: bool = False) -> None:
-    """ValueError unless every entry of ``value`` is > 0 (and finite unless allow_inf)."""
-    t = torch.as_tensor(value, dtype=torch.float64)
-    if bool(torch.isnan(t).any()) or not bool((t > 0).all()):
-        raise ValueError(f"{name} must be > 0, got {value!r}; pass a positive {name} (e.g. C=1e-4, delta=1e-3).")
+def check_positive(name: str, value, allow_inf: bool = False, allow_zero: bool = False, hint: str | None = None) -> None:
+    """GameInputError unless every entry of ``value`` is > 0 (>= 0 with allow_zero; finite unless allow_inf)."""
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise GameInputError(f"{name} must be a number or a tensor of numbers, got {value!r}.") from None
+    low_ok = (t >= 0) if allow_zero else (t > 0)
+    if bool(torch.isnan(t).any()) or not bool(low_ok.all()):
+        bound = ">= 0" if allow_zero else "> 0"
+        hint = hint or f"pass a positive {name} (e.g. C=1e-4, delta=1e-3)"
+        raise GameInputError(f"{name} must be {bound}, got {value!r}; {hint}.")
     if not allow_inf and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
+        raise GameInputError(f"{name} must be finite, got {value!r}.")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, low: int, high: int | None = None) -> int:
+    """``value`` as an int in [low, high], or GameInputError naming the option and its range."""
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise GameInputError(f"{name} must be an int {rng}, got {value!r}.")
+    return int(value)
+
+
+def check_tol(tol) -> float:
+    """``tol`` as a float in (0, inf), or GameInputError."""
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (math.isfinite(tol) and tol > 0):
+        raise GameInputError(f"tol (duality-gap target) must be a finite float > 0, got {tol!r}.")
+    return float(tol)
+
+
+def unconverged_status(res, trace_k: Tensor, C: Tensor, tol: float, dtype: torch.dtype, max_iter: int) -> list[str]:
+    """One line per problem: "converged", or why not and what to change (host reads; failures only).
+
+    ``kappa = trace(K) / (4 m C)`` bounds the condition of the Newton system; the duality gap
+    cannot be certified much below ``(kappa * eps)^2`` in a dtype with unit rounding eps.
+    """
+    m = res.lam.shape[-1] * 2
+    kappa = (trace_k.double().cpu() / (4 * m * C.double().cpu())).tolist()
+    gaps, iters, ok = res.gap.double().cpu().tolist(), res.iterations.cpu().tolist(), res.converged.cpu().tolist()
+    eps = torch.finfo(dtype).eps
+    out = []
+    for g, it, k, good in zip(gaps, iters, kappa, ok):
+        if good:
+            out.append("converged")
+            continue
+        msg = f"not converged: duality gap {g:.3g} > tol {tol:.3g} after {it} iterations (max_iter {max_iter}); "
+        if not math.isfinite(k) or (k * eps) ** 2 > tol:
+            msg += (f"the problem is too ill-conditioned for {dtype} (trace(K) / (4 m C) = {k:.3g}, so rounding limits "
+                    f"the certified gap to about ({k:.1g} * {eps:.1g})^2): "
+                    + ("use dtype=torch.float64, " if dtype != torch.float64 else "")
+                    + "use a larger C or features / scores of smaller norm")
+        else:
+            msg += "raise max_iter (or tol)"
+        out.append(msg)
+    return out
 
 
 def as_batch_param(value, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -170,7 +227,7 @@ def as_batch_param(value, batch: int, dtype: torch.dtype, device: torch.device) 
     if t.ndim == 0:
         return t.expand(batch).clone()
     if t.shape != (batch,):
-        raise ValueError(f"per-problem parameter must be a scalar or shape ({batch},), got {tuple(t.shape)}")
+        raise GameInputError(f"per-problem parameter must be a scalar or shape ({batch},), got {tuple(t.shape)}")
     return t.clone()
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import LinearDualResult, TrustRegionDualResult, logit_of_box
+from ..errors import GameInputError
+from ._common import LinearDualResult, TrustRegionDualResult, check_tol, logit_of_box
 from .torch_newton import evaluate_kernel_point, evaluate_linear_point
 
 try:  # pragma: no cover - exercised by the import-error test through monkeypatching
@@ -130,15 +131,20 @@ class IpoptSolver:
     Args:
         options: Ipopt options overriding :data:`DEFAULT_IPOPT_OPTIONS`.
         tol: duality gap at which a solve counts as converged (the Ipopt status
-            must also be success). Default 1e-9.
+            must also be success), a finite float > 0. Default 1e-9.
+
+    Raises:
+        ImportError: cyipopt is not installed. GameInputError: bad ``options`` or ``tol``.
     """
 
     name = "ipopt"
 
     def __init__(self, options: dict | None = None, tol: float = 1e-9) -> None:
         _require_cyipopt()
+        if options is not None and not (isinstance(options, dict) and all(isinstance(k, str) for k in options)):
+            raise GameInputError(f"options must be a dict of Ipopt option names to values, got {options!r}")
         self.options = {**DEFAULT_IPOPT_OPTIONS, **(options or {})}
-        self.tol = tol
+        self.tol = check_tol(tol)
 
     def __repr__(self) -> str:
         return f"IpoptSolver(options={self.options})"

@@ -33,14 +33,19 @@ import math
 import torch
 from torch import Tensor
 
+from ..errors import GameInputError
 from ._common import (
     LinearDualResult,
     TrustRegionDualResult,
+    _is_int,
     bernoulli_kl_logits,
     binary_entropy_logits,
+    check_int,
+    check_tol,
     entropy_from_parts,
     logistic_parts,
     softplus_exact,
+    unconverged_status,
 )
 
 __all__ = ["TorchNewtonSolver"]
@@ -52,17 +57,26 @@ class TorchNewtonSolver:
     """Batched Newton solver (any device, float64 by default).
 
     Args:
-        tol: duality-gap target; default 1e-12 (float64) or 1e-5 (float32).
-        max_iter: Newton iterations run at most (fixed-shape loop).
-        dtype: computation dtype; inputs are cast to it and results returned in it.
+        tol: duality-gap target, a finite float > 0; default 1e-12 (float64) or 1e-5 (float32).
+        max_iter: Newton iterations run at most (fixed-shape loop), an int >= 1.
+        dtype: computation dtype, ``torch.float64`` or ``torch.float32``; inputs are cast to it
+            and results returned in it.
         sync_every: check "all problems done" on the host every this many
-            iterations and stop early; ``None`` never synchronises. Default
+            iterations (an int >= 1) and stop early; ``None`` never synchronises. Default
             "auto": every iteration on CPU (free there), every 5 on other devices.
         line_search_steps: number of step sizes 1, 1/2, ..., 2^-(k-1) tried in parallel
-            (on the CPU only after the full step was rejected).
+            (on the CPU only after the full step was rejected), an int in [1, 60].
         cpu_chunk_bytes: on the CPU, split a batch so one chunk's (m x m or d x d)
             matrices take about this many bytes (stay in cache; measured 1.5x faster
             at n = 256, d = 1000). ``None``: never split. Ignored on other devices.
+        linear_path: the linear dual's Newton system: "auto" (cheaper of the two),
+            "primal" (d x d) or "kernel" (2n x 2n).
+        promote: float32 only: problems that float32 rounding cannot certify to ``tol``
+            (ill-conditioned ones, ||K|| / C large) are solved again in float64 and returned
+            in float32. Costs one host read per solve; not done with ``sync_every=None``.
+
+    Raises:
+        GameInputError: an option outside its range (the message names it).
     """
 
     name = "torch"
@@ -75,17 +89,35 @@ class TorchNewtonSolver:
         sync_every: int | None | str = "auto",
         line_search_steps: int = 24,
         cpu_chunk_bytes: int | None = 8 * 2**20,
+        linear_path: str = "auto",
+        promote: bool = True,
     ) -> None:
         if dtype not in (torch.float64, torch.float32):
-            raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+            raise GameInputError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
         self.dtype = dtype
-        self.tol = tol if tol is not None else (1e-12 if dtype == torch.float64 else 1e-5)
-        self.max_iter = int(max_iter)
-        self.sync_every = sync_every
-        self.line_search_steps = int(line_search_steps)
-        self.cpu_chunk_bytes = cpu_chunk_bytes
-        self.linear_path = "auto"  # "primal" | "kernel" forces the linear dual's Newton system
+        self.tol = check_tol(tol) if tol is not None else (1e-12 if dtype == torch.float64 else 1e-5)
+        self.max_iter = check_int("max_iter", max_iter, 1)
+        if not (sync_every in ("auto", None) or _is_int(sync_every)):
+            raise GameInputError(f"sync_every must be 'auto', None or an int >= 1, got {sync_every!r}")
+        self.sync_every = sync_every if sync_every in ("auto", None) else check_int("sync_every", sync_every, 1)
+        self.line_search_steps = check_int("line_search_steps", line_search_steps, 1, 60)
+        self.cpu_chunk_bytes = None if cpu_chunk_bytes is None else check_int("cpu_chunk_bytes", cpu_chunk_bytes, 1)
+        self.linear_path = linear_path
+        if not isinstance(promote, bool):
+            raise GameInputError(f"promote must be True or False, got {promote!r}")
+        self.promote = promote
         self._near = 1e-8 if dtype == torch.float64 else 1e-3  # gap below which the merit is rounding-level
+
+    @property
+    def linear_path(self) -> str:
+        """The linear dual's Newton system: "auto", "primal" (d x d) or "kernel" (2n x 2n)."""
+        return self._linear_path
+
+    @linear_path.setter
+    def linear_path(self, value: str) -> None:
+        if value not in ("auto", "primal", "kernel"):
+            raise GameInputError(f"linear_path must be 'auto', 'primal' or 'kernel', got {value!r}")
+        self._linear_path = value
 
     def __repr__(self) -> str:
         return f"TorchNewtonSolver(tol={self.tol}, max_iter={self.max_iter}, dtype={self.dtype})"
@@ -136,9 +168,11 @@ class TorchNewtonSolver:
         B, m, d = A.shape
         ch = self._chunk(A.device, B, min(m, d))
         if ch < B:
-            parts = [self._solve_linear(A[i:i + ch], C[i:i + ch]) for i in range(0, B, ch)]
-            return _cat_results(parts)
-        return self._solve_linear(A, C)
+            res = _cat_results([self._solve_linear(A[i:i + ch], C[i:i + ch]) for i in range(0, B, ch)])
+        else:
+            res = self._solve_linear(A, C)
+        return self._finish(res, lambda: torch.linalg.vector_norm(A.to(self.dtype), dim=(-2, -1)) ** 2, C,
+                            lambda s, idx: s.solve_linear(A[idx], C[idx]))
 
     def _solve_linear(self, A: Tensor, C: Tensor) -> LinearDualResult:
         A = A.to(self.dtype)
@@ -177,6 +211,7 @@ class TorchNewtonSolver:
         iters = torch.zeros(B, dtype=torch.long, device=dev)
         period = self._sync_period(dev)
         Cc = C[:, None]
+        jitter = 4 * d * torch.finfo(self.dtype).eps
 
         def gap_of(z: Tensor) -> Tensor:
             u = torch.sigmoid(z)
@@ -194,6 +229,11 @@ class TorchNewtonSolver:
             curv = u * torch.sigmoid(-z) / m
             grad = C[:, None] * w - (At @ u.unsqueeze(-1)).squeeze(-1) / m
             H = Cc[..., None] * eye + At @ (curv.unsqueeze(-1) * A)
+            # C I is swamped by the rounding of A^T D A when ||A^T D A|| / C > 1 / eps (float32,
+            # large features, small C): a diagonal shift at that rounding level keeps the
+            # Cholesky factor finite; the damped direction is still a descent direction.
+            Hd = H.diagonal(dim1=-2, dim2=-1)
+            Hd.add_(jitter * Hd.amax(-1, keepdim=True))
             L, _ = torch.linalg.cholesky_ex(H)
             dw = -torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
             dz = -(A @ dw.unsqueeze(-1)).squeeze(-1)
@@ -224,8 +264,43 @@ class TorchNewtonSolver:
         if ch < B:
             parts = [self._solve_kernel_two_phase(Ks[i:i + ch], c[i:i + ch], p[i:i + ch], W[i:i + ch], C[i:i + ch],
                                                   delta[i:i + ch]) for i in range(0, B, ch)]
-            return _cat_results(parts)
-        return self._solve_kernel_two_phase(Ks, c, p, W, C, delta)
+            res = _cat_results(parts)
+        else:
+            res = self._solve_kernel_two_phase(Ks, c, p, W, C, delta)
+        return self._finish(
+            res, lambda: Ks.to(self.dtype).diagonal(dim1=-2, dim2=-1).sum(-1), C,
+            lambda s, idx: s.solve_kernel(Ks[idx], c[idx], p[idx], W[idx], C[idx], delta[idx]))
+
+    # ------------------------------------------------------------ after a solve
+    def _finish(self, res, trace_k, C: Tensor, resolve):
+        """Float32 problems that did not converge are solved again in float64 (``promote``);
+        every problem still unconverged gets a ``status`` saying why and what to change.
+
+        One host read, skipped entirely with ``sync_every=None``. ``trace_k()`` gives trace(K)
+        per problem (for the status; computed only when some problem failed).
+        """
+        if self._sync_period(res.gap.device) is None:
+            return res
+        bad = ~res.converged
+        if not bool(bad.any()):
+            return res
+        if self.promote and self.dtype == torch.float32:
+            idx = bad.nonzero().squeeze(-1)
+            wide = TorchNewtonSolver(
+                tol=self.tol, max_iter=self.max_iter, dtype=torch.float64, sync_every=self.sync_every,
+                line_search_steps=self.line_search_steps, cpu_chunk_bytes=self.cpu_chunk_bytes,
+                linear_path=self.linear_path,
+            )
+            sub = resolve(wide, idx)
+            sub.iterations = sub.iterations + res.iterations[idx]  # report both phases' iterations
+            for name, val in vars(res).items():
+                if isinstance(val, Tensor):
+                    val[idx] = getattr(sub, name).to(val.dtype)
+            bad = ~res.converged
+            if not bool(bad.any()):
+                return res
+        res.status = unconverged_status(res, trace_k(), C, self.tol, self.dtype, self.max_iter)
+        return res
 
     def _solve_kernel_two_phase(
         self, Ks: Tensor, c: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor
@@ -324,6 +399,7 @@ class TorchNewtonSolver:
                 coef = torch.where(outer, 1.0 / torch.sqrt(torch.where(outer, R, torch.ones_like(R))), torch.zeros_like(R))
                 v = (Sd * a) * coef[:, None]
                 N = torch.baddbmm(N, v.unsqueeze(-1), v.unsqueeze(-2), alpha=-1.0)
+            N_diag = N.diagonal(dim1=-2, dim2=-1).clone()
             L, _ = torch.linalg.cholesky_ex(N)
             x = torch.cholesky_solve((S * r).unsqueeze(-1), L).squeeze(-1)
             Sx = S * x
@@ -331,7 +407,12 @@ class TorchNewtonSolver:
             if has_tr:
                 Mx = Mx - a * ((a * Sx).sum(-1, keepdim=True) * coef[:, None] ** 2)
             Mx = Mx / denom[:, None]
-            dz = -(r - Mx)
+            # dz = -(r - M S x) = -x / S in exact arithmetic. Where S M S dominates N (N_ii >= 2),
+            # r and M S x are huge and nearly equal (||K|| / C >> 1), and their difference is
+            # rounding noise (float32: exactly 0 seen at ||K|| / C ~ 1e9); x / S has no
+            # cancellation there. Elsewhere S can be tiny (saturated samples), where the
+            # difference form is the accurate one.
+            dz = torch.where(N_diag >= 2.0, -x / S.clamp_min(torch.finfo(dt).tiny), -(r - Mx))
             slope = -(S * S * r * dz).sum(-1)  # d/dt g(z + t dz) at t = 0, > 0
             def trials(ts: Tensor) -> Tensor:
                 Z = z.unsqueeze(-1) + dz.unsqueeze(-1) * ts  # (B, m, L)
