@@ -99,7 +99,16 @@ class OptimisticOptimizer(FieldOptimizer):
 
         With ``closure`` returning one loss per player, ``p.grad`` is reset and recomputed
         first; a closure returning None means the gradients are already in ``p.grad``.
-        Returns the closure's losses.
+
+        Args:
+            closure: optional; returns one loss per player, or None.
+
+        Returns:
+            The closure's losses (None without a closure or when it returned None).
+
+        Raises:
+            GameInputError: no gradient in any ``p.grad`` and no closure to compute one, or
+                a closure whose losses are not one valid loss per player.
         """
         losses = None
         if closure is not None:
