@@ -54,6 +54,18 @@ class DualStepStats:
     ``next_delta``: radius for the next step. ``lam``/``mu``: dual variables of the
     real / fake samples (None for the cost model). ``gap``: duality gap of the solve.
     ``solver_failed``: the step was skipped (see :class:`DualSolverWarning`).
+
+    Args:
+        model: the ``model=`` name (``"linear"``, ``"cost"``, ``"score"``).
+        accepted: whether the step was taken (the trust-region test passed).
+        rho, delta, next_delta, loss_before, loss_after, gap, lam, mu, solver_failed: as above.
+        predicted_decrease: the local model's decrease of f for the proposed step.
+        step_norm: ``||s||`` of the proposed step.
+        dual_value: the dual objective at the solution (NaN when no dual was solved).
+        nu: the multiplier of the trust-region constraint (NaN when not applicable).
+        iterations: the dual solver's iterations.
+        solver_status: the solver's message when the step failed, else None.
+        retries: solves retried with a smaller radius after a failure.
     """
 
     model: str
@@ -136,8 +148,11 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
     ValueError / :class:`~gameopt.GameInputError` before any forward pass.
 
     Distributed (``distributed=True``, under ``torch.distributed``): each rank passes its
-    own equal share of the batch and every rank makes exactly the full-batch step. See
-    the classes for how each model reduces.
+    own equal share of the batch and every rank makes exactly the full-batch step, over
+    ``process_group`` (default: the world). See the classes for how each model reduces.
+
+    Sign convention: the discriminator minimises its loss ``f(w)`` (:meth:`loss`); the
+    generator minimises :meth:`generator_loss`.
     """
 
     _is_factory: ClassVar[bool] = True
@@ -196,15 +211,33 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
 
     # ------------------------------------------------ what each model provides
     def parameters(self) -> list[Tensor]:
-        """The discriminator parameters w this object updates."""
+        """The discriminator parameters w this object updates.
+
+        Raises:
+            NotImplementedError: on the base class (every model implements it).
+        """
         raise NotImplementedError
 
     def score(self, x: Tensor) -> Tensor:
-        """F(w, x): logits of shape (n,)."""
+        """F(w, x): logits of shape (n,) for a batch ``x`` of n samples (``D(x) = sigmoid(F)``).
+
+        Raises:
+            NotImplementedError: on the base class (every model implements it).
+        """
         raise NotImplementedError
 
     def generator_loss(self, real: Tensor | None, fake: Tensor, resolve: bool = False) -> Tensor:
-        """Loss the generator minimises (differentiable w.r.t. ``fake``)."""
+        """Loss the generator minimises (a 0-d tensor, differentiable w.r.t. ``fake``).
+
+        Args:
+            real: the real batch (n samples), used by ``"linear"``; the others ignore it.
+            fake: the generated batch (n samples), *not* detached.
+            resolve: ``"linear"`` only: solve the dual again instead of reusing the last
+                step's dual variables (default False).
+
+        Raises:
+            NotImplementedError: on the base class (every model implements it).
+        """
         raise NotImplementedError
 
     def _step(self, real: Tensor, fake: Tensor) -> DualStepStats:
@@ -229,7 +262,12 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
         return math.inf
 
     def loss(self, real: Tensor, fake: Tensor) -> Tensor:
-        """The discriminator's loss f(w) on this batch (what :meth:`step` decreases)."""
+        """The discriminator's loss f(w) on this batch (what :meth:`step` decreases), a 0-d tensor.
+
+        Args:
+            real: n real samples.
+            fake: n generated samples.
+        """
         return self._loss_from_scores(self.score(real), self.score(fake), self._sq_norm())
 
     @torch.no_grad()
