@@ -109,6 +109,14 @@ class LinearDualResult(_SolveStatus):
     w = (sum_i lam_i phi(x_i) - sum_j mu_j phi(y_j)) / C, and ``gap`` is
     f(w) - g(lam, mu) >= 0 (a mean Bernoulli KL), the accuracy certificate.
     ``dual_value`` is g = min_w f up to ``gap``: the generator's objective.
+
+    Args:
+        lam, mu, w, gap, dual_value: as above.
+        primal_value: f(w), (...,).
+        converged: bool (...,): the gap met the solver's ``tol``.
+        iterations: Newton (or Ipopt) iterations, (...,).
+        solver: the solver's name.
+        status: per problem, why it did not converge (None when all did, or not checked).
     """
 
     lam: Tensor
@@ -127,12 +135,19 @@ class LinearDualResult(_SolveStatus):
 class TrustRegionDualResult(_SolveStatus):
     """Solution of the score-linearised trust-region dual (Claim 2, methods.md 3b).
 
-    With J the (2n, p) score Jacobian and eta = (lam, -mu) the step is
-        s = (J^T eta - C w_k) * step_scale,   step_scale = 1 / (C + nu),
-    and satisfies 1/2 ||s||^2 <= Delta; ``step_norm_sq`` is ||s||^2.
-    ``model_value`` is the primal model m_k(s) at that step, ``dual_value`` the
-    dual g(eta, nu), ``gap`` = model_value - dual_value >= 0.
+    With J the (2n, p) score Jacobian and ``eta = (lam, -mu)`` the step is
+    ``s = (J^T eta - C w_k) * step_scale`` with ``step_scale = 1 / (C + nu)``,
+    and satisfies ``1/2 ||s||^2 <= Delta``; ``step_norm_sq`` is ``||s||^2``.
+    ``model_value`` is the primal model ``m_k(s)`` at that step, ``dual_value`` the
+    dual ``g(eta, nu)``, ``gap = model_value - dual_value >= 0``.
     Shapes: ``lam``, ``mu``: (..., n); the rest (...,).
+
+    Args:
+        lam, mu, nu, step_scale, step_norm_sq, gap, dual_value, model_value: as above.
+        converged: bool (...,): the gap met the solver's ``tol``.
+        iterations: solver iterations, (...,).
+        solver: the solver's name.
+        status: per problem, why it did not converge (None when all did, or not checked).
     """
 
     lam: Tensor
