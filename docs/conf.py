@@ -30,7 +30,6 @@ extensions = [
     "api_pages",
     "references",
     "attribute_docstrings",
-    "allowlists",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -67,22 +66,3 @@ nitpick_ignore_regex = [
                r"|TypeError|RuntimeError|ImportError|FloatingPointError|KeyError|OSError|UserWarning"
                r"|FileNotFoundError|NotImplementedError|AttributeError)"),
 ]
-
-# Allow-lists for docstrings in modules other issues were editing when the docs were set up
-# (issues 11-14). Phase 2 of issue 15 empties both. Each entry must still be needed: an entry whose
-# problem is gone, or whose object no longer exists, fails the build until it is removed
-# (docs/_ext/allowlists.py).
-#
-# Docstrings that are not valid reStructuredText: shown verbatim (as written) instead of failing.
-# Each entry names the text that breaks it.
-verbatim_docstrings = {
-    "gameopt.GameField.summary": "|imag|",  # read as an rST substitution
-    "gameopt.SpectrumSummary": "|lambda|",
-    "gameopt.solvers": "    f(w) = C/2",  # an indented formula read as a definition list
-    "gameopt.solvers.TrustRegionDualResult": "    s = (J^T eta",
-    "gameopt.solvers.trust_region_step": "|e_i e_j K_ij|",
-}
-# References that name nothing importable from where they are written: (docstring's object, target).
-known_broken_references = {
-    ("gameopt.players.player_param_groups", "add_param_group"),  # torch's Optimizer method
-}

