@@ -7,6 +7,7 @@ by a program; reviews do that, with the arguments' section this test insists on 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -54,6 +55,15 @@ def test_public_api_walk_finds_the_names_users_import():
     # each object once, under the shortest path users import it from
     assert "gameopt.consensus.ConsensusOptimizer" not in names
     assert not any(part.startswith("_") for name in names for part in name.split(".")[:-1])
+
+
+def test_api_index_places_every_public_module():
+    """docs/api/index.md lists each module's generated page in a section (and no stale ones)."""
+    index = (Path(__file__).resolve().parents[1] / "docs" / "api" / "index.md").read_text()
+    listed = set(re.findall(r"^generated/(\S+)$", index, flags=re.M))
+    modules = {m.__name__ for m in public_api.public_modules()}
+    assert not modules - listed, f"add these modules to a section of docs/api/index.md: {sorted(modules - listed)}"
+    assert not listed - modules, f"docs/api/index.md lists modules that are gone: {sorted(listed - modules)}"
 
 
 # The checker itself, on objects made to fail each check.

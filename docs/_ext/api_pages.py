@@ -7,6 +7,8 @@ disappears from it: a page or docstring that still refers to the old name then f
 ``-W`` build (``nitpicky`` turns unresolved references into warnings).
 
 The pages go to ``docs/api/generated/`` (git-ignored) and are rewritten only when they change.
+``docs/api/index.md`` places each module's page in a section by hand: a new public module's page
+is then in no toctree, which Sphinx reports, so the ``-W`` build fails until it is placed.
 """
 
 from __future__ import annotations
