@@ -143,11 +143,11 @@ class ExtragradientOptimizer(FieldOptimizer):
             scaler: see above (default None).
 
         Returns:
-            The losses at z_t, detached.
+            The losses at z_t (unscaled).
 
         Raises:
-            GameInputError: no closure, a closure that does not return one loss per player,
-                or a bad loss.
+            GameInputError: no closure, a ``scaler`` that is not a ``GradScaler``, a closure that
+                does not return one loss per player, or a bad loss.
         """
         if closure is None:
             raise GameInputError(

@@ -65,7 +65,7 @@ class DualStepStats:
         nu: the multiplier of the trust-region constraint (NaN when not applicable).
         iterations: the dual solver's iterations.
         solver_status: the solver's message when the step failed, else None.
-        retries: solves retried with a smaller radius after a failure.
+        retries: re-solves with the shrunk radius after rejected steps in this call (``max_retries``).
     """
 
     model: str
