@@ -89,6 +89,10 @@ class OptimisticOptimizer(FieldOptimizer):
 
         ``scaler`` is accepted for symmetry with the other optimisers and not needed: v is
         first-order, so the ``GradScaler`` that scaled the losses unscales it in ``scaler.step``.
+
+        Raises:
+            GameInputError: not one loss per player, or a bad loss (not a scalar floating tensor
+                with a graph, or reaching none of its player's parameters).
         """
         checked = self._check_losses(losses)
         params, _, v = self._field(checked)

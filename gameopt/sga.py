@@ -157,6 +157,14 @@ class SGAOptimizer(FieldOptimizer):
         ``scaler``: the ``torch.amp.GradScaler`` whose ``scale()`` the losses went through. The
         second-order terms are seeded with the unscaled xi, so ``p.grad`` is consistently
         scaled by s, and the alignment is computed on unscaled quantities.
+
+        Returns:
+            :class:`SGAStats` of this backward (also in ``opt.stats``).
+
+        Raises:
+            GameInputError: not one loss per player, a bad loss, or a group's ``lam`` negative,
+                infinite or not a number.
+            RuntimeError: an operation in the losses has no second derivative (with the fix).
         """
         checked = self._check_losses(losses)
         scale = _scaler_scale(scaler)
@@ -306,6 +314,15 @@ class SGAOptimizer(FieldOptimizer):
         """Apply ``p.grad`` with the base optimiser (after recomputing it from ``closure``, if given).
 
         A closure returning None means the gradients are already in ``p.grad``.
+
+        Args:
+            closure: optional; returns one loss per player, or None.
+
+        Returns:
+            The closure's losses (None without a closure or when it returned None).
+
+        Raises:
+            GameInputError, RuntimeError: as :meth:`backward`, for the closure's losses.
         """
         losses = None
         if closure is not None:

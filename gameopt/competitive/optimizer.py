@@ -486,6 +486,10 @@ class CompetitiveOptimizer(GameOptimizer):
         On top of :meth:`GameOptimizer.load_state_dict`'s checks, every parameter's state
         must hold exactly what this optimiser keeps: ``step`` and ``exp_avg_sq`` (ACGD),
         ``cg_solution`` (first player, warm start), parameter-shaped where they should be.
+
+        Raises:
+            GameInputError: the checkpoint is not one of this optimiser (kind, players, groups,
+                per-parameter state); nothing is loaded then.
         """
         _check_competitive_state(self, state_dict)
         super().load_state_dict(state_dict)
