@@ -48,17 +48,18 @@ class StepFailed(Exception):
 class DualStepStats:
     """What one discriminator step did.
 
-    ``loss_before``/``loss_after``: f at the old / new parameters on this batch
-    (``loss_after`` is f(w + s) even when the step was rejected). ``rho``: the
-    acceptance ratio (1 for the exact linear solve). ``delta``: radius used;
-    ``next_delta``: radius for the next step. ``lam``/``mu``: dual variables of the
-    real / fake samples (None for the cost model). ``gap``: duality gap of the solve.
-    ``solver_failed``: the step was skipped (see :class:`DualSolverWarning`).
-
     Args:
         model: the ``model=`` name (``"linear"``, ``"cost"``, ``"score"``).
         accepted: whether the step was taken (the trust-region test passed).
-        rho, delta, next_delta, loss_before, loss_after, gap, lam, mu, solver_failed: as above.
+        rho: the acceptance ratio (1 for the exact linear solve).
+        delta: the radius used.
+        next_delta: the radius for the next step.
+        loss_before: f at the old parameters on this batch.
+        loss_after: f(w + s) on this batch, even when the step was rejected.
+        gap: duality gap of the solve (default 0).
+        lam: (n,) dual variables of the real samples (None for the cost model).
+        mu: (n,) dual variables of the fake samples (None for the cost model).
+        solver_failed: the step was skipped (see :class:`DualSolverWarning`).
         predicted_decrease: the local model's decrease of f for the proposed step.
         step_norm: ``||s||`` of the proposed step.
         dual_value: the dual objective at the solution (NaN when no dual was solved).
