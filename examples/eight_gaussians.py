@@ -6,8 +6,13 @@ layers of 16 ReLU units; z has 16 dimensions; batch 512; RMSProp, lr 1e-4; gamma
 The paper trains 20000 steps (``--steps 20000``); the default is shorter.
 
 Writes ``samples.png`` (samples over time, one row per method) and ``metrics.json``
-(modes covered, fraction of high-quality samples within 3 std of a mode, KL of the
-mode histogram to uniform) into ``--out``.
+into ``--out``, and prints one line per method and a headline. The metrics
+(:func:`gameopt.toy_games.mixture_metrics`): modes *reached* (at least 1% of the samples
+within 10 std = 0.1 of the mode: tells samples spread over the ring of modes from a blob),
+modes *covered* (the papers' strict test: 1% of the samples within 3 std = 0.03), the
+fraction of such high-quality samples, and the KL of their mode histogram to uniform.
+In the default 6000 steps consensus spreads over the modes while SimGA stays a blob;
+the strict test needs the paper's length (``--full``).
 
     python examples/eight_gaussians.py --out runs/eight_gaussians
 """
@@ -85,7 +90,7 @@ def plot(results: dict, snapshots: list[int], path: Path) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             m = next(h for h in results[method]["history"] if h["step"] == step)
-            ax.set_title(f"{step} steps\nmodes {m['modes_covered']}/8, hq {m['high_quality']:.2f}", fontsize=8)
+            ax.set_title(f"{step} steps\nreached {m['modes_reached']}/8, covered {m['modes_covered']}/8", fontsize=8)
             if c == 0:
                 ax.set_ylabel({"simga": "SimGA", "consensus": "consensus"}[method])
     fig.tight_layout()
@@ -125,11 +130,29 @@ def main() -> None:
                         "skipped_steps": r["skipped_steps"]} for m, r in results.items()},
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    for m, r in results.items():
-        f = r["history"][-1]
-        print(f"{m:10s} modes {f['modes_covered']}/8  high-quality {f['high_quality']:.3f}  "
-              f"KL {f['kl']:.3f}  ({r['seconds']:.0f} s)")
+    for line in report(results, steps):
+        print(line)
     print(f"wrote {out / 'samples.png'} and {out / 'metrics.json'}")
+
+
+def report(results: dict, steps: int) -> list[str]:
+    """One line per method, then the headline: what separates the methods at this length."""
+    names = {"simga": "SimGA", "consensus": "consensus"}
+    final = {m: r["history"][-1] for m, r in results.items()}
+    lines = [
+        f"{names[m]:10s} modes reached {f['modes_reached']}/8  covered {f['modes_covered']}/8  "
+        f"high-quality {f['high_quality']:.3f}  KL {f['kl']:.3f}  ({results[m]['seconds']:.0f} s)"
+        for m, f in final.items()
+    ]
+    reached = ", ".join(f"{names[m]} {f['modes_reached']}/8" for m, f in final.items())
+    covered = ", ".join(f"{names[m]} {f['modes_covered']}/8" for m, f in final.items())
+    lines += [
+        f"headline after {steps} steps: modes reached (>= 1% of samples within 0.1 of the mode): {reached}",
+        "  'reached' tells samples spread over the ring of modes from a single blob (samples.png shows both).",
+        f"  The papers' strict 'covered' (within 3 std = 0.03: {covered}) needs a sharper generator:",
+        "  --full runs the paper's 20000 steps.",
+    ]
+    return lines
 
 
 if __name__ == "__main__":

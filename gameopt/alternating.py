@@ -21,6 +21,8 @@ from .gradients import check_loss
 from .players import GENERATOR, ParamsLike, game_players
 from .frameworks import through_wrappers
 
+__all__ = ["AlternatingOptimizer"]
+
 Losses = Sequence[torch.Tensor]
 
 
@@ -49,6 +51,21 @@ class AlternatingOptimizer(GameOptimizer):
     ``distributed=True`` (torch.distributed, plain or DDP-wrapped modules) averages
     each player's gradient over the ranks of ``process_group`` before its step (one
     all-reduce per player step), which equals one process on the full batch.
+
+    Args:
+        base_optimizer: a ``torch.optim.Optimizer`` subclass (``torch.optim.Adam``), built on
+            all players' param groups with ``**base_kwargs`` (``lr=...``).
+        gen_params, disc_params: the two players' parameters (tensors or param-group dicts).
+        disc_steps: updates of each non-generator player per generator update (default 1).
+        order: the players in update order (default: discriminator(s) first, generator last).
+        distributed: average gradients over ``process_group`` (default False).
+        process_group: the torch.distributed group (default: the world).
+        nonfinite: NaN/Inf policy, ``"skip"`` (default), ``"raise"`` or ``"ignore"``.
+        players: ordered ``{name: params}`` instead of ``gen_params``/``disc_params``.
+
+    Raises:
+        GameInputError: ``disc_steps`` not an integer >= 1, ``order`` not a permutation of the
+            players, or bad players/base optimiser (see :class:`~gameopt.GameOptimizer`).
     """
 
     _shared_type = AlternatingState
@@ -89,7 +106,11 @@ class AlternatingOptimizer(GameOptimizer):
 
     @through_wrappers
     def backward(self, *losses: torch.Tensor) -> None:
-        """Not available: alternating steps need losses re-evaluated between players."""
+        """Not available: alternating steps need losses re-evaluated between players.
+
+        Raises:
+            RuntimeError: always; use ``step(closure)`` with ``closure()`` returning the losses.
+        """
         raise RuntimeError(
             "AlternatingOptimizer needs fresh losses after each player's update: call "
             "opt.step(closure) with closure() returning (gen_loss, disc_loss)"

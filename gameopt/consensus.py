@@ -31,6 +31,8 @@ from .gradients import (
 )
 from .players import DISCRIMINATOR, GENERATOR, ParamsLike, game_players
 
+__all__ = ["ConsensusOptimizer", "ConsensusStats", "SimultaneousOptimizer"]
+
 Losses = Sequence[torch.Tensor]
 _ACCUMULATE_IN_FLOAT32 = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -46,6 +48,17 @@ class ConsensusStats:
     per-tensor norms are computed during ``backward``; these reductions run when
     you access them. They describe the last ``backward``; whether ``step`` skips is
     decided on what it applies (see :meth:`GameOptimizer._apply_base_step`).
+
+    Built by :meth:`ConsensusOptimizer.backward`, not by users.
+
+    Args:
+        players: the players' names, in order.
+        norms: float32, shape ``(n_v + n_reg,)``: the L2 norm of every gradient tensor of ``v``
+            (players in order), then of every tensor of ``grad L``.
+        n_v: how many of ``norms`` belong to ``v``.
+        bounds: per player, the end (exclusive) of its entries in the ``v`` part and in
+            the ``grad L`` part.
+        finite: 0-d bool tensor, whether all of ``norms`` are finite.
     """
 
     def __init__(
@@ -60,6 +73,7 @@ class ConsensusStats:
 
     @property
     def grad_sq_norm(self) -> dict[str, torch.Tensor]:
+        """``{player: ||v_player||^2}``, 0-d float32 tensors."""
         sq = self._norms[: self._n_v].square()
         out, start = {}, 0
         for player, (end, _) in zip(self._players, self._bounds):
@@ -69,10 +83,12 @@ class ConsensusStats:
 
     @property
     def consensus_loss(self) -> torch.Tensor:
+        """``L = 1/2 ||v||^2`` over all players, a 0-d float32 tensor."""
         return 0.5 * self._norms[: self._n_v].square().sum()
 
     @property
     def reg_grad_norm(self) -> torch.Tensor:
+        """``||grad L||`` over the regularised parameters (before ``gamma``), a 0-d float32 tensor."""
         return torch.linalg.vector_norm(self._norms[self._n_v:])
 
     def finite_per_player(self) -> list[bool]:
@@ -162,6 +178,13 @@ class ConsensusOptimizer(GameOptimizer):
         players: instead of ``gen_params``/``disc_params``, an ordered mapping
             ``{name: params}`` of any number of players; ``backward`` then takes one
             loss per player in that order.
+
+    Raises:
+        GameInputError: ``gamma`` (or a group's ``"gamma"``) not a finite number >= 0, ``every``
+            not an integer >= 1, ``distributed`` with ``compile`` or ``unbiased``, ``compile``
+            with ``unbiased``, or bad players/base optimiser.
+        RuntimeError: ``compile=True`` on a torch whose ``torch.compile`` cannot trace
+            ``autograd.grad``.
     """
 
     _shared_type = ConsensusState
@@ -240,6 +263,20 @@ class ConsensusOptimizer(GameOptimizer):
         Called on a framework's wrapper (Lightning's ``opt = self.optimizers()``), it acts
         like :func:`gameopt.backward`: on the real optimiser, with the framework's fp16
         ``GradScaler`` applied to the losses when there is one.
+
+        Args:
+            *losses: one loss per player; scalars, or shape ``(B,)`` with ``unbiased=True``.
+            scaler: see above (default None: the losses are not scaled).
+
+        Returns:
+            :class:`ConsensusStats` of this backward (also in ``opt.stats``).
+
+        Raises:
+            GameInputError: the wrong number of losses, a bad loss (not a floating tensor with
+                a graph, wrong shape, reaching none of its player's parameters), or a
+                ``scaler`` that is not a ``GradScaler``.
+            RuntimeError: an operation in the losses has no second derivative (the message
+                names the fix).
         """
         if len(losses) != len(self.players):
             raise GameInputError(
@@ -544,6 +581,14 @@ class SimultaneousOptimizer(ConsensusOptimizer):
     The same API as :class:`ConsensusOptimizer` with ``gamma=0``: no second
     derivatives are computed, so a step costs what plain training costs.
     ``distributed=True`` averages v over the ranks (one all-reduce).
+
+    Args:
+        base_optimizer: a ``torch.optim.Optimizer`` subclass; ``**base_kwargs`` go to it.
+        gen_params, disc_params: the two players' parameters (tensors or param-group dicts).
+        distributed: average v over the ranks of ``process_group`` (default False).
+        process_group: the torch.distributed group (default: the world).
+        nonfinite: NaN/Inf policy, ``"skip"`` (default), ``"raise"`` or ``"ignore"``.
+        players: ordered ``{name: params}`` instead of ``gen_params``/``disc_params``.
     """
 
     def __init__(

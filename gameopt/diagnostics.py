@@ -38,7 +38,14 @@ class GameField:
             Use a fixed batch: the spectrum is that of this batch's game.
         players: the players' parameter lists, or a gameopt optimiser (its players), also
             wrapped by a training framework (``LightningOptimizer``, ``AcceleratedOptimizer``).
-        gamma: 0 for ``F = v``; > 0 for the consensus field ``v + gamma v'^T v``.
+        gamma: 0 (default) for ``F = v``; > 0 for the consensus field ``v + gamma v'^T v``.
+
+    ``v`` is every player's gradient of its own loss (each player minimises its own loss), flat,
+    of length ``size`` (all players' parameter counts together); so are ``F`` and the vectors of
+    :meth:`matvec` and :meth:`rmatvec`.
+
+    Raises:
+        ValueError: ``gamma < 0``.
     """
 
     def __init__(
@@ -89,7 +96,12 @@ class GameField:
         return v + self.gamma * r_flat
 
     def at(self) -> GameField:
-        """(Re)build the field's graph at the current parameters; returns self."""
+        """(Re)build the field's graph at the current parameters; returns self.
+
+        Raises:
+            ValueError: the closure returned a number of losses other than the number of players.
+            GameInputError: a loss or an entry of ``F`` is NaN/inf.
+        """
         with torch.enable_grad():
             u = self._field_with_graph()
             w = torch.zeros_like(u, requires_grad=True)
@@ -152,7 +164,16 @@ class GameField:
         ``scipy.sparse.linalg.eigs``: "LM" largest modulus, "SR" smallest real part
         (the least stable), "LR" largest real part, "LI" largest imaginary part.
 
+        Args:
+            k: how many eigenvalues (default None: all).
+            which: which ``k`` (default "LM"); ignored with ``k=None``.
+            tol: ARPACK's relative accuracy (default 1e-6; 0 is machine precision).
+
+        Returns:
+            Complex array of shape ``(size,)`` (``k=None``) or ``(k,)``.
+
         Raises:
+            ValueError: ``which`` is not one of LM, SM, LR, SR, LI, SI.
             GameInputError: a loss, the field, the dense Jacobian or a Jacobian-vector product
                 is NaN/inf (checked before LAPACK / ARPACK see it: they can crash on NaN).
         """
@@ -183,12 +204,22 @@ class GameField:
         return np.asarray(vals)
 
     def summary(self, k: int | None = None, tol: float = 1e-6) -> SpectrumSummary:
-        """Largest modulus, largest |imag|/real, smallest real part and Lemma 4's step bound.
+        """Largest modulus, largest ``|imag| / real``, smallest real part and Lemma 4's step bound.
 
         ``k=None``: from the exact spectrum. Otherwise from ``3k`` eigenvalues found
         matrix-free (the ``k`` of largest modulus, smallest real part and largest
         imaginary part), which is what matters for step sizes in large networks.
         Eigenvalues of modulus below 1e-9 x the largest are treated as zero.
+
+        Args:
+            k: eigenvalues per end of the spectrum (default None: the exact spectrum).
+            tol: ARPACK's relative accuracy (default 1e-6).
+
+        Returns:
+            A :class:`SpectrumSummary`.
+
+        Raises:
+            GameInputError: the field or its Jacobian is NaN/inf here (see :meth:`eigenvalues`).
         """
         return _summary(self, k, tol)
 
@@ -225,10 +256,13 @@ def _summary(field: GameField, k: int | None, tol: float) -> SpectrumSummary:
 class SpectrumSummary:
     """Summary of eigenvalues ``lambda = a + bi`` of an update field's Jacobian (minimise convention).
 
-    ``max_modulus``: largest |lambda|; ``max_imag_real_ratio``: largest |b| / a over
-    eigenvalues with a > 0 (inf if some a <= 0 has b != 0); ``min_real``: smallest real
-    part (<= 0 means no step size converges); ``max_step``: Lemma 4's bound
-    ``min 2a / (a^2 + b^2)`` on the step size (0 when some a <= 0).
+    Args:
+        max_modulus: largest ``|lambda|``.
+        max_imag_real_ratio: largest ``|b| / a`` over eigenvalues with ``a > 0`` (inf if some
+            ``a <= 0`` has ``b != 0``).
+        min_real: smallest real part (``<= 0`` means no step size converges).
+        max_step: Lemma 4's bound ``min 2a / (a^2 + b^2)`` on the step size (0 when some
+            ``a <= 0``; inf when every eigenvalue is zero).
     """
 
     max_modulus: float
@@ -237,13 +271,21 @@ class SpectrumSummary:
     max_step: float
 
     def as_dict(self) -> dict[str, float]:
+        """The four fields as ``{name: value}`` (for logging)."""
         return asdict(self)
 
 
 def max_stable_step(eigenvalues: np.ndarray, zero_tol: float = 0.0) -> float:
     """Largest ``h`` for which ``x <- x - h F(x)`` converges locally (Lemma 4, minimise convention).
 
-    Eigenvalues with ``|lambda| <= zero_tol`` are ignored (directions the field does not move).
+    Args:
+        eigenvalues: eigenvalues ``lambda = a + bi`` of the field's Jacobian (any shape; complex
+            or real).
+        zero_tol: eigenvalues with ``|lambda| <= zero_tol`` are ignored (directions the field
+            does not move); default 0.
+
+    Returns:
+        ``min 2a / (a^2 + b^2)``; 0.0 when some ``a <= 0``; inf when no eigenvalue is left.
 
     Raises:
         GameInputError: an eigenvalue is NaN or inf (no step is stable for an undefined spectrum).
@@ -259,7 +301,15 @@ def max_stable_step(eigenvalues: np.ndarray, zero_tol: float = 0.0) -> float:
 
 
 def summarize_spectrum(eigenvalues: np.ndarray, zero_tol: float = 0.0) -> SpectrumSummary:
-    """:class:`SpectrumSummary` of a set of eigenvalues (GameInputError if one is NaN or inf)."""
+    """:class:`SpectrumSummary` of a set of eigenvalues.
+
+    Args:
+        eigenvalues: eigenvalues of the field's Jacobian (any shape; complex or real).
+        zero_tol: eigenvalues with ``|lambda| <= zero_tol`` are ignored (default 0).
+
+    Raises:
+        GameInputError: an eigenvalue is NaN or inf.
+    """
     lam = _finite_eigenvalues(eigenvalues, "summarize_spectrum")
     lam_nz = lam[np.abs(lam) > zero_tol]
     if lam_nz.size == 0:

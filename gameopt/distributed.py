@@ -25,8 +25,15 @@ __all__ = ["gather_rows", "check_same_shapes", "check_distributed", "all_reduce_
 def check_distributed(what: str, distributed: bool) -> None:
     """Validate a ``distributed=`` flag at construction.
 
-    ``True`` needs an initialised process group (:class:`GameInputError` otherwise);
-    ``False`` while several ranks run warns (see :func:`_warn_if_unreduced`).
+    Args:
+        what: the object being built, as the messages should name it (``"ConsensusOptimizer"``).
+        distributed: the flag. ``False`` while a process group with several ranks is running
+            warns (a ``UserWarning`` naming ``distributed=True``): gameopt's gradients bypass
+            ``DistributedDataParallel``'s hooks, so each rank would train on its own share alone.
+
+    Raises:
+        GameInputError: ``distributed=True`` without an initialised ``torch.distributed`` process
+            group (call ``torch.distributed.init_process_group`` first, e.g. under ``torchrun``).
     """
     if not distributed:
         _warn_if_unreduced(what)
@@ -39,7 +46,16 @@ def check_distributed(what: str, distributed: bool) -> None:
 
 
 def all_reduce_mean(tensors: list[Tensor], group: Any = None) -> list[Tensor]:
-    """Mean over the ranks of ``group`` of a list of tensors, in one flat all-reduce."""
+    """Mean over the ranks of ``group`` of a list of tensors, in one flat all-reduce.
+
+    Args:
+        tensors: tensors of any shapes, one dtype and device; they are concatenated flat.
+        group: the process group (default ``None``: the world).
+
+    Returns:
+        New tensors with the shapes of ``tensors``, holding the ranks' means (the inputs are not
+        changed). Every rank of ``group`` must call it with the same shapes.
+    """
     import torch.distributed as dist
 
     flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -127,11 +143,20 @@ class _ReduceScatterRows(torch.autograd.Function):
 
 
 def check_same_shapes(tensors: dict[str, Tensor], group: Any = None) -> None:
-    """Raise :class:`GameInputError` on every rank unless every rank passes tensors of the same shapes.
+    """Raise :class:`~gameopt.GameInputError` on every rank unless every rank passes tensors of the same shapes.
 
     One small all-gather of the shapes (every rank names the same tensors), so a
     mismatch is an error on all ranks at once instead of a hang in the next collective.
     The shapes travel on the tensors' device (NCCL only moves CUDA tensors).
+
+    Args:
+        tensors: ``{name: tensor}``, the same names in the same order on every rank; the names
+            appear in the error message.
+        group: the process group (default ``None``: the world).
+
+    Raises:
+        GameInputError: the shapes differ between ranks (the message names this rank's shapes and
+            the fix: an equal share of the batch per rank), or a tensor has more than 8 dimensions.
     """
     import torch.distributed as dist
 
@@ -161,6 +186,13 @@ def gather_rows(t: Tensor, group: Any = None) -> Tensor:
     Gradients reach only this rank's rows, summed over the ranks' losses (the adjoint
     of the gather); double backward works. Every rank must pass the same shape (check
     with :func:`check_same_shapes` first, or the ranks may hang).
+
+    Args:
+        t: this rank's rows, shape ``(m, ...)``.
+        group: the process group (default ``None``: the world).
+
+    Returns:
+        Shape ``(world_size * m, ...)``: rank 0's rows first.
     """
     if not t.requires_grad:
         return _all_gather_cat(t, group)

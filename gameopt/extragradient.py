@@ -107,7 +107,11 @@ class ExtragradientOptimizer(FieldOptimizer):
 
     @through_wrappers
     def backward(self, *losses: torch.Tensor, **kwargs: Any) -> None:
-        """Not available: extragradient evaluates the losses twice per step; use ``step(closure)``."""
+        """Not available: extragradient evaluates the losses twice per step; use ``step(closure)``.
+
+        Raises:
+            RuntimeError: always.
+        """
         raise RuntimeError(
             "ExtragradientOptimizer evaluates the losses at two points per step, so it needs "
             "opt.step(closure) with closure() returning (gen_loss, disc_loss), not backward()"
@@ -133,6 +137,17 @@ class ExtragradientOptimizer(FieldOptimizer):
         unscales the gradients through the scaler (so it records overflows) and skips the step
         on overflow without a warning; call ``scaler.update()`` after ``step``, not
         ``scaler.step(opt)``.
+
+        Args:
+            closure: returns one loss per player (scalars), unscaled; required.
+            scaler: see above (default None).
+
+        Returns:
+            The losses at z_t (unscaled).
+
+        Raises:
+            GameInputError: no closure, a ``scaler`` that is not a ``GradScaler``, a closure that
+                does not return one loss per player, or a bad loss.
         """
         if closure is None:
             raise GameInputError(

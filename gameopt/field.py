@@ -23,6 +23,8 @@ from .game_optimizer import GameOptimizer, SharedState, shared
 from .gradients import check_loss, player_gradients
 from .players import DISCRIMINATOR, GENERATOR, ParamsLike
 
+__all__ = ["FieldOptimizer"]
+
 Losses = Sequence[torch.Tensor]
 Closure = Callable[[], "Losses | None"]
 

@@ -183,6 +183,12 @@ def through_wrappers(method: _F) -> _F:
     optimiser and, under fp16, the framework's ``GradScaler``, so the losses are scaled the
     way the framework's ``step`` will unscale them. A call that passes ``scaler=`` itself is
     forwarded to the real optimiser unchanged.
+
+    Args:
+        method: the optimiser class's ``backward(self, *losses, **kwargs)``.
+
+    Returns:
+        The decorated method (same signature and docstring).
     """
 
     @functools.wraps(method)

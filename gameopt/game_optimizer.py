@@ -41,6 +41,8 @@ from .gradients import all_finite
 from .players import ParamsLike, player_param_groups
 from .step_hooks import hooked_step, unhooked_step
 
+__all__ = ["GameOptimizer", "SharedState", "shared", "transient", "check_nonfinite", "NONFINITE_POLICIES"]
+
 NONFINITE_POLICIES = ("skip", "raise", "ignore")
 
 
@@ -59,6 +61,14 @@ class SharedState:
     therefore reaches this object, and a method run with the wrapper as ``self``
     changes the optimiser's state, not the wrapper's. Subclasses extend it through
     ``GameOptimizer._shared_type``; :func:`transient` fields are not copied.
+
+    Args:
+        nonfinite: the NaN/Inf policy (``"skip"``, ``"raise"`` or ``"ignore"``; default ``"skip"``).
+        skipped_steps: steps skipped for NaN/Inf so far (default 0).
+        last_step_skipped: whether the latest ``step`` left a player unmoved (default False).
+        moved: whether the running ``step`` moved any parameter (transient).
+        in_step: whether a ``step`` is running, so a subclass calling its parent's ``step``
+            runs hooks once (transient).
     """
 
     nonfinite: str = "skip"
@@ -76,7 +86,11 @@ class SharedState:
 
 
 class shared:  # noqa: N801 (used like property)
-    """A public optimiser attribute stored in the optimiser's :class:`SharedState`."""
+    """A public optimiser attribute stored in the optimiser's :class:`SharedState`.
+
+    Args:
+        doc: the attribute's docstring (shown by ``help`` and the API reference).
+    """
 
     def __init__(self, doc: str) -> None:
         self.__doc__ = doc
@@ -176,6 +190,7 @@ class GameOptimizer(Optimizer):
     # --- sharing with the base optimiser -------------------------------------------------
     @property  # type: ignore[override]
     def param_groups(self) -> list[dict[str, Any]]:
+        """The base optimiser's param groups (the same list): one or more per player, each with ``"player"``."""
         return self.base_optimizer.param_groups
 
     @param_groups.setter
@@ -184,6 +199,7 @@ class GameOptimizer(Optimizer):
 
     @property  # type: ignore[override]
     def state(self) -> Any:
+        """The base optimiser's per-parameter state (the same dict; Adam's moments, ...)."""
         return self.base_optimizer.state
 
     @state.setter
@@ -192,6 +208,7 @@ class GameOptimizer(Optimizer):
 
     @property  # type: ignore[override]
     def defaults(self) -> dict[str, Any]:
+        """The base optimiser's defaults plus gameopt's per-group options (``gamma``, ...)."""
         return self.base_optimizer.defaults
 
     @defaults.setter
@@ -199,7 +216,15 @@ class GameOptimizer(Optimizer):
         self.base_optimizer.defaults = value
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group; it must name its player: ``{"params": ..., "player": "generator"}``."""
+        """Add a param group to the base optimiser (as ``torch.optim.Optimizer.add_param_group``).
+
+        Args:
+            param_group: ``{"params": ..., "player": name, **options}``; ``player`` must be one
+                of ``players``; missing gameopt options get their defaults.
+
+        Raises:
+            GameInputError: no or unknown ``player``, or a parameter another group already holds.
+        """
         if getattr(self, "_initialising", False):
             self.base_optimizer.add_param_group(param_group)
             return
@@ -425,6 +450,14 @@ def _is_number(value: Any) -> bool:
 
 
 def check_nonfinite(value: Any, what: str = "nonfinite") -> None:
-    """Raise GameInputError unless ``value`` is one of the NaN/Inf policies."""
+    """Check a NaN/Inf policy.
+
+    Args:
+        value: the policy given; one of :data:`NONFINITE_POLICIES`.
+        what: the argument's name in the error message.
+
+    Raises:
+        GameInputError: ``value`` is not ``"skip"``, ``"raise"`` or ``"ignore"``.
+    """
     if not (isinstance(value, str) and value in NONFINITE_POLICIES):
         raise GameInputError(f"{what} must be 'skip', 'raise' or 'ignore', got {value!r}")

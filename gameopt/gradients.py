@@ -26,7 +26,20 @@ _COMPILED_MARKERS = ("aot_autograd", "donated buffer")
 
 
 def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch.Tensor:
-    """Validate one player's loss: a tensor that depends on the graph, of the right shape."""
+    """Validate one player's loss: a floating-point tensor that requires grad, of the right shape.
+
+    Args:
+        loss: the value the user passed.
+        player: the player whose loss it is (for messages).
+        name: the loss's name in messages (``"gen_loss"``).
+        per_example: expect shape ``(B,)`` with ``B >= 2`` (``unbiased=True``) instead of a scalar.
+
+    Returns:
+        ``loss``, unchanged.
+
+    Raises:
+        GameInputError: not a tensor, the wrong shape, no graph, or not floating point.
+    """
     if not isinstance(loss, torch.Tensor):
         raise GameInputError(f"{name} (loss of player '{player}') must be a tensor, got {type(loss).__name__}")
     if per_example:
@@ -145,6 +158,12 @@ def explain_double_backward(enabled: bool) -> Iterator[None]:
     backward cannot be differentiated again ("does not support double backward"
     with ``backend="aot_eager"``, or the "donated buffers" check first with
     inductor; turning that check off only brings back the first message).
+
+    Args:
+        enabled: whether second derivatives are being taken; when False, errors pass unchanged.
+
+    Raises:
+        RuntimeError: the original double-backward error, re-raised with the fix to apply.
     """
     try:
         yield
@@ -196,7 +215,24 @@ def player_gradients(
     With ``per_example`` the losses have shape (B,) and each gradient gets a
     leading batch dimension (one gradient per example, via a batched backward).
     Two-player zero-sum games (one loss the negation of the other) take a single
-    backward pass. Raises if a loss does not reach any parameter of its player.
+    backward pass.
+
+    Args:
+        losses: one loss per player, scalars (or ``(B,)`` with ``per_example``).
+        params: each player's parameters, in the order of ``losses``.
+        players: the players' names (for messages).
+        loss_names: the losses' names (for messages).
+        create_graph: keep the graph of the gradients (needed for second derivatives).
+        per_example: per-example losses and gradients (default False).
+
+    Returns:
+        ``grads[i][j]``: gradient of ``losses[i]`` w.r.t. ``params[i][j]`` (shape of the
+        parameter, with a leading ``B`` under ``per_example``), None where unused.
+
+    Raises:
+        GameInputError: per-example batch sizes differ, or a loss reaches no parameter of
+            its player.
+        RuntimeError: second derivatives are unsupported (see :func:`explain_double_backward`).
     """
     n = len(losses)
     extra: dict[str, object] = {}

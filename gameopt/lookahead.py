@@ -22,6 +22,8 @@ from .game_optimizer import GameOptimizer, SharedState
 from .step_hooks import hooked_step
 from .frameworks import through_wrappers
 
+__all__ = ["LookaheadMinmax"]
+
 
 @dataclasses.dataclass
 class LookaheadState:
@@ -113,6 +115,7 @@ class LookaheadMinmax(Optimizer):
     # --- sharing with the inner optimiser ------------------------------------------------
     @property  # type: ignore[override]
     def param_groups(self) -> list[dict[str, Any]]:
+        """The inner optimiser's param groups (the same list)."""
         return self.inner.param_groups
 
     @param_groups.setter
@@ -122,6 +125,7 @@ class LookaheadMinmax(Optimizer):
 
     @property  # type: ignore[override]
     def state(self) -> Any:
+        """The inner (base) optimiser's per-parameter state (the same dict)."""
         return self.inner.state
 
     @state.setter
@@ -131,6 +135,7 @@ class LookaheadMinmax(Optimizer):
 
     @property  # type: ignore[override]
     def defaults(self) -> dict[str, Any]:
+        """The inner optimiser's defaults."""
         return self.inner.defaults
 
     @defaults.setter
@@ -139,21 +144,30 @@ class LookaheadMinmax(Optimizer):
             self.inner.defaults = value
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group to the inner optimiser (it must name its ``"player"``)."""
+        """Add a param group to the inner optimiser.
+
+        Args:
+            param_group: ``{"params": ..., "player": name, **options}`` (see
+                :meth:`GameOptimizer.add_param_group`); its parameters get slow weights at
+                the next step.
+        """
         if self.__dict__.get("_initialising", False):
             return
         self.inner.add_param_group(param_group)
 
     @property
     def players(self) -> tuple[str, ...]:
+        """The inner optimiser's players, in order."""
         return self.inner.players
 
     @property
     def skipped_steps(self) -> int:
+        """Steps the inner optimiser skipped for NaN/Inf (they do not count towards k)."""
         return self.inner.skipped_steps
 
     @property
     def last_step_skipped(self) -> bool:
+        """Whether the inner optimiser's latest step left a player unmoved for NaN/Inf."""
         return self.inner.last_step_skipped
 
     @through_wrappers
@@ -162,11 +176,21 @@ class LookaheadMinmax(Optimizer):
         return self.inner.backward(*losses, **kwargs)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """The inner optimiser's ``zero_grad(set_to_none)`` (default True, as torch's)."""
         self.inner.zero_grad(set_to_none=set_to_none)
 
     # --- the step --------------------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        """One inner step; every k-th counted step, pull all players towards the slow weights."""
+        """One inner step; every k-th counted step, pull all players towards the slow weights.
+
+        Args:
+            closure: passed to the inner optimiser's ``step`` (required for the ones that
+                evaluate the losses themselves, such as extragradient).
+            **kwargs: passed to the inner ``step`` (``scaler=`` for extragradient).
+
+        Returns:
+            What the inner ``step`` returns.
+        """
         params = [p for g in self.param_groups for p in g["params"]]
         new = [p for p in params if p not in self.slow]
         if new:
@@ -204,7 +228,17 @@ class LookaheadMinmax(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a checkpoint of :meth:`state_dict`; everything is validated before anything changes."""
+        """Load a checkpoint of :meth:`state_dict`; everything is validated before anything changes.
+
+        Args:
+            state_dict: a dict from :meth:`state_dict` of a LookaheadMinmax over the same
+                inner optimiser kind and parameters.
+
+        Raises:
+            GameInputError: no ``"lookahead"`` entry (an inner optimiser's checkpoint), k, alpha
+                or fast_steps out of range, slow weights naming unknown parameters or of the
+                wrong shape or non-finite; or what the inner ``load_state_dict`` raises.
+        """
         if not isinstance(state_dict, Mapping) or "lookahead" not in state_dict:
             raise GameInputError(
                 "this state dict has no 'lookahead' entry: it was not written by LookaheadMinmax. "

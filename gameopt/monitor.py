@@ -18,7 +18,10 @@ from .game_optimizer import GameOptimizer
 
 
 class HasMonitorStats(Protocol):
-    def monitor_stats(self) -> dict[str, Any]: ...
+    """What a :class:`Monitor` source provides: every gameopt optimiser, regulariser and discriminator."""
+
+    def monitor_stats(self) -> dict[str, Any]:
+        """The last step's statistics, ``{name: tensor or number}``, read without a host sync."""
 
 
 def _unwrap(src: Any) -> Any:
@@ -30,6 +33,15 @@ def _unwrap(src: Any) -> Any:
 
 class Monitor:
     """Collect statistics from named sources: ``Monitor(opt=opt, reg=regularizer)``.
+
+    Args:
+        **sources: ``name=object`` pairs; each object has ``monitor_stats()`` (gameopt's
+            optimisers, :class:`~gameopt.PrimalDualRegularizer`,
+            :class:`~gameopt.TrustRegionDualDiscriminator`). The name becomes the prefix of
+            its statistics' keys (``"opt/consensus_loss"``).
+
+    Raises:
+        TypeError: a source has no ``monitor_stats()`` method.
 
     Example::
 
@@ -73,7 +85,14 @@ class Monitor:
         return out
 
     def log(self, writer: Any, step: int) -> None:
-        """Write to a TensorBoard-style writer: ``add_scalar`` for scalars, ``add_histogram`` for vectors."""
+        """Write to a TensorBoard-style writer: ``add_scalar`` for scalars, ``add_histogram`` for vectors.
+
+        Args:
+            writer: anything with ``add_scalar(tag, value, step)`` (and, for vectors such as dual
+                variables, ``add_histogram(tag, values, step)``; vectors are skipped without it),
+                e.g. ``torch.utils.tensorboard.SummaryWriter``.
+            step: the global step to log at.
+        """
         for key, value in self.read().items():
             if isinstance(value, list):
                 if hasattr(writer, "add_histogram") and value:
@@ -82,7 +101,11 @@ class Monitor:
                 writer.add_scalar(key, float(value), step)
 
     def format(self, precision: int = 4) -> str:
-        """Scalars as ``key=value`` pairs on one line, for printing."""
+        """Scalars as ``key=value`` pairs on one line, for printing (vectors are left out).
+
+        Args:
+            precision: significant digits of each value (default 4).
+        """
         parts = []
         for key, value in self.read().items():
             if isinstance(value, list) or value is None:

@@ -89,6 +89,10 @@ class OptimisticOptimizer(FieldOptimizer):
 
         ``scaler`` is accepted for symmetry with the other optimisers and not needed: v is
         first-order, so the ``GradScaler`` that scaled the losses unscales it in ``scaler.step``.
+
+        Raises:
+            GameInputError: not one loss per player, or a bad loss (not a scalar floating tensor
+                with a graph, or reaching none of its player's parameters).
         """
         checked = self._check_losses(losses)
         params, _, v = self._field(checked)
@@ -99,7 +103,16 @@ class OptimisticOptimizer(FieldOptimizer):
 
         With ``closure`` returning one loss per player, ``p.grad`` is reset and recomputed
         first; a closure returning None means the gradients are already in ``p.grad``.
-        Returns the closure's losses.
+
+        Args:
+            closure: optional; returns one loss per player, or None.
+
+        Returns:
+            The closure's losses (None without a closure or when it returned None).
+
+        Raises:
+            GameInputError: no gradient in any ``p.grad`` and no closure to compute one, or
+                a closure whose losses are not one valid loss per player.
         """
         losses = None
         if closure is not None:

@@ -50,7 +50,19 @@ def game_players(
     disc_params: ParamsLike | None,
     players: Mapping[str, ParamsLike] | None,
 ) -> Mapping[str, ParamsLike]:
-    """The players mapping from either the two-player arguments or an explicit ``players=``."""
+    """The players mapping from either the two-player arguments or an explicit ``players=``.
+
+    Args:
+        gen_params: the generator's parameters (tensors or param-group dicts), or None.
+        disc_params: the discriminator's parameters, or None.
+        players: an explicit ordered ``{name: params}``, or None.
+
+    Returns:
+        ``players``, or ``{GENERATOR: gen_params, DISCRIMINATOR: disc_params}``.
+
+    Raises:
+        GameInputError: neither form given completely, or both given.
+    """
     if players is None:
         if gen_params is None or disc_params is None:
             raise GameInputError("pass gen_params and disc_params (or players={name: params})")
@@ -69,8 +81,21 @@ def player_param_groups(
     ``params`` may be an iterable of tensors or of param-group dicts (so a player
     can have several groups with different hyper-parameters). Checks that every
     player is non-empty, every parameter requires grad, is a leaf, and belongs
-    to exactly one player. ``owner`` maps ``id(param)`` to the player that already
-    owns it (for :meth:`add_param_group`); it is updated in place.
+    to exactly one player.
+
+    Args:
+        players: ordered ``{name: params}``; each ``params`` an iterable of tensors, of
+            param-group dicts, or one dict.
+        owner: ``{id(param): player}`` of parameters already owned (for
+            :meth:`gameopt.GameOptimizer.add_param_group`); updated in place. Default: empty.
+
+    Returns:
+        One dict per group, ``"params"`` a list and ``"player"`` set, in the players' order.
+
+    Raises:
+        GameInputError: no players, a bad name, a single tensor or a set, an empty player,
+            tensors mixed with dicts, a group tagged with another player, or a bad parameter
+            (see :func:`validate_params`).
     """
     if not players:
         raise GameInputError("a game needs at least one player with parameters")
@@ -122,7 +147,17 @@ def player_param_groups(
 
 
 def validate_params(params: list[torch.Tensor], player: str, owner: dict[int, str]) -> None:
-    """Check one player's parameters and record them in ``owner``."""
+    """Check one player's parameters and record them in ``owner``.
+
+    Args:
+        params: the player's parameters.
+        player: its name (for messages).
+        owner: ``{id(param): player}``; updated in place.
+
+    Raises:
+        GameInputError: a parameter is not a tensor, does not require grad, is not a leaf,
+            or already belongs to a player.
+    """
     for p in params:
         if not isinstance(p, torch.Tensor):
             raise GameInputError(

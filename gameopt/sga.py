@@ -25,13 +25,21 @@ from .gradients import explain_double_backward, find_once_differentiable, is_neg
 from .players import ParamsLike, game_players
 from .frameworks import through_wrappers
 
+__all__ = ["SGAOptimizer", "SGAStats"]
+
 
 class SGAStats:
     """Statistics of the last :meth:`SGAOptimizer.backward`, as tensors (reading them syncs).
 
     ``grad_sq_norm[player]`` is ``||xi_player||^2``; ``adjustment_norm`` is ``||A^T xi||``
     (before multiplying by lam); ``sign`` is the alignment's sign of lam (1.0 when
-    ``align=False``).
+    ``align=False``). Built by :meth:`SGAOptimizer.backward`.
+
+    Args:
+        players: the players' names, in order.
+        sq: per player, ``||xi_player||^2`` as a 0-d tensor.
+        adj_norm: ``||A^T xi||``, 0-d.
+        sign: the sign applied to lam, 0-d (+1.0 or -1.0).
     """
 
     def __init__(self, players: tuple[str, ...], sq: list[torch.Tensor], adj_norm: torch.Tensor,
@@ -103,6 +111,7 @@ class SGAOptimizer(FieldOptimizer):
         players: ``{name: params}`` for any number of players.
         distributed: average xi, ``J^T xi`` and ``J xi`` over the ranks (two all-reduces);
             equals one process on the full batch.
+        process_group: the torch.distributed group (default: the world).
         nonfinite: ``"skip"`` (default), ``"raise"`` or ``"ignore"`` (see :class:`GameOptimizer`).
 
     Raises:
@@ -148,6 +157,14 @@ class SGAOptimizer(FieldOptimizer):
         ``scaler``: the ``torch.amp.GradScaler`` whose ``scale()`` the losses went through. The
         second-order terms are seeded with the unscaled xi, so ``p.grad`` is consistently
         scaled by s, and the alignment is computed on unscaled quantities.
+
+        Returns:
+            :class:`SGAStats` of this backward (also in ``opt.stats``).
+
+        Raises:
+            GameInputError: not one loss per player, a bad loss, or a group's ``lam`` negative,
+                infinite or not a number.
+            RuntimeError: an operation in the losses has no second derivative (with the fix).
         """
         checked = self._check_losses(losses)
         scale = _scaler_scale(scaler)
@@ -297,6 +314,15 @@ class SGAOptimizer(FieldOptimizer):
         """Apply ``p.grad`` with the base optimiser (after recomputing it from ``closure``, if given).
 
         A closure returning None means the gradients are already in ``p.grad``.
+
+        Args:
+            closure: optional; returns one loss per player, or None.
+
+        Returns:
+            The closure's losses (None without a closure or when it returned None).
+
+        Raises:
+            GameInputError, RuntimeError: as :meth:`backward`, for the closure's losses.
         """
         losses = None
         if closure is not None:

@@ -32,7 +32,15 @@ def hooked_step(func: Callable[..., Any]) -> Callable[..., Any]:
 
     A ``step`` that calls its parent class's ``step`` runs the hooks once (the
     outer call). Whether parameters moved is read from ``self._shared.moved``,
-    which ``GameOptimizer._apply_base_step`` sets.
+    which ``GameOptimizer._apply_base_step`` sets. torch.optim calls it as
+    ``profile_hook_step`` when it builds the optimiser.
+
+    Args:
+        func: the unbound ``step(self, *args, **kwargs)`` to wrap.
+
+    Returns:
+        The wrapped ``step``; it raises ``RuntimeError`` when a pre-hook returns something
+        other than None or ``(new_args, new_kwargs)``.
     """
 
     @functools.wraps(func)

@@ -50,11 +50,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+__all__ = ["MixedHessian", "NashStep", "solve_nash_step"]
+
 Reduce = Callable[[Tensor], Tensor]
 
 
 def flatten(tensors: Sequence[Tensor | None], like: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
-    """One flat vector of ``tensors`` (zeros where None) in ``dtype``."""
+    """One flat vector of ``tensors`` (zeros shaped like ``like[i]`` where ``tensors[i]`` is None) in ``dtype``."""
     if all(t is not None and t.dtype == dtype for t in tensors):
         return torch.cat([t.reshape(-1) for t in tensors])  # type: ignore[union-attr]
     parts = [
@@ -121,19 +123,23 @@ class MixedHessian:
 
 @dataclass
 class NashStep:
-    """The solved step. Flat vectors; the scalars are 0-dim device tensors."""
+    """The solved step. Flat vectors; the scalars are 0-dim device tensors.
 
-    #: theta's step ``dt`` (add it to theta).
+    Args:
+        step_theta: theta's step ``dt`` (add it to theta), theta-sized.
+        step_phi: phi's step ``dp`` (add it to phi), phi-sized.
+        solution: the CG solution ``u`` (``dt = -eta_t^(1/2) u``), the next solve's warm start.
+        iterations: CG iterations done (int64).
+        residual: ``||r|| / min(||u||, ||c||)``, which bounds each player's relative step
+            error (module docstring).
+        converged: whether the residual met the tolerance (False also for NaN/Inf).
+    """
+
     step_theta: Tensor
-    #: phi's step ``dp`` (add it to phi).
     step_phi: Tensor
-    #: the CG solution ``u`` (``dt = -eta_t^(1/2) u``), the next solve's warm start.
     solution: Tensor
-    #: CG iterations done (int64).
     iterations: Tensor
-    #: ``||r|| / min(||u||, ||c||)``: bounds each player's relative step error (module docstring).
     residual: Tensor
-    #: whether the residual met the tolerance (False also for NaN/Inf).
     converged: Tensor
 
 

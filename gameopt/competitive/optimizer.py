@@ -33,6 +33,8 @@ from .step_sizes import AdaptiveStepSizes, ConstantStepSizes, per_param_vector
 from .zero_sum import negated_in_graph, negated_in_value
 from ..frameworks import through_wrappers
 
+__all__ = ["CompetitiveOptimizer", "CompetitiveStats", "NashUpdate"]
+
 Losses = Sequence[Tensor]
 
 
@@ -44,6 +46,10 @@ class NashUpdate(Optimizer):
     *competitive gradient*, in gradient units) and this plain rule applies it, which
     keeps gameopt's machinery (clipping between ``backward`` and ``step``, the
     non-finite check, GradScaler's unscaling, schedulers writing ``lr``) unchanged.
+
+    Args:
+        params: parameters or param groups, as for any torch optimiser.
+        lr: the default learning rate (CGD's step size ``eta``).
     """
 
     def __init__(self, params: Any, lr: float) -> None:
@@ -51,6 +57,7 @@ class NashUpdate(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
+        """``p <- p - lr * p.grad`` for every parameter with a gradient (``closure`` is ignored)."""
         for group in self.param_groups:
             ps = [p for p in group["params"] if p.grad is not None]
             if ps:
@@ -67,6 +74,10 @@ class CompetitiveStats:
         grad_sq_norm: ``{player: ||grad_player f||^2}`` of the unscaled gradient.
         hessian_products: mixed Hessian-vector products computed (a host int, no sync).
         finite: whether both players' gradients and steps are finite.
+
+    Built by :meth:`CompetitiveOptimizer.backward` from ``players`` (the two names), the Nash
+    ``step`` (:class:`~gameopt.competitive.nash.NashStep`), the flat unscaled gradients
+    ``g_theta`` and ``g_phi``, ``products`` and ``finite``.
     """
 
     def __init__(self, players: tuple[str, ...], step: NashStep, g_theta: Tensor, g_phi: Tensor,
@@ -475,6 +486,10 @@ class CompetitiveOptimizer(GameOptimizer):
         On top of :meth:`GameOptimizer.load_state_dict`'s checks, every parameter's state
         must hold exactly what this optimiser keeps: ``step`` and ``exp_avg_sq`` (ACGD),
         ``cg_solution`` (first player, warm start), parameter-shaped where they should be.
+
+        Raises:
+            GameInputError: the checkpoint is not one of this optimiser (kind, players, groups,
+                per-parameter state); nothing is loaded then.
         """
         _check_competitive_state(self, state_dict)
         super().load_state_dict(state_dict)

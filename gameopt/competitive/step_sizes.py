@@ -17,12 +17,14 @@ from torch import Tensor
 
 from .nash import unflatten
 
+__all__ = ["ConstantStepSizes", "AdaptiveStepSizes"]
+
 #: ``(param, its param group)`` for every parameter of one player, in order.
 PlayerParams = Sequence[tuple[Tensor, Mapping[str, Any]]]
 
 
 def per_param_vector(values: Sequence[float], params: Sequence[Tensor], like: Tensor) -> Tensor:
-    """Flat vector holding ``values[i]`` on every coordinate of ``params[i]``."""
+    """Flat vector holding ``values[i]`` on every coordinate of ``params[i]``, with ``like``'s dtype and device."""
     vals = torch.tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)
     counts = torch.tensor([p.numel() for p in params]).to(like.device, non_blocking=True)
     return torch.repeat_interleave(vals, counts, output_size=sum(p.numel() for p in params))
@@ -36,6 +38,16 @@ class ConstantStepSizes:
 
     def __call__(self, player: PlayerParams, grad: Tensor, state: Mapping[Tensor, Any]
                  ) -> tuple[Tensor, dict[Tensor, dict[str, Tensor]]]:
+        """The step sizes of one player.
+
+        Args:
+            player: ``(param, its group)`` for each of the player's parameters, in order.
+            grad: the player's flat gradient of f (its dtype and device are used).
+            state: per-parameter optimiser state (unused).
+
+        Returns:
+            ``(eta, {})``: ``eta`` flat like ``grad``, no new state.
+        """
         params = [p for p, _ in player]
         return per_param_vector([float(g["lr"]) for _, g in player], params, grad), {}
 
@@ -56,6 +68,17 @@ class AdaptiveStepSizes:
 
     def __call__(self, player: PlayerParams, grad: Tensor, state: Mapping[Tensor, Any]
                  ) -> tuple[Tensor, dict[Tensor, dict[str, Tensor]]]:
+        """The step sizes of one player, and its new state (not stored: the caller keeps it if the step moves).
+
+        Args:
+            player: ``(param, its group)`` for each of the player's parameters, in order; each
+                group holds ``lr``, ``beta`` and ``eps``.
+            grad: the player's flat gradient of f.
+            state: per-parameter state of earlier steps (``"step"``, ``"exp_avg_sq"``).
+
+        Returns:
+            ``(eta, pending)``: ``eta`` flat like ``grad``; ``pending[p]`` the updated state.
+        """
         params = [p for p, _ in player]
         pending: dict[Tensor, dict[str, Tensor]] = {}
         lrs, eps = [], []

@@ -48,12 +48,25 @@ class StepFailed(Exception):
 class DualStepStats:
     """What one discriminator step did.
 
-    ``loss_before``/``loss_after``: f at the old / new parameters on this batch
-    (``loss_after`` is f(w + s) even when the step was rejected). ``rho``: the
-    acceptance ratio (1 for the exact linear solve). ``delta``: radius used;
-    ``next_delta``: radius for the next step. ``lam``/``mu``: dual variables of the
-    real / fake samples (None for the cost model). ``gap``: duality gap of the solve.
-    ``solver_failed``: the step was skipped (see :class:`DualSolverWarning`).
+    Args:
+        model: the ``model=`` name (``"linear"``, ``"cost"``, ``"score"``).
+        accepted: whether the step was taken (the trust-region test passed).
+        rho: the acceptance ratio (1 for the exact linear solve).
+        delta: the radius used.
+        next_delta: the radius for the next step.
+        loss_before: f at the old parameters on this batch.
+        loss_after: f(w + s) on this batch, even when the step was rejected.
+        gap: duality gap of the solve (default 0).
+        lam: (n,) dual variables of the real samples (None for the cost model).
+        mu: (n,) dual variables of the fake samples (None for the cost model).
+        solver_failed: the step was skipped (see :class:`DualSolverWarning`).
+        predicted_decrease: the local model's decrease of f for the proposed step.
+        step_norm: ``||s||`` of the proposed step.
+        dual_value: the dual objective at the solution (NaN when no dual was solved).
+        nu: the multiplier of the trust-region constraint (NaN when not applicable).
+        iterations: the dual solver's iterations.
+        solver_status: the solver's message when the step failed, else None.
+        retries: re-solves with the shrunk radius after rejected steps in this call (``max_retries``).
     """
 
     model: str
@@ -136,8 +149,11 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
     ValueError / :class:`~gameopt.GameInputError` before any forward pass.
 
     Distributed (``distributed=True``, under ``torch.distributed``): each rank passes its
-    own equal share of the batch and every rank makes exactly the full-batch step. See
-    the classes for how each model reduces.
+    own equal share of the batch and every rank makes exactly the full-batch step, over
+    ``process_group`` (default: the world). See the classes for how each model reduces.
+
+    Sign convention: the discriminator minimises its loss ``f(w)`` (:meth:`loss`); the
+    generator minimises :meth:`generator_loss`.
     """
 
     _is_factory: ClassVar[bool] = True
@@ -196,15 +212,33 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
 
     # ------------------------------------------------ what each model provides
     def parameters(self) -> list[Tensor]:
-        """The discriminator parameters w this object updates."""
+        """The discriminator parameters w this object updates.
+
+        Raises:
+            NotImplementedError: on the base class (every model implements it).
+        """
         raise NotImplementedError
 
     def score(self, x: Tensor) -> Tensor:
-        """F(w, x): logits of shape (n,)."""
+        """F(w, x): logits of shape (n,) for a batch ``x`` of n samples (``D(x) = sigmoid(F)``).
+
+        Raises:
+            NotImplementedError: on the base class (every model implements it).
+        """
         raise NotImplementedError
 
     def generator_loss(self, real: Tensor | None, fake: Tensor, resolve: bool = False) -> Tensor:
-        """Loss the generator minimises (differentiable w.r.t. ``fake``)."""
+        """Loss the generator minimises (a 0-d tensor, differentiable w.r.t. ``fake``).
+
+        Args:
+            real: the real batch (n samples), used by ``"linear"``; the others ignore it.
+            fake: the generated batch (n samples), *not* detached.
+            resolve: ``"linear"`` only: solve the dual again instead of reusing the last
+                step's dual variables (default False).
+
+        Raises:
+            NotImplementedError: on the base class (every model implements it).
+        """
         raise NotImplementedError
 
     def _step(self, real: Tensor, fake: Tensor) -> DualStepStats:
@@ -229,7 +263,12 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
         return math.inf
 
     def loss(self, real: Tensor, fake: Tensor) -> Tensor:
-        """The discriminator's loss f(w) on this batch (what :meth:`step` decreases)."""
+        """The discriminator's loss f(w) on this batch (what :meth:`step` decreases), a 0-d tensor.
+
+        Args:
+            real: n real samples.
+            fake: n generated samples.
+        """
         return self._loss_from_scores(self.score(real), self.score(fake), self._sq_norm())
 
     @torch.no_grad()

@@ -58,10 +58,11 @@ class RBFFeatures(nn.Module):
 
     @property
     def sqdist_divisor(self) -> float:
-        """The divisor of d^2 in the exponent: ``bandwidth`` or 2 ``bandwidth``^2."""
+        """The divisor of ``d^2`` in the exponent: ``bandwidth``, or ``2 bandwidth^2`` for ``"gaussian"``."""
         return self.bandwidth if self.convention == "sqdist_over_bandwidth" else 2 * self.bandwidth**2
 
     def forward(self, x: Tensor) -> Tensor:
+        """phi(x): features of shape (n, K), or (n, K + 1) with ``bias``, for ``x`` of shape (n, D)."""
         d2 = (x.unsqueeze(-2) - self.anchors.to(x.dtype)).pow(2).sum(-1)
         phi = torch.exp(-d2 / self.sqdist_divisor)
         if self.bias:
@@ -69,5 +70,6 @@ class RBFFeatures(nn.Module):
         return phi
 
     def extra_repr(self) -> str:
+        """Anchor shape, bandwidth, bias and convention, for ``repr``."""
         return (f"anchors={tuple(self.anchors.shape)}, bandwidth={self.bandwidth}, bias={self.bias}, "
                 f"convention={self.convention!r}")

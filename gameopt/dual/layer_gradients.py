@@ -51,6 +51,10 @@ class SpectralNormed:
     u and v are the power-iteration vectors the forward pass used (read after it); W_orig is
     flattened as (out, in) for dim 0, the layout of ``torch.nn.utils.spectral_norm`` and of
     its parametrization for Linear and Conv2d.
+
+    Args:
+        orig: the trained tensor ``W_orig`` (``weight_orig``, or the parametrization's original).
+        u, v: the power-iteration vectors, shapes ``(out,)`` and ``(in,)``.
     """
 
     def __init__(self, orig: Tensor, u: Tensor, v: Tensor) -> None:
@@ -64,7 +68,15 @@ class SpectralNormed:
 
 
 def trained_weight(mod: nn.Module) -> tuple[Tensor | None, SpectralNormed | None] | None:
-    """(the tensor a Linear/Conv2d layer trains for its weight, its spectral norm or None); None: not served."""
+    """The tensor a Linear/Conv2d layer trains for its weight, and its spectral normalisation.
+
+    Args:
+        mod: the layer.
+
+    Returns:
+        ``(weight tensor or None, SpectralNormed or None)``; None when the hooks route cannot
+        serve the layer (a reparametrisation other than spectral norm over dim 0).
+    """
     if parametrize.is_parametrized(mod, "weight"):
         plist = mod.parametrizations["weight"]
         sn_cls = getattr(nn.utils.parametrizations, "_SpectralNorm", None)
@@ -126,6 +138,7 @@ class Workspace:
         self._store: dict[tuple, Tensor] = {}
 
     def get(self, key: tuple, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A scratch tensor of ``shape`` with ``like``'s dtype and device, reused under ``key`` (contents undefined)."""
         n = 1
         for size in shape:
             n *= size
@@ -135,6 +148,7 @@ class Workspace:
         return buf[:n].view(shape)
 
     def clear(self) -> None:
+        """Free every scratch tensor."""
         self._store.clear()
 
 
@@ -144,6 +158,14 @@ class LayerFactors:
     Over the layer's P output positions, the weight gradient of sample i is
     sum_p delta_ip u_ip^T: delta (m, out, P) the output gradients and u_ip the input
     patch (in,) at position p (the unfolded input of a convolution).
+
+    Args:
+        mod: the ``nn.Linear`` or ``nn.Conv2d`` layer.
+        weight: the tensor it trains for its weight (see :func:`trained_weight`), or None.
+        a: the layer's input, batch first (m samples).
+        delta: the gradients at the layer's output, shape of the output.
+        m: the number of samples.
+        workspace: scratch tensors shared between layers (default: a new one).
     """
 
     def __init__(self, mod: nn.Module, weight: Tensor | None, a: Tensor, delta: Tensor, m: int,
@@ -204,11 +226,19 @@ class LayerFactors:
         return v.reshape(c, kh, kw).permute(1, 2, 0).reshape(-1)
 
     def through_spectral_norm(self, sn: SpectralNormed, c: Tensor, Kw: Tensor) -> Tensor:
-        """The kernel block of W_orig from that of W = W_orig / sigma (float64).
+        """The kernel block of ``W_orig`` from that of ``W = W_orig / sigma`` (float64).
 
-        The gradient in W_orig of sample i is (g_i - c_i u v^T) / sigma with g_i its gradient
-        in W and c_i = <g_i, W>; so K_orig = (K_W - c d^T - d c^T + |u|^2 |v|^2 c c^T) / sigma^2
-        with d_i = u^T g_i v.
+        The gradient in ``W_orig`` of sample i is ``(g_i - c_i u v^T) / sigma`` with ``g_i`` its
+        gradient in ``W`` and ``c_i = <g_i, W>``; so
+        ``K_orig = (K_W - c d^T - d c^T + ||u||^2 ||v||^2 c c^T) / sigma^2`` with ``d_i = u^T g_i v``.
+
+        Args:
+            sn: the layer's spectral normalisation.
+            c: ``c_i = <g_i, W>``, shape ``(m,)``.
+            Kw: ``K_W``, the block of W, shape ``(m, m)``.
+
+        Returns:
+            ``K_orig``, shape ``(m, m)``, float64.
         """
         u, v, sigma = sn.vectors()
         v = self._to_patch_order(v)
@@ -227,7 +257,12 @@ class LayerFactors:
         return self.Dt.transpose(1, 2).reshape(self.m * self.P, self.out_f), self._patch_rows()
 
     def weight_kernel(self, budget_bytes: int, keep_bytes: int) -> Tensor:
-        """The weight's block of K (float64); keeps the materialised rows if they fit ``keep_bytes``."""
+        """The weight's block of K, shape ``(m, m)``, float64, by the cheaper exact route.
+
+        Args:
+            budget_bytes: memory the materialised-rows route may use at once.
+            keep_bytes: keep the materialised rows (for :meth:`jt_eta`) if they fit in this.
+        """
         m, P, out_f, in_f = self.m, self.P, self.out_f, self.in_f
         by_positions = (m * P) ** 2 * (out_f + in_f) / 2
         by_rows = m * out_f * in_f * (P + _MATERIALISE_OVERHEAD) + m * m * out_f * in_f

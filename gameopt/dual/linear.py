@@ -63,7 +63,11 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
         return [] if self.weight is None else [self.weight]
 
     def features(self, x: Tensor) -> Tensor:
-        """phi(x) of shape (n, d); creates the zero weights on the first call."""
+        """phi(x) of shape (n, d); creates the zero weights on the first call.
+
+        Raises:
+            GameInputError: ``d`` differs from the weights' length (a checkpoint of another feature map).
+        """
         phi = self.module(x)
         if self.weight is None:
             self.weight = torch.zeros(phi.shape[-1], dtype=phi.dtype, device=phi.device)
@@ -87,6 +91,17 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
         variables of the last :meth:`step` are reused when its batch size matches (call it
         with the same real batch and the fake batch before ``detach``); ``resolve=True`` or
         a size mismatch solves again.
+
+        Args:
+            real: the real batch (n samples); required.
+            fake: the generated batch (n samples), not detached.
+            resolve: solve the dual again (default False).
+
+        Returns:
+            A 0-d tensor.
+
+        Raises:
+            ValueError: ``real`` is None, or the batches differ in size, are empty or hold NaN/inf.
         """
         if real is None:
             raise ValueError("the linear model's generator loss needs the real batch")

@@ -116,6 +116,9 @@ def psd_kernel(K: Tensor, rounding: float) -> Tensor:
 def check_per_sample_module(module: nn.Module) -> None:
     """Refuse modules whose samples are not scored independently, before any forward pass.
 
+    Args:
+        module: the discriminator network.
+
     Raises:
         GameInputError: a batch-norm layer in training mode or without running statistics
             (it mixes the samples of a batch), or a normalisation layer in training mode
@@ -233,7 +236,15 @@ class PerSampleKernel:
 
     # ----------------------------------------------------------- func route
     def param_groups(self, params: dict[str, Tensor], m: int) -> list[list[str]]:
-        """Parameter names in groups of at most ``budget_bytes`` of per-sample gradients (func route)."""
+        """Parameter names in groups of at most ``budget_bytes`` of per-sample gradients (func route).
+
+        Args:
+            params: ``{name: parameter}``, in order.
+            m: the number of samples (rows of the per-sample gradients).
+
+        Returns:
+            Consecutive groups of names; a parameter larger than the budget forms its own group.
+        """
         groups: list[list[str]] = []
         cur: list[str] = []
         cur_bytes = 0

@@ -45,7 +45,7 @@ class RadiusControl:
             raise ValueError(f"need 0 < min_delta <= max_delta, got {self.min_delta} and {self.max_delta}")
 
     def ratio(self, f0: float, f1: float, predicted_decrease: float) -> float:
-        """rho for loss f0 before and f1 after the step, and the model's predicted decrease.
+        """rho for loss ``f0`` before and ``f1`` after the step, and the model's ``predicted_decrease``.
 
         A non-finite f1 gives -inf (reject). When the predicted decrease is negligible
         (rounding level of f0), rho is 1 if the loss did not rise beyond rounding, else -inf.
@@ -62,7 +62,12 @@ class RadiusControl:
         return rho > self.accept_threshold
 
     def next_radius(self, delta: float, rho: float, on_boundary: bool) -> float:
-        """The radius after a step of ratio ``rho`` taken with radius ``delta``."""
+        """The radius after a step of ratio ``rho`` taken with radius ``delta``.
+
+        Shrinks below ``shrink_below`` (or for a non-finite rho); grows above ``grow_above``
+        only when the step was ``on_boundary`` of the trust region; clipped to
+        ``[min_delta, max_delta]``.
+        """
         if not math.isfinite(rho) or rho < self.shrink_below:
             delta = delta * self.shrink_factor
         elif rho > self.grow_above and on_boundary:

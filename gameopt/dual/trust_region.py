@@ -31,7 +31,13 @@ __all__ = ["LinearisedTrustRegion", "Proposal", "step_sq_norm"]
 
 @dataclass
 class Proposal:
-    """A trust-region step: s per parameter name, the model's value m(s), and ||s||^2 when known."""
+    """A trust-region step.
+
+    Args:
+        steps: the step s, ``{parameter name: tensor shaped like the parameter}``.
+        model_value: the local model's value m(s).
+        sq_norm: ``||s||^2`` when the solver knows it (default None: computed when needed).
+    """
 
     steps: dict[str, Tensor]
     model_value: float
@@ -39,7 +45,7 @@ class Proposal:
 
 
 def step_sq_norm(tensors: Iterable[Tensor]) -> float:
-    """sum ||t||^2 accumulated in float64, one host read."""
+    """``sum ||t||^2`` over ``tensors``, accumulated in float64, as a Python float (one host read)."""
     return float(torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).square().sum())
 
 
@@ -56,6 +62,10 @@ class LinearisedTrustRegion(TrustRegionDualDiscriminator):
             within the same call; 0 keeps the cost per call fixed.
         on_failure, distributed, process_group: see
             :class:`~gameopt.dual.TrustRegionDualDiscriminator`.
+
+    Raises:
+        ValueError: ``module`` is not an ``nn.Module``, ``C`` or ``delta`` not > 0,
+            ``max_retries`` not a non-negative integer, or a bad ``on_failure``.
     """
 
     def __init__(
@@ -99,7 +109,13 @@ class LinearisedTrustRegion(TrustRegionDualDiscriminator):
         return self.module(x).reshape(x.shape[0])
 
     def generator_loss(self, real: Tensor | None, fake: Tensor, resolve: bool = False) -> Tensor:
-        """The non-saturating loss mean(softplus(-F(w, y_j))) = -mean log D(y_j); ``real`` is unused."""
+        """The non-saturating loss ``mean(softplus(-F(w, y_j))) = -mean log D(y_j)``, a 0-d tensor.
+
+        Args:
+            real: unused (accepted for the common signature).
+            fake: the generated batch ``y`` (n samples), not detached.
+            resolve: unused.
+        """
         return softplus_exact(-self.score(fake)).mean()
 
     # ------------------------------------------------ what each model provides

@@ -206,7 +206,14 @@ def _unpickle(path: Path) -> dict:
 
 
 def resolve_cifar10_root(root: str | os.PathLike | None = None) -> Path:
-    """The ``cifar-10-batches-py`` folder for ``root`` (that folder or its parent) or the env var."""
+    """The ``cifar-10-batches-py`` folder for ``root`` (that folder or its parent) or the env var.
+
+    Args:
+        root: the folder or its parent; None (default) reads ``$GAMEOPT_CIFAR10``.
+
+    Raises:
+        CIFAR10NotFoundError: ``root`` is None and the environment variable is not set.
+    """
     if root is None:
         env = os.environ.get(CIFAR10_ENV)
         if not env:
@@ -225,8 +232,14 @@ def require_cifar10(
 ) -> Path:
     """The resolved ``cifar-10-batches-py`` folder, after checking every batch of ``splits`` is there.
 
-    Raises :class:`CIFAR10NotFoundError` naming all missing files, the path tried and how to
-    obtain the data.
+    Args:
+        root: as in :func:`resolve_cifar10_root`.
+        splits: any of ``"train"``, ``"test"`` (default both).
+
+    Raises:
+        CIFAR10NotFoundError: files missing (the message names them all, the path tried and how
+            to obtain the data), or no location given.
+        ValueError: an unknown split.
     """
     for split in splits:
         if split not in ("train", "test"):
@@ -314,6 +327,12 @@ def write_cifar10_like(
     Creates ``root/cifar-10-batches-py/`` with ``data_batch_1..5``, ``test_batch`` and
     ``batches.meta`` (protocol-2 pickles with bytes keys, as in the official tarball). Images
     are uniform random bytes; labels cycle through 0-9 so every class appears when N >= 10.
+
+    Args:
+        root: where to create ``cifar-10-batches-py/``.
+        n_train_per_batch: images in each of the five training batches (default 10).
+        n_test: images in the test batch (default 10).
+        seed: seed of the random images (default 0).
     """
     folder = Path(root) / FOLDER_NAME
     folder.mkdir(parents=True, exist_ok=True)
@@ -345,7 +364,14 @@ def write_cifar10_like(
 
 
 def to_signed_unit(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 images (any shape) to float32 in [-1, 1]: ``x / 127.5 - 1`` (0 -> -1, 255 -> 1)."""
+    """uint8 images (any shape) to float32 in [-1, 1]: ``x / 127.5 - 1`` (0 -> -1, 255 -> 1).
+
+    Args:
+        images_uint8: uint8 tensor of any shape.
+
+    Raises:
+        TypeError: ``images_uint8`` is not uint8.
+    """
     if images_uint8.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
     return images_uint8.to(torch.float32) / 127.5 - 1.0

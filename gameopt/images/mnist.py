@@ -204,6 +204,13 @@ def write_idx(
     The four standard idx file names (``.gz`` added with ``gz=True``) are written; returns the
     folder. Each image is blank except for a bright bar whose position encodes its label, so a
     classifier can learn it. For tests and smoke runs, never for results.
+
+    Args:
+        folder: where to write (created if missing).
+        n_train: training images (default 60).
+        n_test: test images (default 20).
+        seed: seed of the background noise (default 0).
+        gz: gzip the files (default False).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -225,7 +232,7 @@ def write_idx(
 
 
 def mnist_signed(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(..., 28, 28)`` 0-255 -> float32 in [-1, 1] (``x / 127.5 - 1``)."""
+    """``images``: uint8 ``(..., 28, 28)`` 0-255 -> float32 in [-1, 1] (``x / 127.5 - 1``), same shape."""
     return images.float() / 127.5 - 1.0
 
 
@@ -247,6 +254,10 @@ class StackedMNIST:
         n_modes: 1000.
         image_shape: ``(3, 28, 28)``.
         images, labels: the split's single digits, uint8 ``(M, 28, 28)`` and int64 ``(M,)``.
+
+    Raises:
+        MNISTNotFoundError: no MNIST data found.
+        MNISTFormatError: malformed files, or a split without some digit.
     """
 
     n_modes: int = 1000
@@ -271,6 +282,9 @@ class StackedMNIST:
 
         ``modes = 100 * d0 + 10 * d1 + d2`` for the labels of channels 0, 1, 2. With a
         ``generator`` the draw is reproducible; without one the object's seeded generator advances.
+
+        Raises:
+            ValueError: ``n < 0``.
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")

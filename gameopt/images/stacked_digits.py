@@ -30,7 +30,15 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
-    """Deterministic stratified split of the digits: 20% of every class is ``"test"``."""
+    """Deterministic stratified split of the digits: 20% of every class is ``"test"``.
+
+    Args:
+        labels: the digits' labels, shape (N,).
+        split: ``"train"`` or ``"test"`` (anything else reads as ``"train"``).
+
+    Returns:
+        Sorted indices into ``labels`` of that split.
+    """
     rng = np.random.default_rng(SPLIT_SEED)
     chosen = []
     for c in range(10):
@@ -46,6 +54,13 @@ def digit_images(split: str = "train", size: int = 8) -> tuple[torch.Tensor, tor
 
     The raw 8x8 values 0-16 map linearly to [-1, 1]; sizes 16 and 32 are bilinear upsamplings
     (which stay within [-1, 1]). Train has 1438 images, test 359.
+
+    Args:
+        split: ``"train"`` (default) or ``"test"``.
+        size: 8 (default), 16 or 32.
+
+    Raises:
+        ValueError: an unknown split or size.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -100,6 +115,9 @@ class StackedDigits:
         ``modes = 100 * d0 + 10 * d1 + d2`` for the digit labels of channels 0, 1, 2. Passing a
         ``generator`` makes the draw reproducible; without one the object's own seeded generator
         advances, so consecutive calls differ but the sequence is fixed by ``seed``.
+
+        Raises:
+            ValueError: ``n < 0``.
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")

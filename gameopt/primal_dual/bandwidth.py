@@ -32,7 +32,15 @@ __all__ = [
 
 
 def check_bandwidth(sigma: Any, where: str = "bandwidth") -> float:
-    """Return sigma as a float, or raise ValueError if it is not a positive finite number."""
+    """``sigma`` as a float.
+
+    Args:
+        sigma: the bandwidth given.
+        where: its name in the error message.
+
+    Raises:
+        ValueError: ``sigma`` is not a positive finite number.
+    """
     try:
         value = float(sigma)
     except (TypeError, ValueError):
@@ -66,7 +74,16 @@ def min_bandwidth(dtype: torch.dtype) -> float:
 
 
 def check_bandwidth_for_dtype(sigma: float, dtype: torch.dtype, where: str = "bandwidth") -> None:
-    """GameInputError when ``sigma`` is below :func:`min_bandwidth` of ``dtype``."""
+    """Refuse a bandwidth too small for the samples' dtype.
+
+    Args:
+        sigma: the bandwidth.
+        dtype: the samples' dtype.
+        where: its name in the error message.
+
+    Raises:
+        GameInputError: ``sigma`` is below :func:`min_bandwidth` of ``dtype``.
+    """
     low = min_bandwidth(dtype)
     if sigma < low:
         raise GameInputError(
@@ -81,6 +98,11 @@ class BandwidthSchedule:
     """Base class: ``schedule(t)`` returns sigma at generator iteration t."""
 
     def __call__(self, step: int) -> float:  # pragma: no cover - abstract
+        """sigma at generator iteration ``step`` (0, 1, 2, ...); subclasses implement it.
+
+        Raises:
+            NotImplementedError: on the base class.
+        """
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -106,7 +128,14 @@ class BandwidthSchedule:
         return new
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore parameters saved by :meth:`state_dict`; on any error nothing changes."""
+        """Restore parameters saved by :meth:`state_dict`; on any error nothing changes.
+
+        Args:
+            state: a dict from :meth:`state_dict` of the same schedule class.
+
+        Raises:
+            GameInputError: see :meth:`validated_copy`.
+        """
         vars(self).update(vars(self.validated_copy(state)))
 
     def __repr__(self) -> str:
@@ -126,12 +155,20 @@ class _CheckedSchedule(BandwidthSchedule):
 
 
 class ConstantBandwidth(_CheckedSchedule):
-    """sigma(t) = sigma."""
+    """sigma(t) = sigma.
+
+    Args:
+        sigma: the bandwidth (> 0, finite).
+
+    Raises:
+        ValueError: ``sigma`` is not a positive finite number.
+    """
 
     def __init__(self, sigma: float) -> None:
         self.sigma = check_bandwidth(sigma)
 
     def __call__(self, step: int) -> float:
+        """sigma at generator iteration ``step`` (0, 1, 2, ...)."""
         return self.sigma
 
 
@@ -139,6 +176,13 @@ class StepBandwidth(_CheckedSchedule):
     """Piecewise-constant sigma: ``sigmas[k]`` once ``t >= milestones[k-1]``.
 
     The paper's 1-D toy (appendix 7.3): ``StepBandwidth([0.5, 0.1], [2000])``.
+
+    Args:
+        sigmas: the bandwidths (each > 0), one more than ``milestones``.
+        milestones: the iterations (integers >= 0, increasing) where the next sigma starts.
+
+    Raises:
+        ValueError: a bad sigma, non-integer or non-increasing milestones, or mismatched lengths.
     """
 
     def __init__(self, sigmas: Sequence[float], milestones: Sequence[int]) -> None:
@@ -155,6 +199,7 @@ class StepBandwidth(_CheckedSchedule):
         self.milestones = milestones
 
     def __call__(self, step: int) -> float:
+        """sigma at generator iteration ``step``."""
         k = sum(1 for m in self.milestones if step >= m)
         return self.sigmas[k]
 
@@ -165,6 +210,15 @@ class ExponentialBandwidth(_CheckedSchedule):
     The paper's 8-Gaussian run starts at sigma^2 = 0.1 and decays sigma^2
     geometrically (the exact rate is illegible in the paper).  A decay of sigma^2 by
     a factor r every T iterations is ``ExponentialBandwidth(0.1 ** 0.5, r ** 0.5, T)``.
+
+    Args:
+        initial: sigma at t = 0 (> 0).
+        decay: factor per ``every`` iterations, in (0, 1].
+        every: iterations per factor ``decay`` (integer >= 1; default 1); t / every is not rounded.
+        minimum: lower bound of sigma (>= 0; default 0).
+
+    Raises:
+        ValueError: any argument out of its range.
     """
 
     def __init__(self, initial: float, decay: float, every: int = 1, minimum: float = 0.0) -> None:
@@ -183,4 +237,5 @@ class ExponentialBandwidth(_CheckedSchedule):
         self.minimum = minimum
 
     def __call__(self, step: int) -> float:
+        """sigma at generator iteration ``step``."""
         return max(self.minimum, self.initial * self.decay ** (step / self.every))

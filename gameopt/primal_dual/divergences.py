@@ -84,6 +84,9 @@ class Divergence:
             ``f0(activation(s))`` / ``f1(activation(s))``; default is the composition.
 
     A user-supplied pair is simply ``Divergence("mine", f0, f1, activation)``.
+
+    Raises:
+        ValueError: ``f0`` or ``f1`` is not callable.
     """
 
     def __init__(
@@ -111,15 +114,19 @@ class Divergence:
 
     # -- functions of D -------------------------------------------------------
     def f0(self, d: Tensor) -> Tensor:
-        """Objective f0 evaluated at discriminator values D (not raw outputs)."""
+        """Objective f0 at discriminator values ``d`` = D (not raw outputs), elementwise, same shape."""
         return self._f0(d)
 
     def f1(self, d: Tensor) -> Tensor:
-        """Constraint f1 evaluated at discriminator values D (not raw outputs)."""
+        """Constraint f1 at discriminator values ``d`` = D (not raw outputs), elementwise, same shape."""
         return self._f1(d)
 
     def d_star(self, p_d: Tensor, p_g: Tensor) -> Tensor:
-        """Optimal discriminator D*(x) of Table 1 for given densities p_d(x), p_g(x)."""
+        """Optimal discriminator D*(x) of Table 1 for given densities p_d(x), p_g(x) (elementwise).
+
+        Raises:
+            NotImplementedError: the divergence has no closed-form D* (none was given).
+        """
         if self._d_star is None:
             raise NotImplementedError(f"Divergence {self.name!r} has no closed-form D*.")
         return self._d_star(p_d, p_g)
@@ -133,7 +140,7 @@ class Divergence:
         """f0(activation(s)), computed stably for the built-in variants.
 
         float16 / bfloat16 ``s`` is computed and returned in float32 (gradients flow back in
-        the input's dtype), so the values stay finite for |s| up to 1e4 in every dtype.
+        the input's dtype), so the values stay finite for ``|s|`` up to 1e4 in every dtype.
         """
         s = _wide(s)
         return self._f0_out(s) if self._f0_out is not None else self._f0(self._activation(s))
@@ -154,10 +161,16 @@ class Divergence:
         return -(self.f0_from_output(d_real).mean() + self.f1_from_output(d_fake).mean())
 
     def generator_loss(self, d_fake: Tensor) -> Tensor:
-        """``mean f1(D(fake))``: the first term of the generator loss (13).
+        """``mean f1(D(fake))``: the first term of the generator loss (13), which the generator minimises.
 
         For ``js`` this is the saturating minimax loss ``log(2(1 - D))``, exactly as in
         Algorithm 1; add :class:`~gameopt.PrimalDualRegularizer` to it.
+
+        Args:
+            d_fake: raw discriminator output on a generated batch, any shape.
+
+        Returns:
+            A 0-d tensor (float32 for half-precision input).
         """
         return self.f1_from_output(d_fake).mean()
 
@@ -294,6 +307,10 @@ def get_divergence(name: str, *, eps: float | None = None) -> Divergence:
         name: one of :data:`DIVERGENCE_NAMES` or an alias such as ``"jensen-shannon"``.
         eps: for ``wgan`` the strict-concavity weight of ``-eps D^2`` (default 0.1);
             for ``hellinger`` the floor of D (default 1e-3).  Ignored otherwise.
+
+    Raises:
+        ValueError: ``name`` is not a string or not a known variant, or ``eps`` is not a
+            positive finite number.
     """
     if not isinstance(name, str):
         raise ValueError(f"divergence name must be a string, got {type(name).__name__}.")

@@ -16,6 +16,14 @@ class RandomProjection(nn.Module):
     The scaling keeps squared distances unbiased: E||f(a) - f(b)||^2 = ||a - b||^2,
     so a bandwidth chosen for the raw data still fits.  W is a buffer (saved in the
     state dict, moved by ``.to()``), never a trainable parameter.
+
+    Args:
+        in_features: features per sample after flattening (>= 1).
+        out_features: projected features (>= 1).
+        seed: seed of W's CPU generator (default 0): the same seed gives the same W.
+
+    Raises:
+        ValueError: a size below 1.
     """
 
     weight: Tensor
@@ -29,6 +37,11 @@ class RandomProjection(nn.Module):
         self.register_buffer("weight", w)
 
     def forward(self, x: Tensor) -> Tensor:
+        """f(x), shape (n, out_features), for ``x`` of shape (n, ...) with ``in_features`` entries per sample.
+
+        Raises:
+            ValueError: ``x`` has another number of features per sample.
+        """
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.weight.shape[0]:
             raise ValueError(

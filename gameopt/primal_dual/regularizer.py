@@ -101,6 +101,13 @@ class PrimalDualRegularizer(nn.Module):
     float32 (as autocast does for losses); gradients reach ``fake`` in its own dtype. The
     bandwidth must be at least :func:`~gameopt.primal_dual.bandwidth.min_bandwidth` of the
     computation dtype (float32: 1.1e-19, float64: 1.5e-154), else a GameInputError.
+
+    Raises:
+        ValueError: an unknown divergence, ``alpha`` not finite and >= 0, a bandwidth that is
+            not positive (at step 0 for a schedule) or not callable, a non-callable
+            ``feature_map``, or ``chunk_size`` not a positive int.
+        GameInputError: a bad ``nonfinite``, or ``distributed=True`` without an initialised
+            process group.
     """
 
     num_steps: Tensor
@@ -176,11 +183,13 @@ class PrimalDualRegularizer(nn.Module):
         return optimizer.register_step_post_hook(ScheduleStepper(self))
 
     def get_extra_state(self) -> Any:
+        """The bandwidth schedule's parameters for the state dict (``{}`` for a plain function)."""
         if isinstance(self.bandwidth, BandwidthSchedule):
             return {"bandwidth": self.bandwidth.state_dict(), "bandwidth_type": type(self.bandwidth).__name__}
         return {}
 
     def set_extra_state(self, state: Any) -> None:
+        """Load the schedule's parameters from :meth:`get_extra_state`'s ``state`` (already validated)."""
         # validated in _load_from_state_dict before anything was loaded
         if isinstance(state, dict) and "bandwidth" in state and isinstance(self.bandwidth, BandwidthSchedule):
             self.bandwidth.load_state_dict(state["bandwidth"])
@@ -244,6 +253,14 @@ class PrimalDualRegularizer(nn.Module):
         bandwidth schedule's type and parameters (lengths, signs, ranges), sigma at the saved
         step, and, for the feature map's buffers, keys and shapes.
 
+        Args:
+            state_dict: from :meth:`state_dict`.
+            strict: require exactly this module's keys (default True, as ``nn.Module``).
+            assign: as in ``nn.Module.load_state_dict`` (default False).
+
+        Returns:
+            ``nn.Module.load_state_dict``'s missing and unexpected keys.
+
         Raises:
             GameInputError: any of the above; the regulariser is then unchanged.
         """
@@ -293,6 +310,17 @@ class PrimalDualRegularizer(nn.Module):
             fake: generated batch (m, ...) with the same trailing shape (after
                 ``feature_map``); must carry the generator's graph.
             d_real: raw discriminator output on ``real``, shape (n,) or (n, 1).
+
+        Returns:
+            A 0-d tensor (float32 for half-precision input), to add to the generator's loss
+            (the generator minimises it). NaN when an input is NaN/inf and ``nonfinite="propagate"``.
+
+        Raises:
+            ValueError: an input that is not a tensor, an empty batch, ``d_real`` of the wrong
+                shape, ``real`` and ``fake`` on different devices or of different feature
+                dimensions, or an integer ``fake``.
+            GameInputError: a ``feature_map`` that changes the number of samples, a bandwidth
+                below the dtype's minimum, or NaN/inf inputs with ``nonfinite="raise"``.
         """
         for name, t in (("real", real), ("fake", fake), ("d_real", d_real)):
             if not isinstance(t, Tensor):
@@ -362,4 +390,5 @@ class PrimalDualRegularizer(nn.Module):
         }
 
     def extra_repr(self) -> str:
+        """Divergence, alpha, bandwidth and chunk size, for ``repr``."""
         return f"divergence={self.divergence.name!r}, alpha={self.alpha}, bandwidth={self.bandwidth!r}, chunk_size={self.chunk_size}"

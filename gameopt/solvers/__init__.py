@@ -10,8 +10,10 @@ Solvers are chosen by name (``"torch"``: batched Newton, any device; ``"ipopt"``
 cyipopt, needs ``pip install "gameopt[ipopt]"``) or passed as an instance with
 ``solve_linear(A, C)`` and ``solve_kernel(Ks, c, p, W, C, delta)`` methods.
 
-Sign convention: the discriminator minimises
+Sign convention: the discriminator minimises ::
+
     f(w) = C/2 ||w||^2 + 1/(2n) sum_i softplus(-F(w, x_i)) + 1/(2n) sum_j softplus(F(w, y_j));
+
 ``dual_value`` is max g = min_w f (up to ``gap``).
 """
 
@@ -53,15 +55,37 @@ SOLVER_NAMES = ("torch", "ipopt")
 
 @runtime_checkable
 class DualSolver(Protocol):
-    """What a dual solver provides (both methods take batched, sign-adjusted inputs)."""
+    """What a dual solver provides (both methods take batched, sign-adjusted inputs).
+
+    ``name`` is the solver's name, recorded in its results.
+    """
 
     name: str
 
-    def solve_linear(self, A: Tensor, C: Tensor) -> LinearDualResult: ...
+    def solve_linear(self, A: Tensor, C: Tensor) -> LinearDualResult:
+        """The linear dual (Claim 1) of B problems.
+
+        Args:
+            A: (B, m, d) sign-adjusted rows ``[phi(real); -phi(fake)]`` (m = 2n).
+            C: (B,) weight decay (> 0).
+        """
+        ...
 
     def solve_kernel(
         self, Ks: Tensor, c: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor
-    ) -> TrustRegionDualResult: ...
+    ) -> TrustRegionDualResult:
+        """The trust-region dual (Claim 2) of B problems, in sign-adjusted kernel form.
+
+        Args:
+            Ks: (B, m, m) kernel of the sign-adjusted rows, ``Y K Y`` with ``y = +1`` for the n
+                real samples (first) and ``-1`` for the n fake ones (m = 2n).
+            c: (B, m) sign-adjusted current scores ``y * F_k``.
+            p: (B, m) sign-adjusted ``y * (J w_k)``.
+            W: (B,) ``||w_k||^2``.
+            C: (B,) weight decay (> 0).
+            delta: (B,) trust-region radius (``inf`` allowed: no trust region).
+        """
+        ...
 
 
 def __getattr__(name: str):
@@ -73,7 +97,19 @@ def __getattr__(name: str):
 
 
 def get_solver(solver: "str | DualSolver" = "torch", **options) -> DualSolver:
-    """Solver instance from a name ("torch" | "ipopt") or an instance (returned unchanged)."""
+    """Solver instance from a name or an instance (returned unchanged).
+
+    Args:
+        solver: ``"torch"`` (default, :class:`TorchNewtonSolver`), ``"ipopt"``
+            (:class:`IpoptSolver`, needs cyipopt) or an object with ``solve_linear`` /
+            ``solve_kernel``.
+        **options: constructor options of the named solver.
+
+    Raises:
+        GameInputError: an unknown name, options given with an instance, or an object that is
+            not a solver.
+        ImportError: ``"ipopt"`` without cyipopt installed.
+    """
     if isinstance(solver, str):
         key = solver.lower()
         if key == "torch":
@@ -300,13 +336,23 @@ def solve_trust_region_dual(
 def trust_region_step(
     result: TrustRegionDualResult, jt_eta: Tensor, w_k: Tensor, C: float, delta: float
 ) -> Tensor:
-    """The primal step s = (J^T eta - C w_k) / (C + nu), kept inside 1/2 ||s||^2 <= delta.
+    """The primal step ``s = (J^T eta - C w_k) / (C + nu)``, kept inside ``1/2 ||s||^2 <= delta``.
 
-    ``jt_eta`` is J^T eta with eta = (lam, -mu) (one backward pass of sum eta_i F(x_i)),
-    flattened like ``w_k``. The solver sees only K = J J^T, where ||J^T eta - C w_k||^2 is
-    known to an absolute rounding of ~eps * sum |e_i e_j K_ij|; when that norm is tiny
-    (C ~ 1e-6) the step can overshoot the ball by a relative 1e-6. The explicit norm here
-    is accurate, so the step is rescaled onto the boundary in that case.
+    The solver sees only ``K = J J^T``, where ``||J^T eta - C w_k||^2`` is known to an absolute
+    rounding of about ``eps * sum |e_i e_j K_ij|``; when that norm is tiny (C ~ 1e-6) the step
+    can overshoot the ball by a relative 1e-6. The explicit norm here is accurate, so the step
+    is rescaled onto the boundary in that case.
+
+    Args:
+        result: the unbatched :class:`TrustRegionDualResult` of :func:`solve_trust_region_dual`.
+        jt_eta: ``J^T eta`` with ``eta = (lam, -mu)`` (one backward pass of
+            ``sum eta_i F(x_i)``), flat, shape (p,) like ``w_k``.
+        w_k: the current discriminator weights, flat, shape (p,).
+        C: weight decay.
+        delta: trust-region radius (``inf``: no rescaling).
+
+    Returns:
+        ``s``, shape (p,).
     """
     s = (jt_eta - C * w_k) * result.step_scale
     half_sq = 0.5 * (s * s).sum()

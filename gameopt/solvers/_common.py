@@ -104,11 +104,21 @@ class _SolveStatus:
 class LinearDualResult(_SolveStatus):
     """Solution of the linear dual (Claim 1) for one problem or a batch.
 
-    Shapes: ``lam``, ``mu``: (..., n); ``w``: (..., d); scalars per problem:
-    (...,). ``w`` is the primal point recovered from the dual point,
-    w = (sum_i lam_i phi(x_i) - sum_j mu_j phi(y_j)) / C, and ``gap`` is
-    f(w) - g(lam, mu) >= 0 (a mean Bernoulli KL), the accuracy certificate.
-    ``dual_value`` is g = min_w f up to ``gap``: the generator's objective.
+    Shapes: ``...`` is the batch of problems (empty for one problem); n samples per side,
+    d features.
+
+    Args:
+        lam: (..., n) dual variables of the real samples.
+        mu: (..., n) dual variables of the fake samples.
+        w: (..., d) the primal point recovered from the dual point,
+            ``w = (sum_i lam_i phi(x_i) - sum_j mu_j phi(y_j)) / C``.
+        gap: (...,) ``f(w) - g(lam, mu) >= 0`` (a mean Bernoulli KL), the accuracy certificate.
+        dual_value: (...,) ``g = min_w f`` up to ``gap``: the generator's objective.
+        primal_value: (...,) ``f(w)``.
+        converged: bool (...,): the gap met the solver's ``tol``.
+        iterations: Newton (or Ipopt) iterations, (...,).
+        solver: the solver's name.
+        status: per problem, why it did not converge (None when all did, or not checked).
     """
 
     lam: Tensor
@@ -127,12 +137,23 @@ class LinearDualResult(_SolveStatus):
 class TrustRegionDualResult(_SolveStatus):
     """Solution of the score-linearised trust-region dual (Claim 2, methods.md 3b).
 
-    With J the (2n, p) score Jacobian and eta = (lam, -mu) the step is
-        s = (J^T eta - C w_k) * step_scale,   step_scale = 1 / (C + nu),
-    and satisfies 1/2 ||s||^2 <= Delta; ``step_norm_sq`` is ||s||^2.
-    ``model_value`` is the primal model m_k(s) at that step, ``dual_value`` the
-    dual g(eta, nu), ``gap`` = model_value - dual_value >= 0.
-    Shapes: ``lam``, ``mu``: (..., n); the rest (...,).
+    With J the (2n, p) score Jacobian and ``eta = (lam, -mu)`` the step is
+    ``s = (J^T eta - C w_k) * step_scale``; it satisfies ``1/2 ||s||^2 <= Delta``.
+    Shapes: ``...`` is the batch of problems (empty for one problem).
+
+    Args:
+        lam: (..., n) dual variables of the real samples.
+        mu: (..., n) dual variables of the fake samples.
+        nu: (...,) multiplier of the trust-region constraint.
+        step_scale: (...,) ``1 / (C + nu)``.
+        step_norm_sq: (...,) ``||s||^2``.
+        gap: (...,) ``model_value - dual_value >= 0``.
+        dual_value: (...,) the dual ``g(eta, nu)``.
+        model_value: (...,) the primal model ``m_k(s)`` at the step.
+        converged: bool (...,): the gap met the solver's ``tol``.
+        iterations: solver iterations, (...,).
+        solver: the solver's name.
+        status: per problem, why it did not converge (None when all did, or not checked).
     """
 
     lam: Tensor

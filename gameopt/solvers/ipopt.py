@@ -185,7 +185,20 @@ class IpoptSolver:
     def solve_kernel(
         self, Ks: Tensor, c: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor
     ) -> TrustRegionDualResult:
-        """Trust-region dual with explicit nu; same arguments as TorchNewtonSolver.solve_kernel."""
+        """Trust-region dual with explicit nu, B problems (one Ipopt solve each).
+
+        Args:
+            Ks: (B, m, m) kernel of the sign-adjusted rows, ``Y K Y`` with ``y = +1`` for the n
+                real samples (first) and ``-1`` for the n fake ones (m = 2n).
+            c: (B, m) sign-adjusted current scores ``y * F_k``.
+            p: (B, m) sign-adjusted ``y * (J w_k)``.
+            W: (B,) ``||w_k||^2``.
+            C: (B,) weight decay (> 0).
+            delta: (B,) trust-region radius (``inf`` allowed: no trust region).
+
+        Returns:
+            :class:`~gameopt.solvers.TrustRegionDualResult`, batched.
+        """
         Ks64, c64, p64 = (x.detach().to("cpu", torch.float64) for x in (Ks, c, p))
         W64, C64, D64 = (x.detach().to("cpu", torch.float64) for x in (W, C, delta))
         B, m, _ = Ks64.shape

@@ -258,7 +258,20 @@ class TorchNewtonSolver:
     def solve_kernel(
         self, Ks: Tensor, c: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor
     ) -> TrustRegionDualResult:
-        """Reduced trust-region dual in sign-adjusted kernel form (see ``_solve_kernel``)."""
+        """Reduced trust-region dual in sign-adjusted kernel form, B problems.
+
+        Args:
+            Ks: (B, m, m) kernel of the sign-adjusted rows, ``Y K Y`` with ``y = +1`` for the n
+                real samples (first) and ``-1`` for the n fake ones (m = 2n).
+            c: (B, m) sign-adjusted current scores ``y * F_k``.
+            p: (B, m) sign-adjusted ``y * (J w_k)``.
+            W: (B,) ``||w_k||^2``.
+            C: (B,) weight decay (> 0).
+            delta: (B,) trust-region radius (``inf`` allowed: no trust region).
+
+        Returns:
+            :class:`~gameopt.solvers.TrustRegionDualResult`, batched.
+        """
         B, m, _ = Ks.shape
         ch = self._chunk(Ks.device, B, m)
         if ch < B:
