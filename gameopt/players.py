@@ -37,12 +37,16 @@ def _group_params(group: dict[str, Any], player: str) -> list[torch.Tensor]:
         )
     if isinstance(params, torch.Tensor):
         return [params]
-    if isinstance(params, set):
+    _refuse_set(params, player)
+    return list(params)
+
+
+def _refuse_set(params: Any, player: str) -> None:
+    if isinstance(params, (set, frozenset)):
         raise GameInputError(
             f"player '{player}': parameters given as a set have no stable order, "
             "so checkpoints would not resume reliably; pass a list instead"
         )
-    return list(params)
 
 
 def game_players(
@@ -111,6 +115,7 @@ def player_param_groups(
             )
         if isinstance(params, dict):
             params = [params]
+        _refuse_set(params, name)
         items = list(params)
         if not items:
             raise GameInputError(

@@ -229,3 +229,17 @@ def test_cdist_double_backward_error_is_explained():
     ld = torch.nn.functional.softplus(-gan.D(gan.x)).mean() + torch.nn.functional.softplus(d_fake).mean()
     with pytest.raises(RuntimeError, match="(?s)double backward.*_cdist_backward"):
         opt.backward(lg, ld)
+
+
+@pytest.mark.parametrize("container", [set, frozenset])
+def test_parameters_given_as_a_set_are_refused(container):
+    """A set's order (by id) changes between runs, so checkpoints would load into the wrong
+    parameters of equal shape; torch.optim refuses sets too."""
+    gan = TinyGAN()
+    gp, dp = gan.params()
+    with pytest.raises(gameopt.GameInputError, match="player 'generator': parameters given as a set"):
+        gameopt.ConsensusOptimizer(torch.optim.Adam, container(gp), dp, lr=0.1)
+    with pytest.raises(gameopt.GameInputError, match="player 'discriminator': parameters given as a set"):
+        gameopt.CompetitiveOptimizer(players={"generator": gp, "discriminator": container(dp)}, lr=0.1)
+    with pytest.raises(gameopt.GameInputError, match="parameters given as a set"):
+        gameopt.ConsensusOptimizer(torch.optim.Adam, [{"params": container(gp)}], dp, lr=0.1)
