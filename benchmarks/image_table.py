@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-METRICS = [("modes_covered", "modes (/1000)", "{:.0f}"), ("kl", "KL", "{:.2f}"),
+METRICS = [("modes_covered", "modes covered", "{:.0f}"), ("kl", "KL", "{:.2f}"),
            ("classifier_score", "score", "{:.1f}"), ("frechet_distance", "FD (ours)", "{:.0f}")]
 
 
