@@ -45,7 +45,7 @@ class GameField:
     :meth:`matvec` and :meth:`rmatvec`.
 
     Raises:
-        ValueError: ``gamma < 0``.
+        GameInputError: ``gamma < 0``.
     """
 
     def __init__(
@@ -60,7 +60,7 @@ class GameField:
         else:
             params = [list(ps) for ps in players]
         if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
+            raise GameInputError(f"gamma must be >= 0, got {gamma}; it is the consensus weight (0: the plain game field)")
         self.closure = closure
         self.params = params
         self.flat_params = [p for ps in params for p in ps]
@@ -73,7 +73,8 @@ class GameField:
     def _field_with_graph(self) -> torch.Tensor:
         losses = self.closure()
         if len(losses) != len(self.params):
-            raise ValueError(f"closure returned {len(losses)} losses for {len(self.params)} players")
+            raise GameInputError(f"closure returned {len(losses)} losses for {len(self.params)} players; return one "
+                                 "loss per player, in the players' order")
         finite = torch.stack([torch.isfinite(torch.as_tensor(loss)).all() for loss in losses]).tolist()
         if not all(finite):
             bad = [i for i, ok in enumerate(finite) if not ok]
@@ -99,8 +100,8 @@ class GameField:
         """(Re)build the field's graph at the current parameters; returns self.
 
         Raises:
-            ValueError: the closure returned a number of losses other than the number of players.
-            GameInputError: a loss or an entry of ``F`` is NaN/inf.
+            GameInputError: the closure returned a number of losses other than the number of
+                players, or a loss or an entry of ``F`` is NaN/inf.
         """
         with torch.enable_grad():
             u = self._field_with_graph()
@@ -173,8 +174,7 @@ class GameField:
             Complex array of shape ``(size,)`` (``k=None``) or ``(k,)``.
 
         Raises:
-            ValueError: ``which`` is not one of LM, SM, LR, SR, LI, SI.
-            GameInputError: a loss, the field, the dense Jacobian or a Jacobian-vector product
+            GameInputError: ``which`` is not one of LM, SM, LR, SR, LI, SI, or a loss, the field, the dense Jacobian or a Jacobian-vector product
                 is NaN/inf (checked before LAPACK / ARPACK see it: they can crash on NaN).
         """
         if k is None or k >= self.size - 1:
@@ -198,7 +198,7 @@ class GameField:
 
         op = LinearOperator((self.size, self.size), matvec=mv, dtype=np.float64)
         if which not in ("LM", "SM", "LR", "SR", "LI", "SI"):
-            raise ValueError(f"which must be one of LM, SM, LR, SR, LI, SI, got {which!r}")
+            raise GameInputError(f"which must be one of LM, SM, LR, SR, LI, SI, got {which!r}")
         vals = eigs(op, k=k, which=which, tol=tol, return_eigenvectors=False,
                     v0=np.random.default_rng(0).standard_normal(self.size))
         return np.asarray(vals)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .errors import GameInputError
 from .frameworks import find_game_optimizer
 from .game_optimizer import GameOptimizer
 
@@ -41,7 +42,7 @@ class Monitor:
             its statistics' keys (``"opt/consensus_loss"``).
 
     Raises:
-        TypeError: a source has no ``monitor_stats()`` method.
+        GameInputError: a source has no ``monitor_stats()`` method.
 
     Example::
 
@@ -56,7 +57,7 @@ class Monitor:
         sources = {name: _unwrap(src) for name, src in sources.items()}
         for name, src in sources.items():
             if not callable(getattr(src, "monitor_stats", None)):
-                raise TypeError(
+                raise GameInputError(
                     f"source '{name}' ({type(src).__name__}) has no monitor_stats() method; "
                     "pass gameopt optimisers, regularisers or discriminators"
                 )

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .errors import GameInputError
+
 
 def ring_centers(n_modes: int = 8, radius: float = 1.0) -> torch.Tensor:
     """Centres of ``n_modes`` Gaussians spaced evenly on a circle of ``radius`` around the origin.
@@ -92,11 +94,12 @@ def mixture_metrics(
         :class:`MixtureMetrics`.
 
     Raises:
-        ValueError: ``samples`` is not ``(n, d)`` with the centres' ``d``.
+        GameInputError: ``samples`` is not ``(n, d)`` with the centres' ``d``.
     """
     if samples.dim() != 2 or samples.shape[1] != centers.shape[1]:
-        raise ValueError(
-            f"samples must have shape (n, {centers.shape[1]}), got {tuple(samples.shape)}"
+        raise GameInputError(
+            f"samples must have shape (n, {centers.shape[1]}), got {tuple(samples.shape)}; pass one point per row, "
+            "in the centres' dimension"
         )
     reach = 10 * std if reach is None else reach
     samples = samples.detach().to(torch.float64).cpu()

@@ -90,14 +90,14 @@ class DualStepStats:
 
 
 def check_batch(real: Tensor, fake: Tensor) -> None:
-    """ValueError unless real and fake hold the same number n >= 1 of finite samples."""
+    """GameInputError unless real and fake hold the same number n >= 1 of finite samples."""
     if real.shape[0] != fake.shape[0]:
-        raise ValueError(
+        raise GameInputError(
             f"real and fake batches must have the same number of samples n (the dual pairs n real with n fake); "
             f"got {real.shape[0]} real and {fake.shape[0]} fake. Draw as many generator samples as real ones."
         )
     if real.shape[0] == 0:
-        raise ValueError("empty batch: need at least one real and one fake sample")
+        raise GameInputError("empty batch: need at least one real and one fake sample; pass non-empty batches")
     check_finite("real batch", real)
     check_finite("fake batch", fake)
 
@@ -146,7 +146,7 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
     ``stats.solver_failed`` set (``on_failure="warn"``), or raises
     :class:`DualSolverError` (``on_failure="raise"``). Bad *input* (batches of different
     sizes, NaN in the real or fake batch, a module the model cannot handle) raises
-    ValueError / :class:`~gameopt.GameInputError` before any forward pass.
+    :class:`~gameopt.GameInputError` before any forward pass.
 
     Distributed (``distributed=True``, under ``torch.distributed``): each rank passes its
     own equal share of the batch and every rank makes exactly the full-batch step, over
@@ -169,12 +169,13 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
     @classmethod
     def _from_model(cls, module: Any, model: str = "score", *args: Any, **kwargs: Any) -> TrustRegionDualDiscriminator:
         if model not in cls._classes:
-            raise ValueError(f"unknown model {model!r}; use one of {tuple(cls._classes)}")
+            raise GameInputError(f"unknown model {model!r}; use one of {tuple(cls._classes)}")
         if len(args) > len(_POSITIONAL):
-            raise TypeError(f"TrustRegionDualDiscriminator takes at most {2 + len(_POSITIONAL)} positional arguments")
+            raise GameInputError(f"TrustRegionDualDiscriminator takes at most {2 + len(_POSITIONAL)} positional arguments; "
+                                 "pass the others by keyword")
         for name, value in zip(_POSITIONAL, args):
             if name in kwargs:
-                raise TypeError(f"TrustRegionDualDiscriminator got multiple values for argument {name!r}")
+                raise GameInputError(f"TrustRegionDualDiscriminator got multiple values for argument {name!r}; pass it once")
             kwargs[name] = value
         target = cls._classes[model]
         accepted = inspect.signature(target.__init__).parameters
@@ -187,7 +188,8 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
                                  "per_sample", "on_failure", "distributed", "process_group"}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            raise TypeError(f"TrustRegionDualDiscriminator got unexpected keyword arguments {unknown}")
+            raise GameInputError(f"TrustRegionDualDiscriminator got unexpected keyword arguments {unknown}; model "
+                                 f"{model!r} accepts {sorted(known - {'self', 'module'})}")
         return target(module, **{k: v for k, v in kwargs.items() if k in accepted})
 
     def __init__(
@@ -201,7 +203,7 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
     ) -> None:
         check_positive("C", C)
         if on_failure not in ("warn", "raise"):
-            raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
+            raise GameInputError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
         check_distributed(type(self).__name__, distributed)
         self.module = module
         self.C = float(C)
@@ -280,10 +282,9 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
         rejected leaves the module's parameters and buffers as they were.
 
         Raises:
-            ValueError: batches of different sizes, empty, or holding NaN/inf
-                (every rank raises when distributed).
-            GameInputError: a module the model cannot step (e.g. batch norm in
-                training mode for ``"score"``), before any forward pass.
+            GameInputError: batches of different sizes, empty, or holding NaN/inf (every
+                rank raises when distributed), or a module the model cannot step (e.g. batch
+                norm in training mode for ``"score"``), before any forward pass.
             DualSolverError: a failed step with ``on_failure="raise"``.
         """
         if self.distributed:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import GameInputError
 from ..solvers._common import softplus_exact
 from .base import DualStepStats, StepFailed
 from .trust_region import LinearisedTrustRegion, Proposal
@@ -84,7 +85,7 @@ class CostLinearisedDiscriminator(LinearisedTrustRegion):
             [(torch.isfinite(real).all() & torch.isfinite(fake).all()).to(torch.float64).reshape(1)]
         )
         if float(ok) < 1.0:
-            raise ValueError("a rank's real or fake batch contains NaN or inf values; check the "
+            raise GameInputError("a rank's real or fake batch contains NaN or inf values; check the "
                              "generator output (e.g. a diverged generator) on every rank")
         return real, fake
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import GameInputError
 from ..solvers._common import check_positive
 
 __all__ = ["RBFFeatures", "RBF_CONVENTIONS"]
@@ -39,7 +40,7 @@ class RBFFeatures(nn.Module):
         convention: ``"sqdist_over_bandwidth"`` or ``"gaussian"``.
 
     Input (n, D), output (n, K) or (n, K + 1); differentiable in x (the generator trains
-    through it). Raises ValueError for anchors that are not (K, D), a bandwidth that is not
+    through it). Raises GameInputError for anchors that are not (K, D), a bandwidth that is not
     positive and finite, or an unknown convention.
     """
 
@@ -47,10 +48,10 @@ class RBFFeatures(nn.Module):
                  convention: str = "sqdist_over_bandwidth") -> None:
         super().__init__()
         if anchors.ndim != 2:
-            raise ValueError(f"anchors must be (K, D), got shape {tuple(anchors.shape)}")
+            raise GameInputError(f"anchors must be (K, D), got shape {tuple(anchors.shape)}; pass K anchor points as rows")
         check_positive("bandwidth", bandwidth)
         if convention not in RBF_CONVENTIONS:
-            raise ValueError(f"unknown RBF convention {convention!r}; use one of {RBF_CONVENTIONS}")
+            raise GameInputError(f"unknown RBF convention {convention!r}; use one of {RBF_CONVENTIONS}")
         self.register_buffer("anchors", anchors.detach().clone())
         self.bandwidth = float(bandwidth)
         self.bias = bool(bias)

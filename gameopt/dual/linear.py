@@ -101,10 +101,10 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
             A 0-d tensor.
 
         Raises:
-            ValueError: ``real`` is None, or the batches differ in size, are empty or hold NaN/inf.
+            GameInputError: ``real`` is None, or the batches differ in size, are empty or hold NaN/inf.
         """
         if real is None:
-            raise ValueError("the linear model's generator loss needs the real batch")
+            raise GameInputError("the linear model's generator loss needs the real batch; call generator_loss(real, fake)")
         check_batch(real, fake.detach())
         phi_r = self.module(real)
         phi_f = self.module(fake)

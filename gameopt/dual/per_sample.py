@@ -166,15 +166,15 @@ class PerSampleKernel:
     until the next build.
 
     Raises:
-        ValueError: unknown ``method``.
-        GameInputError: ``method="hooks"`` for a module it cannot serve (names the layer).
+        GameInputError: unknown ``method``, ``budget_bytes`` < 1, or ``method="hooks"`` for a
+            module it cannot serve (names the layer).
     """
 
     def __init__(self, module: nn.Module, method: str = "auto", budget_bytes: int = 512 * 2**20) -> None:
         if method not in PER_SAMPLE_METHODS:
-            raise ValueError(f"per_sample must be 'auto', 'func' or 'hooks', got {method!r}")
+            raise GameInputError(f"per_sample must be 'auto', 'func' or 'hooks', got {method!r}")
         if int(budget_bytes) < 1:
-            raise ValueError(f"jacobian_budget_bytes must be >= 1, got {budget_bytes!r}")
+            raise GameInputError(f"jacobian_budget_bytes must be >= 1, got {budget_bytes!r}")
         self.module = module
         self.method = method
         self.budget_bytes = int(budget_bytes)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import GameInputError
+
 __all__ = ["RadiusControl"]
 
 
@@ -24,7 +26,7 @@ class RadiusControl:
     Defaults are the standard 0.25 / 0.75 thresholds with factors 1/4 and 2.
 
     Raises:
-        ValueError: unless 0 < shrink_factor < 1 <= grow_factor, shrink_below <= grow_above
+        GameInputError: unless 0 < shrink_factor < 1 <= grow_factor, shrink_below <= grow_above
             and 0 < min_delta <= max_delta.
     """
 
@@ -38,11 +40,14 @@ class RadiusControl:
 
     def __post_init__(self) -> None:
         if not (0 < self.shrink_factor < 1) or not self.grow_factor >= 1:
-            raise ValueError("need 0 < shrink_factor < 1 <= grow_factor")
+            raise GameInputError(f"need 0 < shrink_factor < 1 <= grow_factor, got {self.shrink_factor} and "
+                                 f"{self.grow_factor}; the defaults are 0.25 and 2")
         if not self.shrink_below <= self.grow_above:
-            raise ValueError("need shrink_below <= grow_above")
+            raise GameInputError(f"need shrink_below <= grow_above, got {self.shrink_below} and {self.grow_above}; "
+                                 "the defaults are 0.25 and 0.75")
         if not 0 < self.min_delta <= self.max_delta:
-            raise ValueError(f"need 0 < min_delta <= max_delta, got {self.min_delta} and {self.max_delta}")
+            raise GameInputError(f"need 0 < min_delta <= max_delta, got {self.min_delta} and {self.max_delta}; "
+                                 "pass a positive min_delta no larger than max_delta")
 
     def ratio(self, f0: float, f1: float, predicted_decrease: float) -> float:
         """rho for loss ``f0`` before and ``f1`` after the step, and the model's ``predicted_decrease``.

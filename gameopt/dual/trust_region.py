@@ -64,7 +64,7 @@ class LinearisedTrustRegion(TrustRegionDualDiscriminator):
             :class:`~gameopt.dual.TrustRegionDualDiscriminator`.
 
     Raises:
-        ValueError: ``module`` is not an ``nn.Module``, ``C`` or ``delta`` not > 0,
+        GameInputError: ``module`` is not an ``nn.Module``, ``C`` or ``delta`` not > 0,
             ``max_retries`` not a non-negative integer, or a bad ``on_failure``.
     """
 
@@ -81,10 +81,10 @@ class LinearisedTrustRegion(TrustRegionDualDiscriminator):
         process_group: Any = None,
     ) -> None:
         if not isinstance(module, nn.Module):
-            raise ValueError(f"model {self.model!r} needs the discriminator as an nn.Module")
+            raise GameInputError(f"model {self.model!r} needs the discriminator as an nn.Module; wrap the function in one")
         check_positive("delta", delta)
         if int(max_retries) != max_retries or max_retries < 0:
-            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+            raise GameInputError(f"max_retries must be a non-negative integer, got {max_retries!r}")
         super().__init__(module, C, on_failure=on_failure, distributed=distributed, process_group=process_group)
         self.radius = radius if radius is not None else RadiusControl()
         self.max_retries = int(max_retries)

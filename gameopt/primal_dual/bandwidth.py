@@ -39,14 +39,14 @@ def check_bandwidth(sigma: Any, where: str = "bandwidth") -> float:
         where: its name in the error message.
 
     Raises:
-        ValueError: ``sigma`` is not a positive finite number.
+        GameInputError: ``sigma`` is not a positive finite number.
     """
     try:
         value = float(sigma)
     except (TypeError, ValueError):
-        raise ValueError(f"{where} must be a positive float (sigma of the kernel), got {sigma!r}.") from None
+        raise GameInputError(f"{where} must be a positive float (sigma of the kernel), got {sigma!r}.") from None
     if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(
+        raise GameInputError(
             f"{where} must be a positive finite float (sigma in exp(-||u||^2 / sigma^2)), got {value!r}. "
             "Use a positive value, or give the schedule a positive `minimum`."
         )
@@ -54,14 +54,22 @@ def check_bandwidth(sigma: Any, where: str = "bandwidth") -> float:
 
 
 def _as_int(value: Any, where: str) -> int:
-    """An integral number as int (2000 or 2000.0), else ValueError."""
+    """An integral number as int (2000 or 2000.0), else GameInputError."""
     try:
         as_float = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where} must be integers, got {value!r}.") from None
+        raise GameInputError(f"{where} must be integers (step counts), got {value!r}.") from None
     if isinstance(value, bool) or not as_float.is_integer():
-        raise ValueError(f"{where} must be integers, got {value!r}.")
+        raise GameInputError(f"{where} must be integers (step counts), got {value!r}.")
     return int(as_float)
+
+
+def _as_float(value: Any, where: str) -> float:
+    """``value`` as a float, else GameInputError naming ``where``."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise GameInputError(f"{where} must be a number, got {value!r}.") from None
 
 
 def min_bandwidth(dtype: torch.dtype) -> float:
@@ -161,7 +169,7 @@ class ConstantBandwidth(_CheckedSchedule):
         sigma: the bandwidth (> 0, finite).
 
     Raises:
-        ValueError: ``sigma`` is not a positive finite number.
+        GameInputError: ``sigma`` is not a positive finite number.
     """
 
     def __init__(self, sigma: float) -> None:
@@ -182,19 +190,22 @@ class StepBandwidth(_CheckedSchedule):
         milestones: the iterations (integers >= 0, increasing) where the next sigma starts.
 
     Raises:
-        ValueError: a bad sigma, non-integer or non-increasing milestones, or mismatched lengths.
+        GameInputError: a bad sigma, non-integer or non-increasing milestones, or mismatched lengths.
     """
 
     def __init__(self, sigmas: Sequence[float], milestones: Sequence[int]) -> None:
         sigmas = [check_bandwidth(s, "StepBandwidth sigmas") for s in sigmas]
         milestones = [_as_int(m, "StepBandwidth milestones") for m in milestones]
         if len(sigmas) != len(milestones) + 1:
-            raise ValueError(
+            raise GameInputError(
                 f"StepBandwidth needs len(sigmas) == len(milestones) + 1, got {len(sigmas)} sigmas "
-                f"and {len(milestones)} milestones."
+                f"and {len(milestones)} milestones; give one sigma before the first milestone and one after each."
             )
         if any(b <= a for a, b in zip(milestones, milestones[1:])) or any(m < 0 for m in milestones):
-            raise ValueError(f"StepBandwidth milestones must be non-negative and increasing, got {milestones}.")
+            raise GameInputError(
+                f"StepBandwidth milestones must be non-negative and increasing, got {milestones}; "
+                "sort them and drop duplicates."
+            )
         self.sigmas = sigmas
         self.milestones = milestones
 
@@ -218,20 +229,23 @@ class ExponentialBandwidth(_CheckedSchedule):
         minimum: lower bound of sigma (>= 0; default 0).
 
     Raises:
-        ValueError: any argument out of its range.
+        GameInputError: any argument out of its range or not a number.
     """
 
     def __init__(self, initial: float, decay: float, every: int = 1, minimum: float = 0.0) -> None:
         self.initial = check_bandwidth(initial, "ExponentialBandwidth initial")
-        decay = float(decay)
+        decay = _as_float(decay, "ExponentialBandwidth decay")
         if not (0.0 < decay <= 1.0):
-            raise ValueError(f"ExponentialBandwidth decay must be in (0, 1], got {decay!r}.")
+            raise GameInputError(
+                f"ExponentialBandwidth decay must be in (0, 1], got {decay!r}; sigma is multiplied by it "
+                "every `every` steps (1 keeps it fixed)."
+            )
         every = _as_int(every, "ExponentialBandwidth every")
         if every < 1:
-            raise ValueError(f"ExponentialBandwidth every must be a positive int, got {every!r}.")
-        minimum = float(minimum)
+            raise GameInputError(f"ExponentialBandwidth every must be a positive int, got {every!r}.")
+        minimum = _as_float(minimum, "ExponentialBandwidth minimum")
         if not (math.isfinite(minimum) and minimum >= 0.0):
-            raise ValueError(f"ExponentialBandwidth minimum must be >= 0, got {minimum!r}.")
+            raise GameInputError(f"ExponentialBandwidth minimum must be >= 0, got {minimum!r}.")
         self.decay = decay
         self.every = every
         self.minimum = minimum

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import GameInputError
+
 __all__ = [
     "Divergence",
     "DIVERGENCE_NAMES",
@@ -86,7 +88,7 @@ class Divergence:
     A user-supplied pair is simply ``Divergence("mine", f0, f1, activation)``.
 
     Raises:
-        ValueError: ``f0`` or ``f1`` is not callable.
+        GameInputError: ``f0`` or ``f1`` is not callable.
     """
 
     def __init__(
@@ -102,7 +104,10 @@ class Divergence:
         f1_from_output: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         if not callable(f0) or not callable(f1):
-            raise ValueError(f"Divergence {name!r}: f0 and f1 must be callables mapping D to a tensor.")
+            raise GameInputError(
+                f"Divergence {name!r}: f0 and f1 must be callables mapping D to a tensor; pass functions "
+                "(e.g. lambda d: -F.softplus(-d)), not values."
+            )
         self.name = name
         self._f0 = f0
         self._f1 = f1
@@ -309,20 +314,22 @@ def get_divergence(name: str, *, eps: float | None = None) -> Divergence:
             for ``hellinger`` the floor of D (default 1e-3).  Ignored otherwise.
 
     Raises:
-        ValueError: ``name`` is not a string or not a known variant, or ``eps`` is not a
+        GameInputError: ``name`` is not a string or not a known variant, or ``eps`` is not a
             positive finite number.
     """
     if not isinstance(name, str):
-        raise ValueError(f"divergence name must be a string, got {type(name).__name__}.")
+        raise GameInputError(
+            f"divergence name must be a string, got {type(name).__name__}; pass one of {', '.join(DIVERGENCE_NAMES)}."
+        )
     key = _ALIASES.get(name.strip().lower().replace("-", "_").replace(" ", "_"))
     if key is None:
-        raise ValueError(
+        raise GameInputError(
             f"Unknown divergence {name!r}. Valid names: {', '.join(DIVERGENCE_NAMES)} "
             f"(aliases: {', '.join(sorted(set(_ALIASES) - set(DIVERGENCE_NAMES)))}), "
             "or pass a Divergence / (f0, f1) pair."
         )
     if eps is not None and not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite float, got {eps!r}.")
+        raise GameInputError(f"eps must be a positive finite float, got {eps!r}.")
     if key == "kl":
         div = _kl()
     elif key == "reverse_kl":
@@ -352,7 +359,7 @@ def as_divergence(divergence: DivergenceLike) -> Divergence:
         return get_divergence(divergence)
     if isinstance(divergence, (tuple, list)) and len(divergence) in (2, 3):
         return Divergence("custom", *divergence)
-    raise ValueError(
+    raise GameInputError(
         "divergence must be a name (one of "
         f"{', '.join(DIVERGENCE_NAMES)}), a Divergence, or a tuple (f0, f1[, activation]); "
         f"got {divergence!r}."

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..errors import GameInputError
+
 __all__ = ["RandomProjection"]
 
 
@@ -23,7 +25,7 @@ class RandomProjection(nn.Module):
         seed: seed of W's CPU generator (default 0): the same seed gives the same W.
 
     Raises:
-        ValueError: a size below 1.
+        GameInputError: a size below 1.
     """
 
     weight: Tensor
@@ -31,7 +33,10 @@ class RandomProjection(nn.Module):
     def __init__(self, in_features: int, out_features: int, seed: int = 0) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
-            raise ValueError(f"RandomProjection needs positive sizes, got {in_features} -> {out_features}.")
+            raise GameInputError(
+                f"RandomProjection needs positive sizes, got {in_features} -> {out_features}; pass "
+                "in_features (features per input sample) and out_features >= 1."
+            )
         gen = torch.Generator().manual_seed(seed)
         w = torch.randn(in_features, out_features, generator=gen) / math.sqrt(out_features)
         self.register_buffer("weight", w)
@@ -40,11 +45,12 @@ class RandomProjection(nn.Module):
         """f(x), shape (n, out_features), for ``x`` of shape (n, ...) with ``in_features`` entries per sample.
 
         Raises:
-            ValueError: ``x`` has another number of features per sample.
+            GameInputError: ``x`` has another number of features per sample.
         """
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.weight.shape[0]:
-            raise ValueError(
-                f"RandomProjection expects {self.weight.shape[0]} input features per sample, got {x.shape[1]}."
+            raise GameInputError(
+                f"RandomProjection expects {self.weight.shape[0]} input features per sample, got {x.shape[1]}; "
+                f"build it with in_features={x.shape[1]} or pass samples of the size it was built for."
             )
         return x @ self.weight.to(x.dtype)

@@ -103,11 +103,10 @@ class PrimalDualRegularizer(nn.Module):
     computation dtype (float32: 1.1e-19, float64: 1.5e-154), else a GameInputError.
 
     Raises:
-        ValueError: an unknown divergence, ``alpha`` not finite and >= 0, a bandwidth that is
-            not positive (at step 0 for a schedule) or not callable, a non-callable
-            ``feature_map``, or ``chunk_size`` not a positive int.
-        GameInputError: a bad ``nonfinite``, or ``distributed=True`` without an initialised
-            process group.
+        GameInputError: an unknown divergence, ``alpha`` not a finite number >= 0, a bandwidth
+            that is not positive (at step 0 for a schedule) or not callable, a non-callable
+            ``feature_map``, ``chunk_size`` not a positive int, a bad ``nonfinite``, or
+            ``distributed=True`` without an initialised process group.
     """
 
     num_steps: Tensor
@@ -132,24 +131,27 @@ class PrimalDualRegularizer(nn.Module):
         self.distributed = bool(distributed)
         self.process_group = process_group
         self.divergence = as_divergence(divergence)
-        alpha = float(alpha)
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError):
+            raise GameInputError(f"alpha (dual step size) must be a number, got {alpha!r}; e.g. alpha=1.0.") from None
         if not (math.isfinite(alpha) and alpha >= 0.0):
-            raise ValueError(f"alpha (dual step size) must be a finite float >= 0, got {alpha!r}.")
+            raise GameInputError(f"alpha (dual step size) must be a finite float >= 0, got {alpha!r}; e.g. alpha=1.0.")
         self.alpha = alpha
         if isinstance(bandwidth, (int, float)) and not isinstance(bandwidth, bool):
             bandwidth = ConstantBandwidth(check_bandwidth(bandwidth))
         elif not callable(bandwidth):
-            raise ValueError(
+            raise GameInputError(
                 f"bandwidth must be a positive float or a schedule callable t -> sigma, got {bandwidth!r}."
             )
         else:
             check_bandwidth(bandwidth(0), "bandwidth schedule at step 0")
         self.bandwidth = bandwidth
         if feature_map is not None and not callable(feature_map):
-            raise ValueError(f"feature_map must be callable (a module or function), got {feature_map!r}.")
+            raise GameInputError(f"feature_map must be callable (a module or function), got {feature_map!r}.")
         self.feature_map = feature_map
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+            raise GameInputError(f"chunk_size must be a positive int, got {chunk_size!r}.")
         self.chunk_size = chunk_size
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
         # The count the schedule reads, as a Python int: reading the buffer would be a
@@ -316,39 +318,39 @@ class PrimalDualRegularizer(nn.Module):
             (the generator minimises it). NaN when an input is NaN/inf and ``nonfinite="propagate"``.
 
         Raises:
-            ValueError: an input that is not a tensor, an empty batch, ``d_real`` of the wrong
-                shape, ``real`` and ``fake`` on different devices or of different feature
-                dimensions, or an integer ``fake``.
-            GameInputError: a ``feature_map`` that changes the number of samples, a bandwidth
-                below the dtype's minimum, or NaN/inf inputs with ``nonfinite="raise"``.
+            GameInputError: an input that is not a tensor, an empty batch, ``d_real`` of the
+                wrong shape, ``real`` and ``fake`` on different devices or of different feature
+                dimensions, an integer ``fake``, a ``feature_map`` that changes the number of
+                samples, a bandwidth below the dtype's minimum, or NaN/inf inputs with
+                ``nonfinite="raise"``.
         """
         for name, t in (("real", real), ("fake", fake), ("d_real", d_real)):
             if not isinstance(t, Tensor):
-                raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+                raise GameInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}; convert it with torch.as_tensor.")
         if self.distributed:  # before any local check, so a bad share raises on every rank, not only here
             check_same_shapes({"real": real, "fake": fake, "d_real": d_real}, self.process_group)
         if real.dim() == 0 or real.shape[0] == 0:
-            raise ValueError(f"real batch is empty (shape {tuple(real.shape)}); pass at least one data sample.")
+            raise GameInputError(f"real batch is empty (shape {tuple(real.shape)}); pass at least one data sample.")
         if fake.dim() == 0 or fake.shape[0] == 0:
-            raise ValueError(f"fake batch is empty (shape {tuple(fake.shape)}); pass at least one generated sample.")
+            raise GameInputError(f"fake batch is empty (shape {tuple(fake.shape)}); pass at least one generated sample.")
         n = real.shape[0]
         if d_real.shape not in ((n,), (n, 1)):
-            raise ValueError(
+            raise GameInputError(
                 f"d_real must be the discriminator's raw output on real with shape ({n},) or ({n}, 1), "
                 f"got {tuple(d_real.shape)}."
             )
         if real.device != fake.device:
-            raise ValueError(f"real is on {real.device} but fake is on {fake.device}; move them to one device.")
+            raise GameInputError(f"real is on {real.device} but fake is on {fake.device}; move them to one device.")
         sigma = self.current_bandwidth
 
         with torch.no_grad():
             x = self._features(real.detach(), "real")
         y = self._features(fake, "fake")
         if not y.is_floating_point():
-            raise ValueError(f"fake must be a floating-point tensor, got {y.dtype}.")
+            raise GameInputError(f"fake must be a floating-point tensor, got {y.dtype}; cast it (e.g. fake.float()).")
         x = x.to(compute_dtype(y.dtype))  # real in float16 would overflow where fake's dtype is half
         if x.shape[1:] != y.shape[1:]:
-            raise ValueError(
+            raise GameInputError(
                 f"real and fake have different feature dimensions ({x.shape[1]} vs {y.shape[1]}, from shapes "
                 f"{tuple(real.shape)} and {tuple(fake.shape)}); pass batches of the same sample shape "
                 "(and one feature_map for both)."
