@@ -81,6 +81,22 @@ class FieldOptimizer(GameOptimizer):
             )
         return self._check_losses(losses)
 
+    def _backward_from_closure(self, closure: Closure | None) -> Any:
+        """For one-evaluation steps: run ``closure()`` and ``backward`` on its losses.
+
+        Returns the closure's losses, or None without a closure or when it returned None
+        (the gradients are then taken to be in ``p.grad`` already, as Lightning's closure leaves them).
+        """
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            losses = closure()
+        if losses is not None:
+            checked = self._check_losses(losses)
+            self.zero_grad(set_to_none=True)
+            self.backward(*checked)  # type: ignore[attr-defined]
+        return losses
+
     def _flat_params(self) -> list[torch.Tensor]:
         return [p for player in self.players for p in self.player_params(player)]
 

@@ -114,14 +114,7 @@ class OptimisticOptimizer(FieldOptimizer):
             GameInputError: no gradient in any ``p.grad`` and no closure to compute one, or
                 a closure whose losses are not one valid loss per player.
         """
-        losses = None
-        if closure is not None:
-            with torch.enable_grad():
-                losses = closure()
-            if losses is not None:
-                checked = self._check_losses(losses)
-                self.zero_grad(set_to_none=True)
-                self.backward(*checked)
+        losses = self._backward_from_closure(closure)
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not params:
             raise GameInputError("step() found no gradients: call opt.backward(...) first or pass a closure")

@@ -324,14 +324,7 @@ class SGAOptimizer(FieldOptimizer):
         Raises:
             GameInputError, RuntimeError: as :meth:`backward`, for the closure's losses.
         """
-        losses = None
-        if closure is not None:
-            with torch.enable_grad():
-                losses = closure()
-            if losses is not None:
-                checked = self._check_losses(losses)
-                self.zero_grad(set_to_none=True)
-                self.backward(*checked)
+        losses = self._backward_from_closure(closure)
         self._apply_base_step()
         return losses
 
