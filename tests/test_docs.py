@@ -165,7 +165,7 @@ DOC_BLOCKS = [(page, i) for page in DOC_PAGES for i in range(len(python_blocks(p
     "page, index", DOC_BLOCKS, ids=[f"{p.relative_to(DOCS)}-{i}" for p, i in DOC_BLOCKS]
 )
 def test_docs_python_block_runs(page, index):
-    """Block ``index`` of ``page`` runs after the page's earlier blocks, as the README's do."""
+    """Block ``index`` of ``page`` runs as written, or after the code above when its prose says it continues it."""
     run_blocks(page, index)
 
 

@@ -1,4 +1,4 @@
-"""Every Python block in README.md runs as written (with small stand-in models)."""
+"""Every Python block in README.md runs as written, with nothing defined before it (tests/markdown_blocks.py)."""
 
 import re
 
@@ -11,7 +11,7 @@ README = ROOT / "README.md"
 
 @pytest.mark.parametrize("index", range(len(python_blocks(README))))
 def test_readme_python_block_runs(index):
-    """Block ``index`` runs after the ones before it, as for a reader going through the README."""
+    """Block ``index`` runs as written, or after the code above when its prose says it continues it."""
     run_blocks(README, index)
 
 
@@ -21,3 +21,22 @@ def test_readme_opens_with_the_two_commands_ci_runs():
     assert "examples/eight_gaussians.py" in commands[0]
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1].strip() in ci
+
+
+# One first example: the pages a newcomer opens first show the README's, as written.
+FIRST_PAGES = ["docs/index.md", "docs/getting-started.md", "docs/methods/consensus.md"]
+
+
+@pytest.mark.parametrize("page", FIRST_PAGES)
+def test_first_pages_open_with_the_readme_example(page):
+    assert python_blocks(ROOT / page)[0] == python_blocks(README)[0]
+
+
+def test_the_readme_example_uses_the_default_gamma():
+    import inspect
+
+    import gameopt
+
+    default = inspect.signature(gameopt.ConsensusOptimizer).parameters["gamma"].default
+    first = python_blocks(README)[0]
+    assert "torch.optim.Adam" in first and f"gamma={default}" in first
