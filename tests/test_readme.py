@@ -40,3 +40,26 @@ def test_the_readme_example_uses_the_default_gamma():
     default = inspect.signature(gameopt.ConsensusOptimizer).parameters["gamma"].default
     first = python_blocks(README)[0]
     assert "torch.optim.Adam" in first and f"gamma={default}" in first
+
+
+# The README and the docs speak to a user: no talk of how and where the authors worked.
+INTERNAL_WORDING = {
+    r"this project's": "say what it was (e.g. 'measured on a 2-core CPU, no GPU')",
+    r"\blent\b": "say 'no GPU was available'",
+    r"\bsessions?\b": "say what ran, not whose session",
+    r"/work/": "a path on the authors' machine: give the command a user runs",
+    r"`quiet`|\bbg\b": "the authors' wrappers: say 'on an otherwise idle machine'",
+    r"a few minutes": "say the measured time: the tests take about 7.5 minutes on an idle 2-core machine",
+}
+
+
+def test_readme_and_docs_speak_to_a_user():
+    pages = [README] + sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts)
+    found = [
+        f"{page.relative_to(ROOT)}:{n}: {pattern!r} ({fix}): {line.strip()[:100]}"
+        for page in pages
+        for n, line in enumerate(page.read_text().splitlines(), 1)
+        for pattern, fix in INTERNAL_WORDING.items()
+        if re.search(pattern, line)
+    ]
+    assert not found, "\n".join(found)
