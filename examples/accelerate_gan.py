@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     result = train(args)
     for m in result["history"]:
-        print(f"step {m['step']:6d}  modes {m['modes_covered']}/8  high-quality {m['high_quality']:.3f}  KL {m['kl']:.3f}")
+        print(f"step {m['step']:6d}  modes reached {m['modes_reached']}/8  covered {m['modes_covered']}/8  "
+              f"high-quality {m['high_quality']:.3f}  KL {m['kl']:.3f}")
     f = result["history"][-1]
-    print(f"{'consensus' if args.gamma else 'simga':10s} modes {f['modes_covered']}/8  high-quality "
+    print(f"{'consensus' if args.gamma else 'simga':10s} modes reached {f['modes_reached']}/8  "
+          f"covered {f['modes_covered']}/8  high-quality "
           f"{f['high_quality']:.3f}  KL {f['kl']:.3f}  ({result['seconds']:.0f} s, "
           f"{result['skipped_steps']} skipped steps)")
     return result

@@ -5,7 +5,7 @@ The game and settings of ``examples/eight_gaussians.py`` (std 0.01 on the unit c
 in a ``LightningModule`` with manual optimisation, the way Lightning's own GAN examples
 train: ``opt = self.optimizers(); opt.zero_grad(); opt.backward(gen_loss, disc_loss);
 opt.step()``. With the same seed the run follows the plain demo's consensus run step for
-step, and prints the same metrics (modes covered, high-quality fraction, KL).
+step, and prints the same metrics (modes reached and covered, high-quality fraction, KL).
 
     python examples/lightning_gan.py                       # 6000 steps, about a minute on 2 CPU cores
     python examples/lightning_gan.py --precision bf16-mixed
@@ -131,9 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     result = train(args)
     for m in result["history"]:
-        print(f"step {m['step']:6d}  modes {m['modes_covered']}/8  high-quality {m['high_quality']:.3f}  KL {m['kl']:.3f}")
+        print(f"step {m['step']:6d}  modes reached {m['modes_reached']}/8  covered {m['modes_covered']}/8  "
+              f"high-quality {m['high_quality']:.3f}  KL {m['kl']:.3f}")
     f = result["history"][-1]
-    print(f"{'consensus' if args.gamma else 'simga':10s} modes {f['modes_covered']}/8  high-quality "
+    print(f"{'consensus' if args.gamma else 'simga':10s} modes reached {f['modes_reached']}/8  "
+          f"covered {f['modes_covered']}/8  high-quality "
           f"{f['high_quality']:.3f}  KL {f['kl']:.3f}  ({result['seconds']:.0f} s, "
           f"{result['skipped_steps']} skipped steps)")
     return result

@@ -72,6 +72,12 @@ def test_every_public_name_has_an_api_entry(built_site):
     assert not modules, f"public modules without an API page: {modules}"
 
 
+def test_no_text_renders_as_an_email_link(built_site):
+    """reStructuredText turns ``word@word`` into a mailto: link (LeNet-5's "conv 6@5x5" did); gameopt links no address."""
+    pages = sorted(str(p.relative_to(built_site)) for p in built_site.rglob("*.html") if "mailto:" in p.read_text())
+    assert not pages, f"pages with a mailto: link (write the text as ``literal``): {pages}"
+
+
 # A renamed function or a stale reference fails the build: two small sites with the same
 # reference machinery (docs/_ext/references.py, nitpicky), one with a reference that names
 # something and one where it names nothing.
@@ -165,7 +171,7 @@ DOC_BLOCKS = [(page, i) for page in DOC_PAGES for i in range(len(python_blocks(p
     "page, index", DOC_BLOCKS, ids=[f"{p.relative_to(DOCS)}-{i}" for p, i in DOC_BLOCKS]
 )
 def test_docs_python_block_runs(page, index):
-    """Block ``index`` of ``page`` runs after the page's earlier blocks, as the README's do."""
+    """Block ``index`` of ``page`` runs as written, or after the code above when its prose says it continues it."""
     run_blocks(page, index)
 
 

@@ -33,15 +33,22 @@ def plain_demo():
     return result["history"], torch.from_numpy(result["samples"][8])
 
 
+def assert_prints_reached_and_covered(out, history):
+    """Both counts, as the plain demo prints them: a run 8/8 reached but 0/8 covered must not read as "modes 0/8"."""
+    for m in history:
+        assert f"step {m['step']:6d}  modes reached {m['modes_reached']}/8  covered {m['modes_covered']}/8  " in out
+    f = history[-1]
+    assert (f"consensus  modes reached {f['modes_reached']}/8  covered {f['modes_covered']}/8  "
+            f"high-quality {f['high_quality']:.3f}  KL {f['kl']:.3f}") in out
+
+
 def test_lightning_example_matches_the_plain_demo(plain_demo, capsys):
     result = load("lightning_gan").main(TINY)
     history, samples = plain_demo
     assert result["global_step"] == 8 and result["skipped_steps"] == 0
     assert result["history"] == history
     assert torch.equal(result["samples"], samples)
-    out = capsys.readouterr().out
-    f = history[-1]
-    assert f"consensus  modes {f['modes_covered']}/8  high-quality {f['high_quality']:.3f}  KL {f['kl']:.3f}" in out
+    assert_prints_reached_and_covered(capsys.readouterr().out, history)
 
 
 def test_accelerate_example_matches_the_plain_demo(plain_demo, capsys):
@@ -56,5 +63,4 @@ def test_accelerate_example_matches_the_plain_demo(plain_demo, capsys):
     assert result["skipped_steps"] == 0
     assert result["history"] == history
     assert torch.equal(result["samples"], samples)
-    f = history[-1]
-    assert f"consensus  modes {f['modes_covered']}/8" in capsys.readouterr().out
+    assert_prints_reached_and_covered(capsys.readouterr().out, history)

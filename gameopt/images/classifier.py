@@ -74,8 +74,9 @@ class SmallCNN(nn.Module):
 class LeNet5(nn.Module):
     """LeNet-5 with ReLU and max-pooling: the primal-dual paper's MNIST evaluation classifier.
 
-    conv 6@5x5 (padding 2) - pool - conv 16@5x5 - pool - fc 120 - fc 84 - fc 10. Input
-    ``(N, 1, 28, 28)`` in [-1, 1]; :meth:`features` is the 84-dim penultimate layer (after ReLU).
+    ``conv 6@5x5`` (padding 2) - pool - ``conv 16@5x5`` - pool - fc 120 - fc 84 - fc 10, where
+    ``n@kxk`` is n channels of k x k kernels. Input ``(N, 1, 28, 28)`` in [-1, 1]; :meth:`features`
+    is the 84-dim penultimate layer (after ReLU).
 
     Args:
         n_classes: number of logits (default 10).
