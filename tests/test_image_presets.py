@@ -1,0 +1,78 @@
+"""The image runner's published configurations (issue 19): per-player learning rates, DCGAN
+initialisation, the PacGAN preset and the standard-size 28x28 DCGAN players."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import image_gan  # noqa: E402
+from image_methods import build_method  # noqa: E402
+
+
+def _build(argv: list[str]):
+    args = image_gan.parse_args(argv)
+    torch.manual_seed(0)
+    G, D = image_gan.build_models(args, (3, 28, 28))
+    return args, G, D, build_method(G, D, args)
+
+
+def _player_lrs(method) -> dict[str, set[float]]:
+    opt = method.opt
+    return {name: {g["lr"] for g in opt.param_groups if g.get("player") == name} for name in ("gen", "disc")}
+
+
+@pytest.mark.parametrize("method", ["altga", "simga", "consensus", "optimistic"])
+def test_per_player_learning_rates(method):
+    # PacGAN trains D at 2e-4 and G at 1e-4; one --lr for both handicapped the baselines
+    _, G, D, m = _build(["--data", "stacked_mnist", "--model", "unrolled", "--method", method,
+                         "--lr-g", "1e-4", "--lr-d", "2e-4"])
+    lrs = _player_lrs(m)
+    assert lrs == {"gen": {1e-4}, "disc": {2e-4}}
+
+
+def test_lr_defaults_to_both_players():
+    _, _, _, m = _build(["--data", "stacked_mnist", "--model", "unrolled", "--method", "altga", "--lr", "3e-4"])
+    assert _player_lrs(m) == {"gen": {3e-4}, "disc": {3e-4}}
+
+
+def test_dcgan_initialisation():
+    # DCGAN (Radford et al.) and PacGAN's TensorFlow code draw every weight from N(0, 0.02)
+    _, G, D, _ = _build(["--data", "stacked_mnist", "--model", "unrolled", "--init", "dcgan"])
+    for net in (G, D):
+        for mod in net.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)) and mod.weight.numel() > 500:
+                assert abs(mod.weight.std().item() - 0.02) < 0.004
+                assert torch.count_nonzero(mod.bias) == 0
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                assert abs(mod.weight.mean().item() - 1) < 0.02
+
+
+def test_pacgan_preset():
+    args, G, D, m = _build(["--data", "stacked_mnist", "--preset", "pacgan", "--method", "altga"])
+    assert (args.model, args.d_scale, args.batch, args.z_dim, args.init) == ("unrolled", 0.5, 128, 256, "dcgan")
+    assert (args.beta1, args.beta2) == (0.5, 0.99)
+    assert _player_lrs(m) == {"gen": {1e-4}, "disc": {2e-4}}
+    assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in D.modules())   # BN in D, as published
+    assert sum(p.numel() for p in D.parameters()) < 2000
+
+
+def test_preset_keeps_explicit_options():
+    args = image_gan.parse_args(["--data", "stacked_mnist", "--preset", "pacgan", "--batch", "64", "--d-scale", "0.25"])
+    assert (args.batch, args.d_scale, args.lr_d) == (64, 0.25, 2e-4)
+
+
+def test_standard_dcgan28_players():
+    # the standard-size DCGAN of docs (G about 780k parameters, D about 141k), 28x28 stacked MNIST
+    args, G, D, _ = _build(["--data", "stacked_mnist", "--model", "dcgan28"])
+    x = G(torch.randn(4, args.z_dim))
+    assert x.shape == (4, 3, 28, 28) and x.abs().max() <= 1
+    assert D(x).shape == (4, 1)
+    assert 700_000 < sum(p.numel() for p in G.parameters()) < 900_000
+    assert 100_000 < sum(p.numel() for p in D.parameters()) < 200_000
