@@ -25,7 +25,7 @@ def _build(argv: list[str]):
 
 def _player_lrs(method) -> dict[str, set[float]]:
     opt = method.opt
-    return {name: {g["lr"] for g in opt.param_groups if g.get("player") == name} for name in ("gen", "disc")}
+    return {name: {g["lr"] for g in opt.param_groups if g.get("player") == name} for name in ("generator", "discriminator")}
 
 
 @pytest.mark.parametrize("method", ["altga", "simga", "consensus", "optimistic"])
@@ -34,12 +34,12 @@ def test_per_player_learning_rates(method):
     _, G, D, m = _build(["--data", "stacked_mnist", "--model", "unrolled", "--method", method,
                          "--lr-g", "1e-4", "--lr-d", "2e-4"])
     lrs = _player_lrs(m)
-    assert lrs == {"gen": {1e-4}, "disc": {2e-4}}
+    assert lrs == {"generator": {1e-4}, "discriminator": {2e-4}}
 
 
 def test_lr_defaults_to_both_players():
     _, _, _, m = _build(["--data", "stacked_mnist", "--model", "unrolled", "--method", "altga", "--lr", "3e-4"])
-    assert _player_lrs(m) == {"gen": {3e-4}, "disc": {3e-4}}
+    assert _player_lrs(m) == {"generator": {3e-4}, "discriminator": {3e-4}}
 
 
 def test_dcgan_initialisation():
@@ -58,7 +58,7 @@ def test_pacgan_preset():
     args, G, D, m = _build(["--data", "stacked_mnist", "--preset", "pacgan", "--method", "altga"])
     assert (args.model, args.d_scale, args.batch, args.z_dim, args.init) == ("unrolled", 0.5, 128, 256, "dcgan")
     assert (args.beta1, args.beta2) == (0.5, 0.99)
-    assert _player_lrs(m) == {"gen": {1e-4}, "disc": {2e-4}}
+    assert _player_lrs(m) == {"generator": {1e-4}, "discriminator": {2e-4}}
     assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in D.modules())   # BN in D, as published
     assert sum(p.numel() for p in D.parameters()) < 2000
 
