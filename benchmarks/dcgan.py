@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 
@@ -132,3 +133,46 @@ def mnist_discriminator(channels: int = 1, width: int = 64) -> nn.Sequential:
         nn.Conv2d(w, w // 2, 4, 2, 1), nn.LeakyReLU(0.2),
         nn.Flatten(), nn.Linear(w // 2 * 7 * 7, 16 * w), nn.LeakyReLU(0.2), nn.Linear(16 * w, 1),
     )
+
+
+def dcgan28_generator(z_dim: int = 100, channels: int = 3, width: int = 64) -> nn.Sequential:
+    """A standard-size DCGAN generator for 28x28 images (about 780k parameters at width 64).
+
+    z (B, z_dim) -> linear to 7x7 x 2*width -> BN, ReLU -> 4x4 stride-2 transposed conv to
+    14x14 x width -> BN, ReLU -> 4x4 stride-2 transposed conv to 28x28 x ``channels`` -> tanh.
+    The usual MNIST DCGAN shape (the players of docs' "standard-size DCGAN under the strict
+    count"), far stronger than the deliberately weak D = 1/2 G players of Metz et al.
+    """
+    w = width
+    return nn.Sequential(
+        nn.Linear(z_dim, 2 * w * 49), nn.Unflatten(1, (2 * w, 7, 7)), nn.BatchNorm2d(2 * w), nn.ReLU(),
+        nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU(),                 # 14x14
+        nn.ConvTranspose2d(w, channels, 4, 2, 1), nn.Tanh(),                                 # 28x28
+    )
+
+
+def dcgan28_discriminator(channels: int = 3, width: int = 64, batch_norm: bool = True) -> nn.Sequential:
+    """The matching 28x28 DCGAN discriminator (about 141k parameters at width 64): 4x4 stride-2
+    convs to width (LeakyReLU 0.2) and 2*width (batch norm, LeakyReLU 0.2), then a linear logit."""
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(channels, w, 4, 2, 1), nn.LeakyReLU(0.2),                                    # 14x14
+        nn.Conv2d(w, 2 * w, 4, 2, 1), *([nn.BatchNorm2d(2 * w)] if batch_norm else []), nn.LeakyReLU(0.2),  # 7x7
+        nn.Flatten(), nn.Linear(2 * w * 49, 1),
+    )
+
+
+def dcgan_init_(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """DCGAN initialisation in place (Radford et al. 2016; the TensorFlow code of Metz et al. and
+    PacGAN): conv, transposed-conv and linear weights from N(0, std), biases 0; batch-norm scales
+    from N(1, std), shifts 0. Returns ``module``."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                nn.init.normal_(m.weight, 0.0, std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                nn.init.normal_(m.weight, 1.0, std)
+                nn.init.zeros_(m.bias)
+    return module

