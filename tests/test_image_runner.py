@@ -1,20 +1,16 @@
-"""The image benchmark runner (benchmarks/image_gan.py): every method runs, resumes bit-for-bit, writes its outputs."""
+"""The image benchmark runner (benchmarks/common/image_gan.py): every method runs, resumes bit-for-bit, writes its outputs."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import image_gan  # noqa: E402
-from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
-from image_methods import METHODS  # noqa: E402
+from benchmarks.common import image_gan
+from benchmarks.common.dcgan import dcgan_discriminator, dcgan_generator
+from benchmarks.common.image_methods import METHODS
 
 TINY = ["--size", "8", "--width", "8", "--z-dim", "8", "--batch", "8", "--eval-samples", "64",
         "--eval-real", "300", "--no-progress", "--threads", "1"]
@@ -117,7 +113,7 @@ def test_cifar10_run_from_a_data_path(tmp_path, monkeypatch):
 
 
 def test_table_collects_runs(tmp_path):
-    import image_table
+    from benchmarks.common import image_table
 
     folders = []
     for method, seed in [("simga", 0), ("simga", 1), ("consensus", 0)]:

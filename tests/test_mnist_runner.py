@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
 
-import gameopt  # noqa: E402
-import image_gan  # noqa: E402
-import image_methods  # noqa: E402
-from dcgan import mnist_discriminator, mnist_generator, unrolled_discriminator, unrolled_generator  # noqa: E402
-from image_methods import METHODS  # noqa: E402
+import gameopt
+from benchmarks.common import image_gan
+from benchmarks.common import image_methods
+from benchmarks.common.dcgan import mnist_discriminator, mnist_generator, unrolled_discriminator, unrolled_generator
+from benchmarks.common.image_methods import METHODS
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +144,7 @@ def test_a_new_method_is_one_registration(mnist_root, tmp_path):
 
 
 def test_step_cost_script(mnist_root, tmp_path):
-    import image_step_cost
+    from benchmarks.common import image_step_cost
 
     res = image_step_cost.main(["--methods", "simga,consensus", "--steps", "1", "--rounds", "1", "--warmup", "1",
                                 "--reference-steps", "1000", "--out", str(tmp_path), *tiny(mnist_root)])
@@ -158,7 +155,7 @@ def test_step_cost_script(mnist_root, tmp_path):
 
 
 def test_table_copies_seed0_samples_and_appends_published_numbers(mnist_root, tmp_path):
-    import image_table
+    from benchmarks.common import image_table
 
     folders = []
     for method, seed in [("simga", 0), ("simga", 1)]:

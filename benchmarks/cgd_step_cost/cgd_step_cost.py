@@ -2,7 +2,7 @@
 
 Game: zero-sum, f = softplus(-D(x)).mean() + softplus(D(G(z))).mean() is the discriminator's loss
 (disc_loss = f) and the generator's is gen_loss = -f (gameopt's convention: both minimise).
-Players: the 8-Gaussian MLPs (batch 512) and the DCGAN-like 32x32 players of benchmarks/dcgan.py
+Players: the 8-Gaussian MLPs (batch 512) and the DCGAN-like 32x32 players of benchmarks/common/dcgan.py
 (batch 64). Every step draws the next batch from a fixed pool, so the CG warm start sees the
 mini-batch noise it would see in training.
 
@@ -17,12 +17,12 @@ hits all alike; ratios of medians against ``adam``):
   acgd_tight  ACGD with tol 1e-3, max_iter 100
 CG iterations and Hessian-vector products per step are the means over the timed steps.
 Memory (CPU): MB of tensors autograd saves for backward in one step (unique storages), as
-benchmarks/consensus_step_cost.py measures it, each method in a fresh subprocess; plus the
+benchmarks/consensus_step_cost/consensus_step_cost.py measures it, each method in a fresh subprocess; plus the
 optimiser state's MB. CUDA: peak allocated MB above models and data over 3 steps.
 
-    /work/bin/quiet python benchmarks/cgd_step_cost.py --threads 1 --out runs/cgd_step_cost
+    OMP_NUM_THREADS=1 python benchmarks/cgd_step_cost/cgd_step_cost.py --threads 1 --out runs/cgd_step_cost
 
-Importable (e.g. from benchmarks/consensus_step_cost.py): ``make_competitive_step(G, D, losses,
+Importable (e.g. from benchmarks/consensus_step_cost/consensus_step_cost.py): ``make_competitive_step(G, D, losses,
 **settings)`` for any zero-sum ``losses() -> (gen_loss, disc_loss)``, ``SETTINGS`` (the methods'
 CompetitiveOptimizer arguments), ``make_step(method, G, D, batches)``.
 """
@@ -42,11 +42,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 
 import gameopt  # noqa: E402
-from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
+from benchmarks.common.dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
 from gameopt.toy_games import mlp  # noqa: E402
 
 METHODS = ["adam", "cgd", "acgd", "acgd_warm", "acgd_k1", "acgd_tight"]

@@ -1,8 +1,8 @@
 """Image GAN benchmark runner: one command trains one method on one image game.
 
-    python benchmarks/image_gan.py --data stacked_digits --method consensus --steps 3000 --seed 0 \\
+    python benchmarks/common/image_gan.py --data stacked_digits --method consensus --steps 3000 --seed 0 \\
         --out runs/stacked_digits/consensus_s0
-    python benchmarks/image_gan.py --data cifar10 --data-path ~/data/cifar-10-batches-py \\
+    python benchmarks/common/image_gan.py --data cifar10 --data-path ~/data/cifar-10-batches-py \\
         --model dcgan --method consensus --steps 100000 --device cuda --out runs/cifar10/consensus
 
 Games:
@@ -24,7 +24,7 @@ Models (``--model``): ``dcgan`` (DCGAN-like, no batch norm: the consensus paper'
 ``dcgan_bn`` (with batch norm), ``conv4`` (one more convolution per player, the consensus
 paper's Fig. 11 variant); 28x28: ``unrolled`` / ``unrolled_nobn_d`` (Metz et al.'s stacked-MNIST
 players, D at ``--d-scale`` of G, with / without batch norm in D) and ``mnist_dcgan`` (the
-primal-dual paper's MNIST players). Methods: see ``benchmarks/image_methods.py``.
+primal-dual paper's MNIST players). Methods: see ``benchmarks/common/image_methods.py``.
 
 Writes into ``--out``: ``checkpoint.pt`` (models, optimiser and method state, random number
 generators, history) every ``--ckpt-every`` steps and at the end; ``metrics.json`` (settings and
@@ -48,8 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dcgan import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
+from benchmarks.common.dcgan import (  # noqa: E402
     dcgan_discriminator,
     dcgan_generator,
     mnist_discriminator,
@@ -57,7 +57,7 @@ from dcgan import (  # noqa: E402
     unrolled_discriminator,
     unrolled_generator,
 )
-from image_methods import METHODS, add_method_arguments, build_method  # noqa: E402
+from benchmarks.common.image_methods import METHODS, add_method_arguments, build_method  # noqa: E402
 
 CHECKPOINT = "checkpoint.pt"
 MODELS = ("dcgan", "dcgan_bn", "conv4", "unrolled", "unrolled_nobn_d", "mnist_dcgan")

@@ -1,15 +1,15 @@
 """Per-step cost of every image-benchmark method on the same players, for equal-wall-time runs.
 
-    /work/bin/quiet python benchmarks/image_step_cost.py --data stacked_mnist --model unrolled_nobn_d \\
-        --threads 1 --out benchmarks/results/stacked_mnist/step_cost
+    OMP_NUM_THREADS=1 python benchmarks/common/image_step_cost.py --data stacked_mnist --model unrolled_nobn_d \\
+        --threads 1 --out benchmarks/stacked_mnist/results/step_cost
 
-Builds each method exactly as ``benchmarks/image_gan.py`` does (same argument parser, so any
+Builds each method exactly as ``benchmarks/common/image_gan.py`` does (same argument parser, so any
 runner option can be passed after the script's own), warms it up, then times ``--rounds``
 rounds of ``--steps`` training steps, the methods interleaved within each round so that a change
 in machine load hits all of them alike. Reports the median ms per step, the ratio to
 ``--reference`` (consensus by default), and the steps each method gets for the train time of
 ``--reference-steps`` reference steps (what the suites pass as ``--steps`` for the
-equal-wall-time rows). Run it through ``/work/bin/quiet`` on a shared machine: times measured
+equal-wall-time rows). Run it on an otherwise idle machine (nothing else busy, ``OMP_NUM_THREADS=1``): times measured
 inside background jobs include pauses and contention.
 """
 
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import image_gan  # noqa: E402
-from image_methods import METHODS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
+from benchmarks.common import image_gan  # noqa: E402
+from benchmarks.common.image_methods import METHODS  # noqa: E402
 
 
 def build(runner_argv: list[str], method: str):

@@ -1,9 +1,9 @@
 """Collect finished image-benchmark runs into a Markdown table (and a JSON summary).
 
-    python benchmarks/image_table.py runs/stacked_digits/* --out benchmarks/results/stacked_digits
-    python benchmarks/image_table.py runs/stacked_mnist/*/ --out benchmarks/results/stacked_mnist --published stacked_mnist
+    python benchmarks/common/image_table.py runs/stacked_digits/* --out benchmarks/stacked_digits/results
+    python benchmarks/common/image_table.py runs/stacked_mnist/*/ --out benchmarks/stacked_mnist/results --published stacked_mnist
 
-Reads each run folder's ``metrics.json`` (written by ``benchmarks/image_gan.py``), prints one
+Reads each run folder's ``metrics.json`` (written by ``benchmarks/common/image_gan.py``), prints one
 row per run and one mean +- std row per method over seeds, and writes ``table.md``,
 ``summary.json``, ``curves.png`` (each metric over steps, one line per run) and each run's last
 sample grid (``samples/<run folder>.png``) to ``--out``. Runs that saved their final samples
@@ -119,7 +119,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
 def plot_against_time(runs: list[dict[str, Any]], cost: dict[str, Any], path: Path) -> None:
     """Each metric against *equivalent* wall time: step x the method's ms/step from ``cost``
-    (``benchmarks/image_step_cost.py``'s step_cost.json, measured under /work/bin/quiet), the mean
+    (``benchmarks/common/image_step_cost.py``'s step_cost.json, measured on an otherwise idle machine), the mean
     over seeds per method, each run's own points faint. The runs' own clocks are not used: they
     ran as background jobs on a shared machine."""
     import matplotlib
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("runs", nargs="+", help="run folders (each with metrics.json)")
     ap.add_argument("--out", default=None, help="write table.md, summary.json and curves.png here")
     ap.add_argument("--step-cost", default=None,
-                    help="step_cost.json of benchmarks/image_step_cost.py: also plot every metric against "
+                    help="step_cost.json of benchmarks/common/image_step_cost.py: also plot every metric against "
                          "equivalent train time (quality_vs_time.png)")
     ap.add_argument("--published", choices=sorted(PUBLISHED), default=None,
                     help="append the published numbers and the real-data ceiling for this game")

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from binomial import clopper_pearson_interval, mcnemar_exact, wilson_interval
+from benchmarks.common.binomial import clopper_pearson_interval, mcnemar_exact, wilson_interval
 
 Criteria = dict[str, Callable[[dict], bool]]
 

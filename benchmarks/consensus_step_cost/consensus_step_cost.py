@@ -26,7 +26,7 @@ state (the base optimiser's plus the method's own per-parameter tensors: the opt
 method's previous update, lookahead's slow weights) and of transient parameter copies taken
 during a step (extragradient's z_t, the optimistic method's z before the base step).
 
-    python benchmarks/consensus_step_cost.py --model both --out runs/consensus_step_cost
+    python benchmarks/consensus_step_cost/consensus_step_cost.py --model both --out runs/consensus_step_cost
 """
 
 from __future__ import annotations
@@ -44,11 +44,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 
 import gameopt  # noqa: E402
-from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
+from benchmarks.common.dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
 from gameopt.toy_games import mlp  # noqa: E402
 
 METHODS = ["plain", "gameopt_sim", "reference", "gameopt", "gameopt_smooth", "gameopt_compiled",

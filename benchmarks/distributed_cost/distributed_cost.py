@@ -12,12 +12,12 @@ Configurations (8-Gaussian GAN MLPs, 4 hidden layers of ``width`` units, float32
   dual_cost    TrustRegionDualDiscriminator("cost") step (small width only)
   dual_score   TrustRegionDualDiscriminator("score") step (small width only)
 
-    python benchmarks/distributed_cost.py                 # spawns 2 processes (gloo, 1 thread each)
-    torchrun --nproc_per_node=2 benchmarks/distributed_cost.py   # same, launched by torchrun
+    python benchmarks/distributed_cost/distributed_cost.py                 # spawns 2 processes (gloo, 1 thread each)
+    torchrun --nproc_per_node=2 benchmarks/distributed_cost/distributed_cost.py   # same, launched by torchrun
 
 Uses NCCL and one GPU per rank when CUDA is available, unchanged. Writes
 ``results.json`` and ``distributed_cost.png`` to ``--out`` (default ``runs/distributed_cost``; the
-committed copy is ``benchmarks/results/distributed_cost/``).
+committed copy is ``benchmarks/distributed_cost/results/``).
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--out", default="runs/distributed_cost",
-                    help="folder for results.json and distributed_cost.png (committed copy: benchmarks/results/distributed_cost)")
+                    help="folder for results.json and distributed_cost.png (committed copy: benchmarks/distributed_cost/results)")
     args = ap.parse_args()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if "RANK" in os.environ:  # under torchrun: rank 0 also times the single process first

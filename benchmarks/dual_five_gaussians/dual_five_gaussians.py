@@ -45,11 +45,11 @@ What the paper's text lost, and how this script reads it (each a documented opti
 
 Commands (each run resumable; ``--shard i/k`` splits the settings over k single-thread jobs):
 
-    python benchmarks/dual_five_gaussians.py run --config main --shard 0/2
-    python benchmarks/dual_five_gaussians.py run --config main --shard 1/2
-    python benchmarks/dual_five_gaussians.py report --configs main,nonsat,C1e-2 \\
-        --results benchmarks/results/dual_five_gaussians
-    python benchmarks/dual_five_gaussians.py full-batch --results benchmarks/results/dual_five_gaussians
+    python benchmarks/dual_five_gaussians/dual_five_gaussians.py run --config main --shard 0/2
+    python benchmarks/dual_five_gaussians/dual_five_gaussians.py run --config main --shard 1/2
+    python benchmarks/dual_five_gaussians/dual_five_gaussians.py report --configs main,nonsat,C1e-2 \\
+        --results benchmarks/dual_five_gaussians/results
+    python benchmarks/dual_five_gaussians/dual_five_gaussians.py full-batch --results benchmarks/dual_five_gaussians/results
 """
 
 from __future__ import annotations
@@ -66,12 +66,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 
-from linear_players import GAN_LOSSES, DualPlayer, GradientPlayer  # noqa: E402
-from setting_runner import load_runs, prepare_run_dir, run_settings  # noqa: E402
-from table1_settings import draw_settings  # noqa: E402
+from benchmarks.common.linear_players import GAN_LOSSES, DualPlayer, GradientPlayer  # noqa: E402
+from benchmarks.common.setting_runner import load_runs, prepare_run_dir, run_settings  # noqa: E402
+from benchmarks.common.table1_settings import draw_settings  # noqa: E402
 
 from gameopt import RBFFeatures, TrustRegionDualDiscriminator  # noqa: E402
 from gameopt.solvers import solve_linear_dual  # noqa: E402
@@ -427,8 +426,8 @@ def collect(args, name: str, opts: ToyOptions) -> dict[str, dict[int, dict]]:
 
 
 def cmd_report(args) -> None:
-    from five_gaussians_plots import plot_modes_histogram, plot_samples_grid
-    from robustness_report import outcome_figure, summarise, write_summary
+    from benchmarks.dual_five_gaussians.five_gaussians_plots import plot_modes_histogram, plot_samples_grid
+    from benchmarks.common.robustness_report import outcome_figure, summarise, write_summary
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -489,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-samples", type=int, default=EVAL_SAMPLES)
     ap.add_argument("--shard", default="0/1", help="i/k: run every k-th setting starting at i")
     ap.add_argument("--out", default="runs/dual_five_gaussians", help="per-setting results (resumable)")
-    ap.add_argument("--results", default="benchmarks/results/dual_five_gaussians", help="report / full-batch output")
+    ap.add_argument("--results", default="benchmarks/dual_five_gaussians/results", help="report / full-batch output")
     ap.add_argument("--full-batch-iters", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)

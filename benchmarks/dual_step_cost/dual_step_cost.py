@@ -12,7 +12,7 @@ inputs and output gradients), ``kernel.blocks`` (the rest of K = J J^T and J w),
 ``solve`` (the trust-region dual), ``jt_eta`` (J^T eta, the step), ``acceptance`` (the
 forward pass at w + s) and ``other`` (what the step does besides).
 
-    python benchmarks/dual_step_cost.py [--device cuda] [--repeats 10] [--threads 1]
+    python benchmarks/dual_step_cost/dual_step_cost.py [--device cuda] [--repeats 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 
 from gameopt import TrustRegionDualDiscriminator  # noqa: E402
 

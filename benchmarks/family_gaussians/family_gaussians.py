@@ -8,15 +8,15 @@ batch 512, non-saturating loss (CGD/ACGD, which need a zero-sum game: the minima
 
 Three sub-commands:
 
-    # 1. per-step cost of every method, interleaved round-robin, 1 thread (run under /work/bin/quiet)
-    /work/bin/quiet python benchmarks/family_gaussians.py cost --out benchmarks/results/family_gaussians
+    # 1. per-step cost of every method, interleaved round-robin, 1 thread (on an otherwise idle machine)
+    OMP_NUM_THREADS=1 python benchmarks/family_gaussians/family_gaussians.py cost --out benchmarks/family_gaussians/results
     # 2. one run: the step count is the budget (--budget consensus steps) times the cost ratio
-    python benchmarks/family_gaussians.py run --method sga --seed 0 --out benchmarks/results/family_gaussians
+    python benchmarks/family_gaussians/family_gaussians.py run --method sga --seed 0 --out benchmarks/family_gaussians/results
     # 3. the table (final metrics, mean +- std over seeds) and the figure (metrics against time)
-    python benchmarks/family_gaussians.py table --out benchmarks/results/family_gaussians
+    python benchmarks/family_gaussians/family_gaussians.py table --out benchmarks/family_gaussians/results
 
 Wall time in the figure and the table is *equivalent* time: steps times the method's median
-step time from ``cost`` (measured in one quiet run), never the runs' own clocks (they ran as
+step time from ``cost`` (measured in one run on an otherwise idle machine), never the runs' own clocks (they ran as
 background jobs on a shared machine). Runs write ``runs/<method>_s<seed>.json``; the table reads them.
 """
 
@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 
 import gameopt  # noqa: E402
 from gameopt.toy_games import mixture_metrics, mlp, ring_centers, sample_mixture  # noqa: E402

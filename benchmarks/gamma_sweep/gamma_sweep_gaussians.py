@@ -1,7 +1,7 @@
 """Consensus gamma sweep on the 8-Gaussian game, with Adam and RMSProp (issue 12's gamma evidence).
 
-    python benchmarks/gamma_sweep_gaussians.py --steps 6000 --seeds 0,1,2 --threads 1 \\
-        --out benchmarks/results/gamma_sweep/eight_gaussians
+    python benchmarks/gamma_sweep/gamma_sweep_gaussians.py --steps 6000 --seeds 0,1,2 --threads 1 \\
+        --out benchmarks/gamma_sweep/results/eight_gaussians
 
 The game of "The Numerics of GANs" (Mescheder et al. 2017, section 5; ``examples/eight_gaussians.py``):
 8 Gaussians of std 0.01 on the unit circle, MLP players (4 hidden layers of 16 ReLU units), z 16,

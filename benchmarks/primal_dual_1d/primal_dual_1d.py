@@ -10,8 +10,8 @@ Records the central 90% interval (5%-95% quantiles) and median of 1000 generated
 samples over iterations, and D(x) on a grid at a few iterations.  Writes
 <out>/primal_dual_1d.json and .png.
 
-    python benchmarks/primal_dual_1d.py            # 3000 iterations
-    python benchmarks/primal_dual_1d.py --full     # 8000 iterations (Fig. 1 length)
+    python benchmarks/primal_dual_1d/primal_dual_1d.py            # 3000 iterations
+    python benchmarks/primal_dual_1d/primal_dual_1d.py --full     # 8000 iterations (Fig. 1 length)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout
 
 import matplotlib  # noqa: E402
 

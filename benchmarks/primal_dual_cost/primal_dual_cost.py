@@ -14,8 +14,8 @@ and records its peak resident memory; the (n, m, d) difference tensor would be 8
 
 Writes <out>/primal_dual_cost.json and .png.
 
-    python benchmarks/primal_dual_cost.py
-    python benchmarks/primal_dual_cost.py --full
+    python benchmarks/primal_dual_cost/primal_dual_cost.py
+    python benchmarks/primal_dual_cost/primal_dual_cost.py --full
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout
 
 import matplotlib  # noqa: E402
 

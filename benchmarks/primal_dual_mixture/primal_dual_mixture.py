@@ -16,8 +16,8 @@ Metrics on 2500 samples: high-quality fraction = share within 3 std (0.06) of th
 nearest mode; a mode is covered when at least 1% of all samples are high-quality
 samples of that mode.  Writes <out>/primal_dual_mixture.json and .png.
 
-    python benchmarks/primal_dual_mixture.py            # 3 seeds x 10k iterations
-    python benchmarks/primal_dual_mixture.py --full --jobs 2  # 3 seeds x 40k iterations (Fig. 2 length)
+    python benchmarks/primal_dual_mixture/primal_dual_mixture.py            # 3 seeds x 10k iterations
+    python benchmarks/primal_dual_mixture/primal_dual_mixture.py --full --jobs 2  # 3 seeds x 40k iterations (Fig. 2 length)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout
 
 import matplotlib  # noqa: E402
 

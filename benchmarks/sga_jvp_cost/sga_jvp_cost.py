@@ -14,7 +14,7 @@ gameopt's SGAOptimizer, and is checked against it):
   forward_mode     torch.func: (xi, vjp) = vjp(xi_fn), J^T xi = vjp(xi), J xi = jvp(xi_fn, xi)
                    (forward-over-reverse)
 
-    python benchmarks/sga_jvp_cost.py --threads 1 --out benchmarks/results/sga_jvp_cost
+    python benchmarks/sga_jvp_cost/sga_jvp_cost.py --threads 1 --out benchmarks/sga_jvp_cost/results
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vjp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 
 import gameopt  # noqa: E402
-from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
+from benchmarks.common.dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
 from gameopt.toy_games import mlp  # noqa: E402
 
 

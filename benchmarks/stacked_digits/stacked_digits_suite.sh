@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The stacked-digits comparison of the README: every method x seeds 0-2, then the table.
-#   bash benchmarks/stacked_digits_suite.sh [steps] [jobs] [out]
-# Each run is one command of benchmarks/image_gan.py (printed before it starts; its log goes to
+#   bash benchmarks/stacked_digits/stacked_digits_suite.sh [steps] [jobs] [out]
+# Each run is one command of benchmarks/common/image_gan.py (printed before it starts; its log goes to
 # <out>/<run>.log). Re-running resumes unfinished runs and skips finished ones. All methods share
 # the players (DCGAN-like, no batch norm, 16x16, width 32), batch 64 and Adam 2e-4 (beta1 0.5);
 # one CPU thread per run. PYTHON picks the interpreter (default: .venv/bin/python, else python3).
@@ -16,7 +16,7 @@ mkdir -p "$out"
 export py out steps
 one() {
   name=$1; shift
-  cmd="$py benchmarks/image_gan.py --data stacked_digits --size 16 --model dcgan --steps $steps --optim adam --lr 2e-4 --threads 1 --no-progress $* --out $out/$name"
+  cmd="$py benchmarks/common/image_gan.py --data stacked_digits --size 16 --model dcgan --steps $steps --optim adam --lr 2e-4 --threads 1 --no-progress $* --out $out/$name"
   echo "start: $cmd"
   if $cmd > "$out/$name.log" 2>&1; then echo "done: $name"; else echo "FAILED: $name (see $out/$name.log)"; fi
 }
@@ -39,4 +39,4 @@ export -f one
   echo "consensus_g1_conv4_s0 --method consensus --gamma 1 --model conv4 --seed 0"
   echo "altga_conv4_s0 --method altga --model conv4 --seed 0"
 } | xargs -P "$jobs" -L 1 bash -c 'one "$@"' _
-"$py" benchmarks/image_table.py "$out"/*/ --out benchmarks/results/stacked_digits
+"$py" benchmarks/common/image_table.py "$out"/*/ --out benchmarks/stacked_digits/results
