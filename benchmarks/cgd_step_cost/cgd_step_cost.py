@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: ga
 import gameopt  # noqa: E402
 from benchmarks.common.dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
 from gameopt.toy_games import mlp  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 METHODS = ["adam", "cgd", "acgd", "acgd_warm", "acgd_k1", "acgd_tight"]
 #: CompetitiveOptimizer's arguments per method (lr 2e-4 everywhere, Adam's too)
@@ -236,7 +237,10 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (adam is always run)")
     ap.add_argument("--out", default="runs/cgd_step_cost")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.rounds, args.methods, args.no_memory = "mlp", 2, "adam,cgd", True
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
@@ -252,7 +256,7 @@ def main() -> None:
     table = {}
     for model in models:
         rounds = args.rounds or (100 if model == "mlp" else 20)
-        warmup = 10 if model == "mlp" else 3
+        warmup = 1 if args.smoke else (10 if model == "mlp" else 3)
         entry = {"time": time_methods(model, args.device, rounds, warmup, methods, progress), "rounds": rounds}
         if not args.no_memory:
             entry["saved_mb" if args.device == "cpu" else "peak_mb"] = measure_memory(
@@ -267,7 +271,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cgd_step_cost.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "cgd_step_cost.json", results, device=args.device)
     plot(table, out / "cgd_step_cost.png")
     print(f"{'model':6s} {'method':11s} {'ms/step':>9s} {'x adam':>7s} {'CG it':>6s} {'HVPs':>5s} {'mem MB':>7s} {'x adam':>7s}")
     for model, entry in table.items():

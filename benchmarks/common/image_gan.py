@@ -37,7 +37,6 @@ finished run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -58,6 +57,7 @@ from benchmarks.common.dcgan import (  # noqa: E402
     unrolled_generator,
 )
 from benchmarks.common.image_methods import METHODS, add_method_arguments, build_method  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 CHECKPOINT = "checkpoint.pt"
 MODELS = ("dcgan", "dcgan_bn", "conv4", "unrolled", "unrolled_nobn_d", "mnist_dcgan")
@@ -204,7 +204,7 @@ def save_final_samples(fake: Tensor, game: ImageGame, out: Path, record: dict[st
 
         info["modes_covered"] = modes_covered(modes, 1000)
         info["classifier"] = "gameopt.images.mnist_classifier (LeNet-5) per channel" if game.name == "stacked_mnist" else "gameopt.images.digit_classifier per channel"
-    (out / "final_samples.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "final_samples.json", info)
 
 
 def plot_history(history: list[dict[str, Any]], title: str, path: Path) -> None:
@@ -401,7 +401,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary = {"settings": _settings(args) | {"steps": args.steps}, "device": str(device),
                    "threads": torch.get_num_threads(), "skipped_steps": method.skipped_steps,
                    "train_seconds": round(train_seconds, 2), "history": history}
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "metrics.json", summary, device=device)
         return summary
 
     bar = _progress(args, step)

@@ -16,7 +16,6 @@ inside background jobs include pauses and contention.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -28,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 from benchmarks.common import image_gan  # noqa: E402
 from benchmarks.common.image_methods import METHODS  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 
 def build(runner_argv: list[str], method: str):
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
               "all_ms": {m: [round(1000 * t, 2) for t in v] for m, v in times.items()}}
     out = Path(own.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "step_cost.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "step_cost.json", result, device=args0.device)
     print(f"{args0.data}/{args0.model}, batch {args0.batch}, {own.threads} thread(s); median of {own.rounds} rounds x {own.steps} steps")
     print(f"{'method':<14}{'ms/step':>10}{'x ' + own.reference:>16}{'equal-time steps':>18}")
     for m, r in rows.items():

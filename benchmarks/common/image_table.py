@@ -20,8 +20,12 @@ import json
 import math
 import shutil
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 METRICS = [("modes_covered", "modes covered", "{:.0f}"), ("kl", "KL", "{:.2f}"),
            ("classifier_score", "score", "{:.1f}"), ("frechet_distance", "FD (ours)", "{:.0f}")]
@@ -201,7 +205,7 @@ def real_reference(kind: str, out: Path) -> str:
             ref = {"what": "5,000 test digits (seed 1) vs 5,000 others (seed 0)",
                    **ev(images.mnist_signed(x[idx]).unsqueeze(1)), "reference_itself": ev.real_metrics()}
         ref["classifier_test_accuracy"] = ev.classifier.test_accuracy
-        path.write_text(json.dumps(ref, indent=2))
+        write_json(path, ref)
     cells = " | ".join(_fmt(fmt, ref.get(k)) for k, _, fmt in METRICS)
     return (f"Real data under the same evaluator ({ref['what']}; classifier test accuracy "
             f"{ref['classifier_test_accuracy']:.4f}):\n\n| real data | " + cells + " |")
@@ -229,9 +233,8 @@ def main(argv: list[str] | None = None) -> str:
     print(md)
     if args.out:
         (out / "table.md").write_text(md + "\n")
-        (out / "summary.json").write_text(json.dumps(
-            [{k: r[k] for k in ("folder", "label", "seed", "final", "seconds", "skipped", "settings")} for r in runs],
-            indent=2))
+        write_json(out / "summary.json", {"runs": [
+            {k: r[k] for k in ("folder", "label", "seed", "final", "seconds", "skipped", "settings")} for r in runs]})
         plot(runs, out / "curves.png")
         if args.step_cost:
             plot_against_time(runs, json.loads(Path(args.step_cost).read_text()), out / "quality_vs_time.png")

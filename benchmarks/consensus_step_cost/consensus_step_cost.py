@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: ga
 import gameopt  # noqa: E402
 from benchmarks.common.dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
 from gameopt.toy_games import mlp  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 METHODS = ["plain", "gameopt_sim", "reference", "gameopt", "gameopt_smooth", "gameopt_compiled",
            "gameopt_lazy", "extragradient", "optimistic", "sga", "lookahead", "cgd", "acgd"]
@@ -272,7 +273,10 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (plain is always run)")
     ap.add_argument("--out", default="runs/consensus_step_cost")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.kind, args.rounds, args.methods, args.no_memory = "mlp", "nonsat", 2, "plain,gameopt", True
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
@@ -294,7 +298,7 @@ def main() -> None:
     for model in models:
         for kind in kinds:
             rounds = args.rounds or (200 if model == "mlp" else 20)
-            warmup = 20 if model == "mlp" else 3
+            warmup = 1 if args.smoke else (20 if model == "mlp" else 3)
             methods = ["plain"] + [m for m in args.methods.split(",") if m in METHODS and m != "plain"
                                    and (kind == "zerosum" or m not in ZERO_SUM_ONLY)]
             entry = {"time": time_methods(model, kind, args.device, rounds, warmup, methods, progress),
@@ -305,7 +309,7 @@ def main() -> None:
     results["results"] = table
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "consensus_step_cost.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "consensus_step_cost.json", results, device=args.device)
     plot(table, out / "consensus_step_cost.png")
     mem_name = "peak MB" if args.device.startswith("cuda") else "saved MB"
     print(f"{'case':16s} {'method':16s} {'ms/step':>9s} {'x plain':>8s} {mem_name:>8s} {'state MB':>8s} {'copies MB':>9s}")

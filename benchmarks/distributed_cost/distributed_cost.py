@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +35,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-import gameopt
-from gameopt.toy_games import mlp, ring_centers, sample_mixture
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
+
+import gameopt  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
+from gameopt.toy_games import mlp, ring_centers, sample_mixture  # noqa: E402
 
 CONFIGS = ["simga", "consensus", "consensus_pd", "dual_cost", "dual_score"]
 COLLECTIVES = ("all_reduce", "all_gather", "broadcast")
@@ -220,7 +224,8 @@ def report(args, single: list[dict], multi: list[dict], backend: str) -> None:
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": multi, "consensus_extra": extra}, indent=1))
+    write_json(out / "results.json", {"meta": meta, "rows": multi, "consensus_extra": extra}, indent=1,
+               device="cuda" if backend == "nccl" else "cpu")
     print(json.dumps(extra, indent=1))
     try:
         import matplotlib
@@ -255,7 +260,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--out", default="runs/distributed_cost",
                     help="folder for results.json and distributed_cost.png (committed copy: benchmarks/distributed_cost/results)")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = ap.parse_args()
+    if args.smoke:
+        args.batch, args.widths, args.dual_max_width, args.warmup, args.reps = 16, [4], 4, 1, 1
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if "RANK" in os.environ:  # under torchrun: rank 0 also times the single process first
         dist.init_process_group(backend)

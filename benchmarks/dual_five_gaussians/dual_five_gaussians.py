@@ -74,6 +74,7 @@ from benchmarks.common.table1_settings import draw_settings  # noqa: E402
 
 from gameopt import RBFFeatures, TrustRegionDualDiscriminator  # noqa: E402
 from gameopt.solvers import solve_linear_dual  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 N_MODES = 5
 RADIUS = 2.0
@@ -445,8 +446,7 @@ def cmd_report(args) -> None:
                        paper={"settings": 100, "success_rate_dual": 0.49, "success_rate_gan": 0.32})
         per_setting = {m: [{k: v for k, v in r.items() if k not in ("samples",)} for _, r in sorted(runs[m].items())]
                        for m in METHODS}
-        with open(results / f"robustness_{name}.json", "w") as fh:
-            json.dump({"summary": summary, "runs": per_setting}, fh, indent=1)
+        write_json(results / f"robustness_{name}.json", {"summary": summary, "runs": per_setting}, indent=1)
         outcome_figure(runs, crit, results / f"robustness_{name}_outcomes.png",
                        title=f"5-Gaussians, config {name}: outcomes over the drawn hyper-parameters")
         plot_samples_grid(runs, crit, results / f"robustness_{name}_samples.png", title=f"config {name}")
@@ -463,8 +463,7 @@ def cmd_full_batch(args) -> None:
     full = full_batch_curve(opts, args.full_batch_iters)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "full_batch.json", "w") as fh:
-        json.dump(full, fh, indent=1)
+    write_json(out / "full_batch.json", full, indent=1)
     plot_full_batch(full, out / "full_batch.png")
     print(json.dumps({k: v for k, v in full.items() if "curve" not in k}))
 

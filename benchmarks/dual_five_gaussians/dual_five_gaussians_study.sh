@@ -7,7 +7,7 @@
 # the script can be stopped and restarted at any time. One CPU thread per job.
 # Afterwards: python benchmarks/dual_five_gaussians/dual_five_gaussians.py report --configs main,nonsat,C1e-2,bias,torch-init,divisor-kernel,legacy,C-table
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 shard=${1:-0/1}
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export OMP_NUM_THREADS=1 PYTHONPATH=.

@@ -59,6 +59,7 @@ from benchmarks.common.table1_settings import draw_settings  # noqa: E402
 from gameopt.images import load_mnist  # noqa: E402
 from gameopt.images.classifier import mnist_classifier  # noqa: E402
 from gameopt.images.metrics import classifier_score  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 Z_DIM = 32
 METHODS = ("dual", "gan")
@@ -314,8 +315,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     per_setting = {m: [{k: v for k, v in r.items() if k != "images"} for _, r in sorted(runs[m].items())] for m in methods}
-    with open(results / "robustness.json", "w") as fh:
-        json.dump({"summary": summary, "runs": per_setting}, fh, indent=1)
+    write_json(results / "robustness.json", {"summary": summary, "runs": per_setting}, indent=1)
     if summary["settings"]:
         plot_report(runs, summary, results)
     print(json.dumps(summary, indent=1))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 
 from gameopt.solvers import get_solver, solve_linear_dual  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 
 def problem(B: int, n: int, d: int, seed: int, device: str):
@@ -53,12 +54,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     ap.add_argument("--full", action="store_true", help="full grid with more instances per configuration")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = ap.parse_args()
+    if args.smoke:
+        args.batch = 4
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
 
-    ns, ds, Cs = [32, 64, 100, 256], [2, 100, 1000], [1e-4, 1e-2, 1.0]
-    n_ipopt = 5 if args.full else 2  # Ipopt instances per configuration
+    ns, ds, Cs = ([8], [2], [1e-2]) if args.smoke else ([32, 64, 100, 256], [2, 100, 1000], [1e-4, 1e-2, 1.0])
+    n_ipopt = 5 if args.full else (1 if args.smoke else 2)  # Ipopt instances per configuration
     n_single = 5 if args.full else 3  # torch batch-1 instances (after one warm-up)
     ipopt, torch_solver = get_solver("ipopt"), get_solver("torch")
     rows = []
@@ -103,8 +107,7 @@ def main() -> None:
         "configs": len(rows), "ipopt_instances_per_config": n_ipopt, "batch": args.batch,
         "device": args.device, "threads": args.threads, "torch": torch.__version__, "machine": platform.processor(),
     }
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump({"summary": summary, "rows": rows}, fh, indent=1)
+    write_json(os.path.join(args.out, "results.json"), {"summary": summary, "rows": rows}, indent=1, device=args.device)
     print(json.dumps(summary, indent=1))
 
     import matplotlib

@@ -32,6 +32,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
 
 from gameopt import TrustRegionDualDiscriminator  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 
 def dcgan_discriminator_no_bn() -> nn.Module:
@@ -82,7 +83,10 @@ def main() -> None:
     ap.add_argument("--budget-mib", type=int, default=512, help="jacobian_budget_bytes in MiB")
     ap.add_argument("--profile-steps", type=int, default=3, help="profiled score steps for the phase breakdown")
     ap.add_argument("--replot", action="store_true", help="only redraw step_cost.png from --out/results.json")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = ap.parse_args()
+    if args.smoke:
+        args.batch, args.repeats, args.profile_steps = 4, 1, 1
     if args.replot:
         with open(os.path.join(args.out, "results.json")) as fh:
             plot(json.load(fh), os.path.join(args.out, "step_cost.png"))
@@ -143,8 +147,7 @@ def main() -> None:
             k: getattr(score.last_stats, k) for k in ("accepted", "rho", "delta", "gap", "iterations")},
     }
     print(json.dumps(res, indent=1))
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(res, fh, indent=1)
+    write_json(os.path.join(args.out, "results.json"), res, indent=1, device=args.device)
 
     plot(res, os.path.join(args.out, "step_cost.png"))
 

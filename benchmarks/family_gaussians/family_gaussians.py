@@ -6,7 +6,7 @@ The game of "The Numerics of GANs" (Mescheder et al. 2017, section 5; ``examples
 batch 512, non-saturating loss (CGD/ACGD, which need a zero-sum game: the minimax loss
 ``(-disc_loss, disc_loss)``), RMSProp lr 1e-4 as the paper (CGD: its own step, lr 1e-4; ACGD lr 1e-4).
 
-Three sub-commands:
+Four sub-commands:
 
     # 1. per-step cost of every method, interleaved round-robin, 1 thread (on an otherwise idle machine)
     OMP_NUM_THREADS=1 python benchmarks/family_gaussians/family_gaussians.py cost --out benchmarks/family_gaussians/results
@@ -14,6 +14,8 @@ Three sub-commands:
     python benchmarks/family_gaussians/family_gaussians.py run --method sga --seed 0 --out benchmarks/family_gaussians/results
     # 3. the table (final metrics, mean +- std over seeds) and the figure (metrics against time)
     python benchmarks/family_gaussians/family_gaussians.py table --out benchmarks/family_gaussians/results
+    # every stage on tiny settings, in seconds (the tests run it)
+    python benchmarks/family_gaussians/family_gaussians.py smoke --out runs/family_smoke
 
 Wall time in the figure and the table is *equivalent* time: steps times the method's median
 step time from ``cost`` (measured in one run on an otherwise idle machine), never the runs' own clocks (they ran as
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: ga
 
 import gameopt  # noqa: E402
 from gameopt.toy_games import mixture_metrics, mlp, ring_centers, sample_mixture  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 STD = 0.01
 Z_DIM = 16
@@ -123,7 +126,7 @@ def cost(args: argparse.Namespace) -> None:
            "steps_per_round": args.steps,
            "ms_per_step": {m: 1e3 * v for m, v in med.items()},
            "ratio_vs_consensus": {m: v / med["consensus"] for m, v in med.items()} if "consensus" in med else {}}
-    (out / "step_cost.json").write_text(json.dumps(res, indent=2))
+    write_json(out / "step_cost.json", res)
     for m in methods:
         print(f"{m:16s} {1e3 * med[m]:8.2f} ms/step")
 
@@ -154,9 +157,9 @@ def run(args: argparse.Namespace) -> None:
     with torch.no_grad():
         final_samples = G(z_eval[:1000]).tolist()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"method": args.method, "seed": args.seed, "steps": steps, "budget": args.budget,
-                                "ms_per_step": costs[args.method], "curve": curve,
-                                "skipped_steps": opt.skipped_steps, "samples": final_samples}))
+    write_json(path, {"method": args.method, "seed": args.seed, "steps": steps, "budget": args.budget,
+                      "ms_per_step": costs[args.method], "curve": curve,
+                      "skipped_steps": opt.skipped_steps, "samples": final_samples}, indent=None)
     f = curve[-1]
     print(f"{args.method} s{args.seed}: {steps} steps, modes {f['modes_covered']}/8, hq {f['high_quality']:.3f}, KL {f['kl']:.3f}")
 
@@ -188,7 +191,7 @@ def table(args: argparse.Namespace) -> None:
                      f"{_mean_std(modes)} | {_mean_std(hq)} | {_mean_std(kl)} | {per_seed} |")
         summary[m] = {"steps": rs[0]["steps"], "modes": modes, "high_quality": hq, "kl": kl}
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     print("\n".join(lines))
 
     import matplotlib
@@ -241,12 +244,21 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--budget", type=int, default=5000, help="consensus steps of wall time every method gets")
     r.add_argument("--points", type=int, default=12, help="evaluations along the run")
     t = sub.add_parser("table")
-    for p in (c, r, t):
+    s = sub.add_parser("smoke", help="cost, two runs and the table on tiny settings (a few seconds; the tests run it)")
+    for p in (c, r, t, s):
         p.add_argument("--out", default="runs/family_gaussians")
         p.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    {"cost": cost, "run": run, "table": table}[args.cmd](args)
+    {"cost": cost, "run": run, "table": table, "smoke": smoke}[args.cmd](args)
+
+
+def smoke(args: argparse.Namespace) -> None:
+    """Every stage on tiny settings: checks the script end to end, not its numbers."""
+    cost(argparse.Namespace(**vars(args), methods="consensus,simga", rounds=1, steps=2, warmup=1))
+    for method in ("consensus", "simga"):
+        run(argparse.Namespace(**vars(args), method=method, seed=0, budget=4, points=2))
+    table(args)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import gameopt
-from gameopt.toy_games import mixture_metrics, mlp, ring_centers, sample_mixture
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: gameopt and benchmarks.common
+
+import gameopt  # noqa: E402
+from benchmarks.common.provenance import provenance  # noqa: E402
+from gameopt.toy_games import mixture_metrics, mlp, ring_centers, sample_mixture  # noqa: E402
 
 STD = 0.01
 OPTIMS = {"adam": (torch.optim.Adam, {"betas": (0.5, 0.999)}), "rmsprop": (torch.optim.RMSprop, {})}
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> str:
                 if (optim, gamma, seed, args.steps) in done:
                     continue
                 r = train(optim, gamma, seed, args.steps, args.lr)
+                r["provenance"] = provenance()
                 rows.append(r)
                 with path.open("a") as f:
                     f.write(json.dumps(r) + "\n")

@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout
 
 import matplotlib  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -158,9 +159,12 @@ def main() -> None:
     p.add_argument("--flat-edge", type=float, default=-1.0)
     p.add_argument("--record-every", type=int, default=50)
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = p.parse_args()
     if args.full:
         args.iters = 8000
+    if args.smoke:
+        args.iters, args.switch, args.record_every = 20, 10, 10
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     grid = torch.linspace(-5, 3, 161)
@@ -174,8 +178,7 @@ def main() -> None:
         for m, r in results.items()
     }
     payload = {"settings": vars(args), "seconds": time.time() - t0, "summary": summary, "grid": grid.tolist(), "results": results}
-    with open(os.path.join(args.out, "primal_dual_1d.json"), "w") as f:
-        json.dump(payload, f)
+    write_json(os.path.join(args.out, "primal_dual_1d.json"), payload, indent=None)
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     colors = {"gan": "C0", "gan_ns": "C2", "wgan": "C1", "primaldual": "C3", "primaldual_wide": "C4"}

@@ -32,6 +32,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout
 
 import matplotlib  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -128,17 +129,19 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--memory-check", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = p.parse_args()
     if args.full:
         args.reps, args.memory_check = 1000, True
+    if args.smoke:
+        args.reps, args.warmup, args.batch = 2, 1, 4
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     results = {case: time_case(case, args.reps, args.warmup, args.batch) for case in tqdm(("2d", "3072d"), desc="cases")}
     payload = {"settings": vars(args), "torch": torch.__version__, "threads": 1, "results": results}
     if args.memory_check:
         payload["memory_check"] = memory_check()
-    with open(os.path.join(args.out, "primal_dual_cost.json"), "w") as f:
-        json.dump(payload, f)
+    write_json(os.path.join(args.out, "primal_dual_cost.json"), payload, indent=None)
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, (case, r) in zip(axes, results.items()):

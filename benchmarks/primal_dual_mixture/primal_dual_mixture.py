@@ -33,6 +33,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout
 
 import matplotlib  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -134,7 +135,10 @@ def main() -> None:
     p.add_argument("--sigma2", type=float, default=0.1, help="initial sigma^2")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = p.parse_args()
+    if args.smoke:
+        args.iters, args.eval_every, args.seeds, args.jobs = 20, 10, "0", 1
     if args.full:
         args.iters = 40000
         args.eval_every = 2000
@@ -155,8 +159,7 @@ def main() -> None:
         results[m][str(s)] = r
     table = {m: {s: {k: r["final"][k] for k in ("modes", "high_quality")} for s, r in rs.items()} for m, rs in results.items()}
     payload = {"settings": vars(args), "seconds": time.time() - t0, "final": table, "results": results}
-    with open(os.path.join(args.out, "primal_dual_mixture.json"), "w") as f:
-        json.dump(payload, f)
+    write_json(os.path.join(args.out, "primal_dual_mixture.json"), payload, indent=None)
 
     fig, axes = plt.subplots(len(methods), len(seeds) + 1, figsize=(3.3 * (len(seeds) + 1), 3.2 * len(methods)), squeeze=False)
     ref = sample_data(1000, torch.Generator().manual_seed(7))

@@ -20,7 +20,6 @@ gameopt's SGAOptimizer, and is checked against it):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: ga
 import gameopt  # noqa: E402
 from benchmarks.common.dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
 from gameopt.toy_games import mlp  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 
 def build(model: str):
@@ -120,7 +120,10 @@ def main() -> None:
     ap.add_argument("--model", choices=["mlp", "dcgan", "both"], default="both")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/sga_jvp_cost")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = ap.parse_args()
+    if args.smoke:
+        args.model = "mlp"
     torch.set_num_threads(args.threads)
     results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "results": {}}
     for model in (["mlp", "dcgan"] if args.model == "both" else [args.model]):
@@ -131,7 +134,7 @@ def main() -> None:
         for name in ("rows", "trick", "forward_mode"):
             got = fns[name]()
             err[name] = max(float((a - b).abs().max() / (b.abs().max() + 1e-30)) for a, b in zip(got, ref))
-        rounds = 40 if model == "mlp" else 8
+        rounds = 2 if args.smoke else (40 if model == "mlp" else 8)
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(rounds):   # round-robin, so machine noise hits every variant alike
             for name, fn in fns.items():
@@ -148,7 +151,7 @@ def main() -> None:
         print(model, {k: f"{1e3 * v:.2f} ms ({v / med['plain']:.2f}x)" for k, v in med.items()}, "diff", err)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sga_jvp_cost.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "sga_jvp_cost.json", results)
     print(f"wrote {out}/sga_jvp_cost.json")
 
 

@@ -9,7 +9,7 @@
 # (a consensus step costs about 2.5 SimGA or 2 AltGA steps here), consensus with the paper's
 # gamma 10, AltGA with batch norm (the consensus paper's Fig. 5 baseline), and the 4-conv players.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 steps=${1:-3000}; jobs=${2:-2}; out=${3:-runs/stacked_digits}
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 mkdir -p "$out"

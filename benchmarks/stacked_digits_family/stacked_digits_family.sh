@@ -8,7 +8,7 @@
 # benchmarks/common/image_step_cost.py on an otherwise idle machine). Six evaluations per run, at the same
 # fractions of the time budget. Re-running resumes unfinished runs and skips finished ones.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 w=$1; n=$2; out=${3:-runs/stacked_digits_family}
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 cost=benchmarks/stacked_digits_family/results/step_cost/step_cost.json

@@ -14,7 +14,7 @@
 # (measured with benchmarks/common/image_step_cost.py on an otherwise idle machine).
 # PYTHON picks the interpreter (default: .venv/bin/python, else python3).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 steps=${1:-3000}; jobs=${2:-2}; out=${3:-runs/stacked_mnist}
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 mkdir -p "$out" runs/mnist
