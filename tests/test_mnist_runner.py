@@ -36,7 +36,7 @@ def tiny(root, data="stacked_mnist", model="unrolled_nobn_d"):
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
-    ck = torch.load(path / image_gan.CHECKPOINT, weights_only=False)
+    ck = torch.load(path / image_gan.CHECKPOINT, weights_only=True)
     return {f"G.{k}": v for k, v in ck["G"].items()} | {f"D.{k}": v for k, v in ck["D"].items()}
 
 
@@ -135,7 +135,7 @@ def test_a_new_method_is_one_registration(mnist_root, tmp_path):
         summary = image_gan.main(["--method", "simga_sgd_test", "--steps", "2", "--eval-every", "0",
                                   "--out", str(tmp_path / "n"), *tiny(mnist_root)])
         assert summary["history"][-1]["step"] == 2
-        ck = torch.load(tmp_path / "n" / image_gan.CHECKPOINT, weights_only=False)
+        ck = torch.load(tmp_path / "n" / image_gan.CHECKPOINT, weights_only=True)
         assert ck["method"]["opt"]["param_groups"][0]["lr"] == 0.05   # the registered default
         with pytest.raises(ValueError, match="already registered"):
             image_methods.register("simga", image_methods.METHODS["simga"])
