@@ -31,7 +31,10 @@ generators, history) every ``--ckpt-every`` steps and at the end; ``metrics.json
 the metrics history); ``samples/step_XXXXXX.png`` sample grids and ``metrics.png`` (metrics over
 steps) at every evaluation. Running the same command again resumes from the checkpoint and
 gives exactly the parameters an uninterrupted run gives; ``--steps`` may be raised to extend a
-finished run.
+finished run. Checkpoints hold tensors and plain Python types only and are loaded with
+``torch.load(..., weights_only=True)``; one from another run (other settings) or another version
+of this runner (:data:`CHECKPOINT_FORMAT`) is refused with an error that names the file.
+Checkpoints are never committed: they live in the run folders (``runs/`` by default).
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ from benchmarks.common.image_methods import METHODS, add_method_arguments, build
 from benchmarks.common.provenance import write_json  # noqa: E402
 
 CHECKPOINT = "checkpoint.pt"
+#: Written into every checkpoint; a checkpoint with another (or no) format is refused, never guessed at.
+#: Raise it whenever what a checkpoint holds changes.
+CHECKPOINT_FORMAT = "image_gan-checkpoint-v1"
 MODELS = ("dcgan", "dcgan_bn", "conv4", "unrolled", "unrolled_nobn_d", "mnist_dcgan")
 MNIST_MODELS = ("unrolled", "unrolled_nobn_d", "mnist_dcgan")
 DATA = ("stacked_digits", "stacked_mnist", "mnist", "cifar10")
@@ -333,6 +339,30 @@ def _progress(args: argparse.Namespace, start: int) -> Any:
     return tqdm(total=args.steps, initial=start, desc=f"{args.data}/{args.method}", dynamic_ncols=True)
 
 
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """Load a run's checkpoint safely: ``weights_only=True`` (tensors and plain types only, so a
+    file from elsewhere cannot run code), and only this runner's :data:`CHECKPOINT_FORMAT`.
+
+    Raises:
+        ValueError: naming the file, when it is not a loadable checkpoint or comes from another
+            run or version of the runner.
+    """
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+        raise ValueError(
+            f"{path} is not a checkpoint this runner can load ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "checkpoints hold tensors and plain types only: delete the file or pass another --out to start afresh"
+        ) from e
+    found = ck.get("format") if isinstance(ck, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} comes from another run or version of the runner (format {found!r}, expected "
+            f"{CHECKPOINT_FORMAT!r}): delete the file or pass another --out to start afresh"
+        )
+    return ck
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume) one run; returns the summary written to ``metrics.json``."""
     if args.threads:
@@ -355,7 +385,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     step, train_seconds, history = 0, 0.0, []
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path, device)
         differ = {k: (ck["settings"].get(k), v) for k, v in _settings(args).items() if ck["settings"].get(k) != v}
         if differ:
             raise ValueError(
@@ -372,7 +402,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def checkpoint() -> None:
         state = {
-            "settings": _settings(args), "G": G.state_dict(), "D": D.state_dict(),
+            "format": CHECKPOINT_FORMAT, "settings": _settings(args), "G": G.state_dict(), "D": D.state_dict(),
             "method": method.state_dict(), "data_gen": data_gen.get_state(), "z_gen": z_gen.get_state(),
             "torch_rng": torch.get_rng_state(), "step": step, "train_seconds": train_seconds,
             "history": history,
