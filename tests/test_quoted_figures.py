@@ -70,6 +70,11 @@ def resolve(data, pointer: str):
 
 
 def matches(quoted: str, value: float) -> bool:
+    """``quoted`` is ``value`` rounded to the decimals shown (``8e-05``: to the mantissa's digits)."""
+    if "e" in quoted.lower():
+        mantissa = quoted.lower().split("e")[0]
+        digits = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        return float(f"{value:.{digits}e}") == float(quoted)
     decimals = len(quoted.split(".")[1]) if "." in quoted else 0
     return math.isclose(round(value, decimals), float(quoted), abs_tol=10 ** -(decimals + 6))
 
@@ -110,6 +115,6 @@ def test_the_checker_fails_on_a_changed_number(tmp_path):
     assert not matches("3.2", 3.11) and matches("946", 946) and not matches("945", 946)
     assert resolve(json.loads(res.read_text()), "/runs/0/modes") == 4
     assert last_number("consensus 4/8") == "4" and last_number("3.1x a plain") == "3.1"
-    assert last_number("SimGA 1.5e-3") == "1.5e-3"
+    assert last_number("SimGA 1.5e-3") == "1.5e-3" and matches("1e-13", 1.216e-13) and not matches("2e-13", 1.216e-13)
     with pytest.raises(KeyError):
         resolve({"a": 1}, "/b")
