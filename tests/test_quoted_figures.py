@@ -30,7 +30,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((RO
 PAGES = [p for p in PAGES if "_build" not in p.parts and "generated" not in p.parts]
 
 MARKER = re.compile(r"<!--\s*source:\s*(?P<path>[^\s#\"]+)(?:#(?P<pointer>[^\s*]+)(?:\*(?P<scale>[\d.]+))?|\s+\"(?P<text>[^\"]+)\")\s*-->")
-NUMBER = re.compile(r"(?<![\w.])(?:(\d+(?:\.\d+)?)\s*/\s*\d+|(\d+(?:\.\d+)?(?:e-?\d+)?))")  # no signs: "1-158" is a range
+NUMBER = re.compile(r"(?<![\w.])(?:(\d+)/\d+(?![\d.])|(\d+(?:\.\d+)?(?:e-?\d+)?))")  # no signs: "1-158" is a range
 
 
 def markers(page: Path) -> list[tuple[int, str, re.Match]]:
@@ -115,6 +115,7 @@ def test_the_checker_fails_on_a_changed_number(tmp_path):
     assert not matches("3.2", 3.11) and matches("946", 946) and not matches("945", 946)
     assert resolve(json.loads(res.read_text()), "/runs/0/modes") == 4
     assert last_number("consensus 4/8") == "4" and last_number("3.1x a plain") == "3.1"
+    assert last_number("8 / 0.83") == "0.83"
     assert last_number("SimGA 1.5e-3") == "1.5e-3" and matches("1e-13", 1.216e-13) and not matches("2e-13", 1.216e-13)
     with pytest.raises(KeyError):
         resolve({"a": 1}, "/b")
