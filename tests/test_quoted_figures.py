@@ -10,7 +10,8 @@ A marker is an HTML comment right after the quoted number (invisible once render
   The quoted number is the last number before the marker (for ``4/8``, the ``4``); it must equal
   the value rounded to the decimals shown.
 * ``PATH "fragment"``: a text results file (a ``table.md``) that must contain the fragment, whose
-  last number must be the last number before the marker.
+  last number must be the last number before the marker. Inside a table cell, a fragment that is a
+  whole table row escapes its pipes (``\\|``), as Markdown tables require.
 
 The markers name the results file; the study's README beside it gives the command that made it.
 """
@@ -99,8 +100,9 @@ def test_quoted_figure_is_in_its_results_file(page, line, before, m):
     quoted = last_number(before)
     assert quoted is not None, f"{where}: no number before the marker"
     if m["text"] is not None:
-        assert m["text"] in source.read_text(), f"{where}: {m['path']} no longer holds {m['text']!r}"
-        assert last_number(m["text"]) == quoted, f"{where}: quotes {quoted}, the fragment says {m['text']!r}"
+        text = m["text"].replace("\\|", "|")  # a table row's pipes are escaped inside a table cell
+        assert text in source.read_text(), f"{where}: {m['path']} no longer holds {text!r}"
+        assert last_number(text) == quoted, f"{where}: quotes {quoted}, the fragment says {text!r}"
         return
     value = resolve(json.loads(source.read_text()), m["pointer"])
     assert isinstance(value, (int, float)), f"{where}: {m['pointer']} is {value!r}, not a number"
