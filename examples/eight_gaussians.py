@@ -20,15 +20,18 @@ the strict test needs the paper's length (``--full``).
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import gameopt
-from gameopt.toy_games import mixture_metrics, mlp, ring_centers, sample_mixture
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: gameopt and benchmarks.common
+
+import gameopt  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
+from gameopt.toy_games import mixture_metrics, mlp, ring_centers, sample_mixture  # noqa: E402
 
 STD = 0.01
 
@@ -110,7 +113,10 @@ def main() -> None:
     ap.add_argument("--eval-samples", type=int, default=4000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--out", default="runs/eight_gaussians")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.full, args.batch, args.eval_samples = 4, False, 32, 256
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = 20000 if args.full else args.steps
@@ -129,7 +135,7 @@ def main() -> None:
         "methods": {m: {"final": r["history"][-1], "history": r["history"], "seconds": r["seconds"],
                         "skipped_steps": r["skipped_steps"]} for m, r in results.items()},
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "metrics.json", summary)
     for line in report(results, steps):
         print(line)
     print(f"wrote {out / 'samples.png'} and {out / 'metrics.json'}")

@@ -13,16 +13,19 @@ equilibrium v' has eigenvalues close to the imaginary axis; consensus moves them
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import gameopt
-from gameopt.diagnostics import GameField, summarize_spectrum
-from gameopt.toy_games import mixture_metrics, mlp, ring_centers, sample_mixture
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: gameopt and benchmarks.common
+
+import gameopt  # noqa: E402
+from benchmarks.common.provenance import write_json  # noqa: E402
+from gameopt.diagnostics import GameField, summarize_spectrum  # noqa: E402
+from gameopt.toy_games import mixture_metrics, mlp, ring_centers, sample_mixture  # noqa: E402
 
 STD = 0.01
 
@@ -35,7 +38,10 @@ def main() -> None:
     ap.add_argument("--eval-batch", type=int, default=256, help="fixed batch the spectrum is computed on")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/jacobian_spectrum")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds on tiny settings: checks the script end to end (the tests run it), not its numbers")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.batch, args.eval_batch = 4, 32, 16
     try:
         from tqdm import tqdm as progress
     except ImportError:  # pragma: no cover
@@ -90,7 +96,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "spectrum.png", dpi=100)
-    (out / "spectrum.json").write_text(json.dumps(summary, indent=2, default=float))
+    write_json(out / "spectrum.json", summary, default=float)
     for k, v in summary.items():
         print(k, v)
     print(f"wrote {out / 'spectrum.png'} and {out / 'spectrum.json'}")

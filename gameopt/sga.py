@@ -88,7 +88,7 @@ class SGAOptimizer(FieldOptimizer):
     parameters of ``<rows[i], xi>``: one pass per player, so three second-order passes for two
     players. SGA therefore needs second derivatives only, like consensus. The double-backward
     trick (``J xi = d/dw <J^T w, xi>`` through the graph of ``J^T w``, two passes) was 9% cheaper
-    on the DCGAN-like pair (``benchmarks/sga_jvp_cost.py``, 1 thread; equal on the MLP) but
+    on the DCGAN-like pair (``benchmarks/sga_jvp_cost/sga_jvp_cost.py``, 1 thread; equal on the MLP) but
     differentiates to third order, which torch does not support for transposed convolutions with
     ``output_padding`` (the stacked-MNIST generators); torch.func's forward-over-reverse ``jvp``
     was 22% slower. All agree to rounding. An SGA step costs 5-6x a plain step on the DCGAN pair

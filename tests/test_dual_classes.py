@@ -84,9 +84,18 @@ def test_radius_control_rule():
 def test_package_exports():
     for name in dual.__all__:
         assert getattr(dual, name) is not None
-    from gameopt.dual_discriminator import DualSolverWarning  # the former module still re-exports
+    assert dual.DualSolverWarning is gameopt.DualSolverWarning
 
-    assert DualSolverWarning is dual.DualSolverWarning is gameopt.DualSolverWarning
+
+def test_former_module_is_a_deprecated_alias():
+    import importlib
+    import sys
+
+    sys.modules.pop("gameopt.dual_discriminator", None)
+    with pytest.warns(DeprecationWarning, match="import from gameopt.dual instead"):
+        alias = importlib.import_module("gameopt.dual_discriminator")
+    for name in alias.__all__:
+        assert getattr(alias, name) is getattr(dual, name)
 
 
 @pytest.mark.parametrize("model", ["linear", "cost", "score"])

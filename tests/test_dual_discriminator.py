@@ -11,7 +11,7 @@ from torch import nn
 
 import gameopt
 from gameopt import RBFFeatures, TrustRegionDualDiscriminator
-from gameopt.dual_discriminator import DualSolverError, DualSolverWarning
+from gameopt.dual import DualSolverError, DualSolverWarning
 from gameopt.solvers import TorchNewtonSolver, solve_linear_dual
 
 

@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from benchmarks.dual_five_gaussians import dual_five_gaussians as fg
+from benchmarks.common.binomial import clopper_pearson_interval, mcnemar_exact, wilson_interval
+from benchmarks.common.setting_runner import load_runs, parse_shard, prepare_run_dir, run_settings
+from benchmarks.common.table1_settings import draw_settings
 
-import dual_five_gaussians as fg  # noqa: E402
-from binomial import clopper_pearson_interval, mcnemar_exact, wilson_interval  # noqa: E402
-from setting_runner import load_runs, parse_shard, prepare_run_dir, run_settings  # noqa: E402
-from table1_settings import draw_settings  # noqa: E402
-
-from gameopt.solvers import solve_linear_dual  # noqa: E402
+from gameopt.solvers import solve_linear_dual
 
 
 # ----------------------------------------------------------------------------- Table 1 draws
@@ -142,7 +137,7 @@ def test_mode_statistics_counts_within_three_std():
 
 
 def test_summarise_counts_only_paired_settings():
-    from robustness_report import summarise
+    from benchmarks.common.robustness_report import summarise
 
     def run(i, counts):
         return {"setting": {"index": i}, **_result(counts, 0.9)}
@@ -220,7 +215,7 @@ def test_five_gaussians_cli_smoke(tmp_path):
 
 # ----------------------------------------------------------------------------- MNIST study
 def test_mnist_features_and_generators():
-    import dual_mnist_robustness as dm
+    from benchmarks.dual_mnist_robustness import dual_mnist_robustness as dm
 
     from gameopt.images import LeNet5
 
@@ -236,7 +231,7 @@ def test_mnist_features_and_generators():
 
 
 def test_mnist_cli_smoke(tmp_path, monkeypatch):
-    import dual_mnist_robustness as dm
+    from benchmarks.dual_mnist_robustness import dual_mnist_robustness as dm
 
     from gameopt.images.mnist import write_idx
 

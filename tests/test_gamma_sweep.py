@@ -1,12 +1,8 @@
-"""The consensus gamma sweep on 8 Gaussians (benchmarks/gamma_sweep_gaussians.py): runs, resumes, tabulates."""
+"""The consensus gamma sweep on 8 Gaussians (benchmarks/gamma_sweep/gamma_sweep_gaussians.py): runs, resumes, tabulates."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import gamma_sweep_gaussians as sweep  # noqa: E402
+from benchmarks.gamma_sweep import gamma_sweep_gaussians as sweep
 
 
 def test_sweep_runs_skips_finished_runs_and_tabulates(tmp_path, monkeypatch):

@@ -3,17 +3,11 @@ initialisation, the PacGAN preset and the standard-size 28x28 DCGAN players."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import image_gan  # noqa: E402
-from image_methods import build_method  # noqa: E402
+from benchmarks.common import image_gan
+from benchmarks.common.image_methods import build_method
 
 
 def _build(argv: list[str]):

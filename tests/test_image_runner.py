@@ -1,20 +1,16 @@
-"""The image benchmark runner (benchmarks/image_gan.py): every method runs, resumes bit-for-bit, writes its outputs."""
+"""The image benchmark runner (benchmarks/common/image_gan.py): every method runs, resumes bit-for-bit, writes its outputs."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import image_gan  # noqa: E402
-from dcgan import dcgan_discriminator, dcgan_generator  # noqa: E402
-from image_methods import METHODS  # noqa: E402
+from benchmarks.common import image_gan
+from benchmarks.common.dcgan import dcgan_discriminator, dcgan_generator
+from benchmarks.common.image_methods import METHODS
 
 TINY = ["--size", "8", "--width", "8", "--z-dim", "8", "--batch", "8", "--eval-samples", "64",
         "--eval-real", "300", "--no-progress", "--threads", "1"]
@@ -27,7 +23,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
-    ck = torch.load(path / image_gan.CHECKPOINT, weights_only=False)
+    ck = torch.load(path / image_gan.CHECKPOINT, weights_only=True)
     return {f"G.{k}": v for k, v in ck["G"].items()} | {f"D.{k}": v for k, v in ck["D"].items()}
 
 
@@ -80,8 +76,8 @@ def test_resume_equals_uninterrupted(method, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    ma = torch.load(tmp_path / "straight" / image_gan.CHECKPOINT, weights_only=False)["method"]
-    mb = torch.load(tmp_path / "resumed" / image_gan.CHECKPOINT, weights_only=False)["method"]
+    ma = torch.load(tmp_path / "straight" / image_gan.CHECKPOINT, weights_only=True)["method"]
+    mb = torch.load(tmp_path / "resumed" / image_gan.CHECKPOINT, weights_only=True)["method"]
     assert repr(ma) == repr(mb)   # optimiser moments, step counts, radius, bandwidth schedule
 
 
@@ -117,7 +113,7 @@ def test_cifar10_run_from_a_data_path(tmp_path, monkeypatch):
 
 
 def test_table_collects_runs(tmp_path):
-    import image_table
+    from benchmarks.common import image_table
 
     folders = []
     for method, seed in [("simga", 0), ("simga", 1), ("consensus", 0)]:
@@ -131,4 +127,44 @@ def test_table_collects_runs(tmp_path):
     assert any(r.startswith("| consensus (gamma 1) | 0 | 1 |") for r in rows)
     assert "| simga | 1 | 2 |" in md
     assert (tmp_path / "table" / "curves.png").stat().st_size > 0
-    assert len(json.loads((tmp_path / "table" / "summary.json").read_text())) == 3
+    summary = json.loads((tmp_path / "table" / "summary.json").read_text())
+    assert len(summary["runs"]) == 3 and summary["provenance"]["command"].startswith("python")
+
+
+_UNPICKLED: list[str] = []
+
+
+def _record_unpickling() -> None:
+    _UNPICKLED.append("code ran")
+
+
+class _RunsCodeOnLoad:
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+def test_resume_never_runs_code_from_a_checkpoint(tmp_path):
+    """Resuming loads with weights_only=True: a checkpoint holding a pickled object is refused, the
+    error names the file, and the object's code never runs."""
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"format": image_gan.CHECKPOINT_FORMAT, "payload": _RunsCodeOnLoad()}, out / image_gan.CHECKPOINT)
+    with pytest.raises(ValueError, match=f"{out / image_gan.CHECKPOINT}.*not a checkpoint this runner can load"):
+        image_gan.main(["--method", "simga", "--steps", "1", "--eval-every", "0", "--out", str(out), *TINY])
+    assert _UNPICKLED == []
+
+
+@pytest.mark.parametrize("fmt", [None, "image_gan-checkpoint-v0"])
+def test_resume_refuses_a_checkpoint_of_another_version(fmt, tmp_path):
+    out = tmp_path / "run"
+    args = ["--method", "simga", "--steps", "1", "--eval-every", "0", "--out", str(out), *TINY]
+    image_gan.main(args)
+    path = out / image_gan.CHECKPOINT
+    ck = torch.load(path, weights_only=True)   # the runner saves tensors and plain types only
+    if fmt is None:
+        del ck["format"]                        # as the runner wrote them before formats were recorded
+    else:
+        ck["format"] = fmt
+    torch.save(ck, path)
+    with pytest.raises(ValueError, match=f"{path}.*another run or version"):
+        image_gan.main([*args[:3], "2", *args[4:]])

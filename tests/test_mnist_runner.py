@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
 
-import gameopt  # noqa: E402
-import image_gan  # noqa: E402
-import image_methods  # noqa: E402
-from dcgan import mnist_discriminator, mnist_generator, unrolled_discriminator, unrolled_generator  # noqa: E402
-from image_methods import METHODS  # noqa: E402
+import gameopt
+from benchmarks.common import image_gan
+from benchmarks.common import image_methods
+from benchmarks.common.dcgan import mnist_discriminator, mnist_generator, unrolled_discriminator, unrolled_generator
+from benchmarks.common.image_methods import METHODS
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +36,7 @@ def tiny(root, data="stacked_mnist", model="unrolled_nobn_d"):
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
-    ck = torch.load(path / image_gan.CHECKPOINT, weights_only=False)
+    ck = torch.load(path / image_gan.CHECKPOINT, weights_only=True)
     return {f"G.{k}": v for k, v in ck["G"].items()} | {f"D.{k}": v for k, v in ck["D"].items()}
 
 
@@ -138,7 +135,7 @@ def test_a_new_method_is_one_registration(mnist_root, tmp_path):
         summary = image_gan.main(["--method", "simga_sgd_test", "--steps", "2", "--eval-every", "0",
                                   "--out", str(tmp_path / "n"), *tiny(mnist_root)])
         assert summary["history"][-1]["step"] == 2
-        ck = torch.load(tmp_path / "n" / image_gan.CHECKPOINT, weights_only=False)
+        ck = torch.load(tmp_path / "n" / image_gan.CHECKPOINT, weights_only=True)
         assert ck["method"]["opt"]["param_groups"][0]["lr"] == 0.05   # the registered default
         with pytest.raises(ValueError, match="already registered"):
             image_methods.register("simga", image_methods.METHODS["simga"])
@@ -147,7 +144,7 @@ def test_a_new_method_is_one_registration(mnist_root, tmp_path):
 
 
 def test_step_cost_script(mnist_root, tmp_path):
-    import image_step_cost
+    from benchmarks.common import image_step_cost
 
     res = image_step_cost.main(["--methods", "simga,consensus", "--steps", "1", "--rounds", "1", "--warmup", "1",
                                 "--reference-steps", "1000", "--out", str(tmp_path), *tiny(mnist_root)])
@@ -158,7 +155,7 @@ def test_step_cost_script(mnist_root, tmp_path):
 
 
 def test_table_copies_seed0_samples_and_appends_published_numbers(mnist_root, tmp_path):
-    import image_table
+    from benchmarks.common import image_table
 
     folders = []
     for method, seed in [("simga", 0), ("simga", 1)]:

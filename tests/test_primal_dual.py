@@ -440,7 +440,7 @@ def test_state_dict_round_trip():
     torch.save(reg.state_dict(), buf)
     buf.seek(0)
     other = gameopt.PrimalDualRegularizer("js", bandwidth=ExponentialBandwidth(0.2, 0.5))
-    other.load_state_dict(torch.load(buf, weights_only=False))
+    other.load_state_dict(torch.load(buf, weights_only=True))
     assert int(other.num_steps) == 2501
     assert other.current_bandwidth == reg.current_bandwidth  # bit-for-bit
     assert other.bandwidth.state_dict() == reg.bandwidth.state_dict()

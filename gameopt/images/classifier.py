@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CACHE_ENV = "GAMEOPT_CACHE"
+from .cache import CACHE_ENV, cache_directory  # noqa: F401  (also importable from here, their former home)
+
 DIGIT_CLASSIFIER_VERSION = "digits-cnn-v2"
 CIFAR10_CLASSIFIER_VERSION = "cifar10-cnn-v1"
 MNIST_CLASSIFIER_VERSION = "mnist-lenet5-v1"
@@ -232,13 +233,6 @@ def train_classifier(
                 sched.step()
     model.eval()
     return model
-
-
-def cache_directory(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir``, else ``$GAMEOPT_CACHE``, else ``~/.cache/gameopt``."""
-    if cache_dir is None:
-        cache_dir = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "gameopt"
-    return Path(cache_dir).expanduser()
 
 
 def _freeze(model: nn.Module, info: dict) -> nn.Module:

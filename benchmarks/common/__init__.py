@@ -1,0 +1,1 @@
+"""Building blocks shared by several studies: players, runners, the image runner kit, report helpers, provenance."""

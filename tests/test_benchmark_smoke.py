@@ -1,0 +1,127 @@
+"""Every benchmark study's smoke mode: the script runs end to end on tiny settings and writes its
+results JSON with a provenance record (benchmarks/README.md lists the studies).
+
+Scripts run in this process (``runpy``, as ``python <script> --smoke --out DIR`` would), except the
+distributed one, which spawns its own processes. The image studies' runner, the Dualing-GAN
+studies and the gamma sweep have their smoke runs in ``test_image_runner.py``,
+``test_mnist_runner.py``, ``test_dual_robustness.py`` and ``test_gamma_sweep.py``; their shell
+drivers are dry-run here with a stand-in interpreter that records each command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: (script, extra arguments, results JSON it writes): each study's smoke command.
+SMOKE = [
+    ("examples/eight_gaussians.py", [], "metrics.json"),
+    ("examples/jacobian_spectrum.py", [], "spectrum.json"),
+    ("benchmarks/consensus_step_cost/consensus_step_cost.py", [], "consensus_step_cost.json"),
+    ("benchmarks/cgd_step_cost/cgd_step_cost.py", [], "cgd_step_cost.json"),
+    ("benchmarks/sga_jvp_cost/sga_jvp_cost.py", [], "sga_jvp_cost.json"),
+    ("benchmarks/family_gaussians/family_gaussians.py", ["smoke"], "summary.json"),
+    ("benchmarks/primal_dual_1d/primal_dual_1d.py", ["--methods", "gan,primaldual"], "primal_dual_1d.json"),
+    ("benchmarks/primal_dual_mixture/primal_dual_mixture.py", ["--methods", "primaldual"], "primal_dual_mixture.json"),
+    ("benchmarks/primal_dual_cost/primal_dual_cost.py", [], "primal_dual_cost.json"),
+    ("benchmarks/dual_solver_speed/dual_solver_speed.py", [], "results.json"),
+    ("benchmarks/dual_step_cost/dual_step_cost.py", [], "results.json"),
+]
+
+
+def _run_script(script: str, argv: list[str], monkeypatch) -> None:
+    path = ROOT / script
+    monkeypatch.setattr(sys, "argv", [str(path), *argv])
+    monkeypatch.chdir(ROOT)
+    threads = __import__("torch").get_num_threads()
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        __import__("torch").set_num_threads(threads)
+
+
+def _check_provenance(record: dict, script: str) -> None:
+    prov = record["provenance"]
+    assert set(prov) >= {"commit", "command", "python", "torch", "numpy", "threads", "device", "date"}
+    assert prov["command"].startswith(f"python {script}") and "smoke" in prov["command"]
+    assert prov["threads"] >= 1 and prov["device"].startswith(("cpu", "cuda"))
+
+
+@pytest.mark.parametrize("script,extra,result", SMOKE, ids=[Path(s).stem for s, _, _ in SMOKE])
+def test_smoke_mode_runs_and_records_provenance(script, extra, result, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    if extra[:1] == ["smoke"]:  # a sub-command named smoke is the smoke mode
+        argv = ["smoke", *extra[1:], "--out", str(out)]
+    else:
+        argv = ["--smoke", *extra, "--out", str(out)]
+    _run_script(script, argv, monkeypatch)
+    record = json.loads((out / result).read_text())
+    _check_provenance(record, script)
+
+
+def test_distributed_cost_smoke(tmp_path):
+    script = "benchmarks/distributed_cost/distributed_cost.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, script, "--smoke", "--nproc", "2", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "results.json").read_text())
+    _check_provenance(record, script)
+    assert record["meta"]["world"] == 2
+
+
+# ----------------------------------------------------------------------------- shell drivers
+FAKE_PYTHON = """#!{python}
+import json, os, sys
+argv = sys.argv[1:]
+if argv[:1] == ["-c"]:  # the drivers' one-line helpers (read a step-cost file): run them for real
+    sys.argv = ["-c", *argv[2:]]
+    exec(argv[1])
+    sys.exit(0)
+with open(os.environ["FAKE_PYTHON_LOG"], "a") as log:
+    log.write(json.dumps(argv) + "\\n")
+"""
+
+DRIVERS = [
+    ("benchmarks/stacked_digits/stacked_digits_suite.sh", ["2", "1"]),
+    ("benchmarks/stacked_digits_family/stacked_digits_family.sh", ["0", "1"]),
+    ("benchmarks/stacked_mnist/stacked_mnist_suite.sh", ["2", "1"]),
+    ("benchmarks/dual_five_gaussians/dual_five_gaussians_study.sh", ["0/1"]),
+]
+
+
+@pytest.mark.parametrize("driver,args", DRIVERS, ids=[Path(d).stem for d, _ in DRIVERS])
+def test_driver_dry_run_names_existing_scripts_with_valid_arguments(driver, args, tmp_path):
+    """Each driver runs with a stand-in interpreter: every command it would run names a script that
+    exists, and every image-runner command parses with the runner's own argument parser."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    log = tmp_path / "commands.jsonl"
+    env = dict(os.environ, PYTHON=str(fake), FAKE_PYTHON_LOG=str(log))
+    out = tmp_path / "runs"
+    extra = [str(out)] if "dual_five" not in driver else []
+    done = subprocess.run(["bash", driver, *args, *extra], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FAILED" not in done.stdout, done.stdout[-3000:]
+    commands = [json.loads(line) for line in log.read_text().splitlines()]
+    assert commands, "the driver ran nothing"
+    from benchmarks.common import image_gan
+    from benchmarks.dual_five_gaussians.dual_five_gaussians import CONFIGS
+
+    for argv in commands:
+        assert (ROOT / argv[0]).is_file(), f"{driver} runs a script that does not exist: {shlex.join(argv)}"
+        if argv[0].endswith("image_gan.py"):
+            image_gan.parse_args(argv[1:])  # raises SystemExit on an unknown or bad flag
+        if argv[0].endswith("dual_five_gaussians.py"):
+            assert argv[argv.index("--config") + 1] in CONFIGS

@@ -1,0 +1,123 @@
+"""Every figure that README.md or docs/ quote with a source marker is still in its results file.
+
+A marker is an HTML comment right after the quoted number (invisible once rendered)::
+
+    3.1x<!-- source: benchmarks/consensus_step_cost/results/consensus_step_cost.json#/results/dcgan/nonsat/time/gameopt/ratio_vs_plain -->
+
+* ``PATH#/a/b/0/c``: a JSON results file and the path of one number in it (``/``-separated keys
+  or list indices; a key that itself holds ``/``, such as ``dcgan/nonsat``, is written as is and
+  found greedily; a space is written ``%20``). ``*100`` after the path scales the value (fractions quoted as percent).
+  The quoted number is the last number before the marker (for ``4/8``, the ``4``); it must equal
+  the value rounded to the decimals shown.
+* ``PATH "fragment"``: a text results file (a ``table.md``) that must contain the fragment, whose
+  last number must be the last number before the marker. Inside a table cell, a fragment that is a
+  whole table row escapes its pipes (``\\|``), as Markdown tables require.
+
+The markers name the results file; the study's README beside it gives the command that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "benchmarks").rglob("README.md"))]
+PAGES = [p for p in PAGES if "_build" not in p.parts and "generated" not in p.parts]
+
+MARKER = re.compile(r"<!--\s*source:\s*(?P<path>[^\s#\"]+)(?:#(?P<pointer>[^\s*]+)(?:\*(?P<scale>[\d.]+))?|\s+\"(?P<text>[^\"]+)\")\s*-->")
+NUMBER = re.compile(r"(?<![\w.])(?:(\d+)/\d+(?![\d.])|(\d+(?:\.\d+)?(?:e-?\d+)?))")  # no signs: "1-158" is a range
+
+
+def markers(page: Path) -> list[tuple[int, str, re.Match]]:
+    """(line number, text before the marker on its line, match) for every marker of a page."""
+    out = []
+    for i, line in enumerate(page.read_text().splitlines(), 1):
+        start = 0
+        for m in MARKER.finditer(line):
+            before = line[start:m.start()]
+            out.append((i, before, m))
+            start = m.end()
+    return out
+
+
+def last_number(text: str) -> str | None:
+    """The last number of a text; for ``N/M`` (a count out of a total) the ``N``."""
+    found = [(a or b) for a, b in NUMBER.findall(text)]
+    return found[-1] if found else None
+
+
+def resolve(data, pointer: str):
+    """Follow a ``/``-separated path; a key holding ``/`` is matched greedily."""
+    parts = [unquote(p).replace("~1", "/").replace("~0", "~") for p in pointer.strip("/").split("/")]
+    node, i = data, 0
+    while i < len(parts):
+        if isinstance(node, list):
+            node, i = node[int(parts[i])], i + 1
+            continue
+        for j in range(len(parts), i, -1):
+            key = "/".join(parts[i:j])
+            if key in node:
+                node, i = node[key], j
+                break
+        else:
+            raise KeyError(f"no key {parts[i]!r} (keys: {sorted(node)[:20]})")
+    return node
+
+
+def matches(quoted: str, value: float) -> bool:
+    """``quoted`` is ``value`` rounded to the decimals shown (``8e-05``: to the mantissa's digits)."""
+    if "e" in quoted.lower():
+        mantissa = quoted.lower().split("e")[0]
+        digits = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        return float(f"{value:.{digits}e}") == float(quoted)
+    decimals = len(quoted.split(".")[1]) if "." in quoted else 0
+    return math.isclose(round(value, decimals), float(quoted), abs_tol=10 ** -(decimals + 6))
+
+
+ALL = [(page, line, before, m) for page in PAGES for line, before, m in markers(page)]
+
+
+def test_pages_carry_source_markers():
+    # README's results table and the benchmarks page are covered; losing the markers fails here
+    counted = {p.relative_to(ROOT).as_posix(): 0 for p in PAGES}
+    for page, *_ in ALL:
+        counted[page.relative_to(ROOT).as_posix()] += 1
+    assert counted["README.md"] >= 20 and counted["docs/benchmarks.md"] >= 20, counted
+
+
+@pytest.mark.parametrize("page,line,before,m", ALL,
+                         ids=[f"{p.relative_to(ROOT)}:{ln}" for p, ln, _, _ in ALL])
+def test_quoted_figure_is_in_its_results_file(page, line, before, m):
+    where = f"{page.relative_to(ROOT)}:{line}"
+    source = ROOT / m["path"]
+    assert source.is_file(), f"{where} names {m['path']}, which does not exist"
+    quoted = last_number(before)
+    assert quoted is not None, f"{where}: no number before the marker"
+    if m["text"] is not None:
+        text = m["text"].replace("\\|", "|")  # a table row's pipes are escaped inside a table cell
+        assert text in source.read_text(), f"{where}: {m['path']} no longer holds {text!r}"
+        assert last_number(text) == quoted, f"{where}: quotes {quoted}, the fragment says {text!r}"
+        return
+    value = resolve(json.loads(source.read_text()), m["pointer"])
+    assert isinstance(value, (int, float)), f"{where}: {m['pointer']} is {value!r}, not a number"
+    value = value * float(m["scale"]) if m["scale"] else value
+    assert matches(quoted, value), f"{where}: quotes {quoted}, {m['path']}#{m['pointer']} holds {value}"
+
+
+def test_the_checker_fails_on_a_changed_number(tmp_path):
+    res = tmp_path / "r.json"
+    res.write_text(json.dumps({"results": {"dcgan/nonsat": {"ratio": 3.11}}, "runs": [{"modes": 4}]}))
+    assert matches("3.1", resolve(json.loads(res.read_text()), "/results/dcgan/nonsat/ratio"))
+    assert not matches("3.2", 3.11) and matches("946", 946) and not matches("945", 946)
+    assert resolve(json.loads(res.read_text()), "/runs/0/modes") == 4
+    assert last_number("consensus 4/8") == "4" and last_number("3.1x a plain") == "3.1"
+    assert last_number("8 / 0.83") == "0.83"
+    assert last_number("SimGA 1.5e-3") == "1.5e-3" and matches("1e-13", 1.216e-13) and not matches("2e-13", 1.216e-13)
+    with pytest.raises(KeyError):
+        resolve({"a": 1}, "/b")
