@@ -201,3 +201,18 @@ def test_counter_counts_what_it_says():
         torch.zeros(3, device=META) + 1         # neither
     assert (c.counts["item"], c.counts["nonzero"], c.counts["d2h"], c.counts["h2d"]) == (2, 1, 1, 1)
     assert c.counts["host_tensor"] == 2 and c.syncs == 5
+
+
+@pytest.mark.parametrize("delta", [1e-4, 1e-1, 1e3, float("inf")])
+@pytest.mark.parametrize("sync_every", [3, None])
+def test_fewer_reads_same_answer(delta, sync_every):
+    """The read-free paths (fused two-phase trust-region solve, no early stop) agree with the CPU default."""
+    g = torch.Generator().manual_seed(5)
+    J = torch.randn(4, 16, 6, generator=g, dtype=torch.float64)
+    K = J @ J.transpose(-1, -2)
+    Jw, Fk = torch.randn(4, 16, generator=g, dtype=torch.float64), torch.randn(4, 16, generator=g, dtype=torch.float64)
+    ref = gameopt.solvers.solve_trust_region_dual(K, Jw, Fk, 1.0, 1e-2, delta)
+    res = gameopt.solvers.solve_trust_region_dual(K, Jw, Fk, 1.0, 1e-2, delta, sync_every=sync_every, max_iter=100)
+    assert ref.success and bool(res.converged.all())
+    for name in ("lam", "mu", "step_norm_sq", "dual_value"):
+        torch.testing.assert_close(getattr(res, name), getattr(ref, name), rtol=1e-7, atol=1e-9)
