@@ -29,6 +29,8 @@ used once per forward pass.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -68,25 +70,31 @@ class ScoreKernel:
 
     ``K`` (m, m) = J J^T, ``Jw`` (m,) = J w, ``scores`` (m,) = F(w, x). :meth:`jt_eta`
     gives J^T eta per parameter (in the order of :meth:`PerSampleKernel.parameters`)
-    when the build kept what it needs (``keep=True``), else None.
+    when the build kept what it needs (``keep=True``), else None. ``finite``: whether K,
+    J w and the scores are all finite; ``also_ok``: the caller's ``also`` flag; both read
+    with the build's one host read.
     """
 
     K: Tensor
     Jw: Tensor
     scores: Tensor
     _jt: Callable[[Tensor], list[Tensor]] | None = None
+    finite: bool = True
+    also_ok: bool = True
 
     def jt_eta(self, eta: Tensor) -> list[Tensor] | None:
         """J^T eta for eta (m,), one tensor per parameter, or None when nothing was kept."""
         return None if self._jt is None else self._jt(eta)
 
 
-def _no_autocast(device: torch.device) -> torch.autocast:
+def _no_autocast(device: torch.device):
     """The kernel's products keep their operands' precision, whatever autocast the caller runs under."""
+    if device.type == "meta":  # no autocast there (the sync-budget tests run on meta)
+        return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)
 
 
-def psd_kernel(K: Tensor, rounding: float) -> Tensor:
+def psd_kernel(K: Tensor, rounding: float, factors: bool | None = None) -> Tensor:
     """K when it is positive definite; else the PSD matrix nearest to it at rounding level.
 
     K = J J^T is PSD, but formed from float32 blocks it carries rounding of order
@@ -96,12 +104,16 @@ def psd_kernel(K: Tensor, rounding: float) -> Tensor:
     far inside the rounding already in K. ``rounding`` is the unit roundoff of the
     dtype the blocks were formed in.
 
+    ``factors``: whether K's Cholesky factorisation is already known to succeed (None: try it,
+    one host read).
+
     Raises:
         KernelNotPSD: an eigenvalue below -64 m ``rounding`` max(diag K): not rounding.
     """
     m = K.shape[-1]
-    _, info = torch.linalg.cholesky_ex(K)
-    if int(info) == 0:
+    if factors is None:
+        factors = int(torch.linalg.cholesky_ex(K)[1]) == 0
+    if factors:
         return K
     lam, V = torch.linalg.eigh(K)
     scale = float(K.diagonal().abs().max())
@@ -212,12 +224,14 @@ class PerSampleKernel:
                                  f"an nn.Linear or a zero-padded, ungrouped nn.Conv2d, but {reason}; use "
                                  "per_sample='func' (any module) or 'auto'")
 
-    def __call__(self, x: Tensor, keep: bool = False) -> ScoreKernel:
+    def __call__(self, x: Tensor, keep: bool = False, also: Tensor | None = None) -> ScoreKernel:
         """K, J w and the scores on x (m, ...); ``keep`` keeps what J^T eta needs.
 
         K is symmetric and positive semi-definite (see :func:`psd_kernel`); its blocks are
         formed in the parameters' precision (at least float32, whatever autocast runs).
-        Raises :class:`KernelNotPSD` when K is not PSD beyond rounding.
+        Raises :class:`KernelNotPSD` when K is not PSD beyond rounding. One host read (the
+        finiteness of K, J w and the scores, and whether K factorises), which also reads the
+        0-d bool ``also`` (a caller's check; result in ``also_ok``).
         """
         kernel = None
         if self.uses_hooks():
@@ -228,10 +242,16 @@ class PerSampleKernel:
                     raise GameInputError(f"per_sample='hooks': {e}; use per_sample='func'") from None
         if kernel is None:
             kernel = self._func(x, keep)
-        if bool(torch.isfinite(kernel.K).all()):
+        finite = torch.isfinite(kernel.K).all() & torch.isfinite(kernel.Jw).all() & torch.isfinite(kernel.scores).all()
+        factors = torch.linalg.cholesky_ex(kernel.K)[1] == 0
+        flags = [finite, factors] + ([also.reshape(())] if also is not None else [])
+        read = torch.stack([f.to(finite.device) for f in flags]).cpu().tolist()  # the one host read
+        kernel.finite = bool(read[0])
+        kernel.also_ok = bool(read[2]) if also is not None else True
+        if kernel.finite and kernel.also_ok:
             formed = [torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
                       for p in self.parameters().values()]
-            kernel.K = psd_kernel(kernel.K, max((torch.finfo(d).eps for d in formed), default=0.0))
+            kernel.K = psd_kernel(kernel.K, max((torch.finfo(d).eps for d in formed), default=0.0), bool(read[1]))
         return kernel
 
     # ----------------------------------------------------------- func route

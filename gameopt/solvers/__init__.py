@@ -144,10 +144,10 @@ def _report(res, slv, on_failure: str, where: str) -> None:
         return
     if bool(res.converged.all()):  # the one read; the rest runs only when some problem failed
         return
-    bad = (~res.converged).nonzero().flatten().tolist()
+    bad = (~res.converged.reshape(-1)).nonzero().flatten().tolist()
     if not bad:
         return
-    status = res.status[bad[0]] if res.status is not None else f"duality gap {float(res.gap[bad[0]]):.3g}"
+    status = res.status[bad[0]] if res.status is not None else f"duality gap {float(res.gap.reshape(-1)[bad[0]]):.3g}"
     warnings.warn(
         f"{where}: {len(bad)} of {res.converged.numel()} problem(s) did not converge "
         f"(first: problem {bad[0]}, {status}); see result.converged and result.status",
@@ -264,6 +264,13 @@ def solve_linear_dual(
     checks.run()
     check_on_failure(on_failure)
     slv = get_solver(solver, **solver_options)
+    res = solve_linear_unchecked(real, fake, C, slv)
+    _report(res, slv, on_failure, "solve_linear_dual")
+    return res
+
+
+def solve_linear_unchecked(real: Tensor, fake: Tensor, C, slv: DualSolver) -> LinearDualResult:
+    """:func:`solve_linear_dual` on inputs known to be valid: no check, no host read of its own."""
     batched = real.ndim == 3
     if not batched:
         real, fake = real[None], fake[None]
@@ -271,9 +278,7 @@ def solve_linear_dual(
     if not A.is_floating_point():
         A = A.double()
     Cb = as_batch_param(C, A.shape[0], torch.float64, A.device)
-    res = slv.solve_linear(A, Cb)
-    _report(res, slv, on_failure, "solve_linear_dual")
-    return _unbatch(res, batched)
+    return _unbatch(slv.solve_linear(A, Cb), batched)
 
 
 def solve_trust_region_dual(
@@ -333,6 +338,17 @@ def solve_trust_region_dual(
     check_psd_kernel(K, C)
     check_on_failure(on_failure)
     slv = get_solver(solver, **solver_options)
+    res = solve_trust_region_unchecked(K, Jw, Fk, w_norm_sq, C, delta, slv)
+    _report(res, slv, on_failure, "solve_trust_region_dual")
+    return res
+
+
+def solve_trust_region_unchecked(K: Tensor, Jw: Tensor, Fk: Tensor, w_norm_sq, C, delta,
+                                 slv: DualSolver) -> TrustRegionDualResult:
+    """:func:`solve_trust_region_dual` on inputs known to be valid (K finite and PSD, ...): no check,
+    no host read of its own (the solver's periodic checks aside)."""
+    batched = K.ndim == 3
+    m = K.shape[-1]
     if not batched:
         K, Jw, Fk = K[None], Jw[None], Fk[None]
     B = K.shape[0]
@@ -347,7 +363,6 @@ def solve_trust_region_dual(
         as_batch_param(C, B, torch.float64, K.device),
         as_batch_param(delta, B, torch.float64, K.device),
     )
-    _report(res, slv, on_failure, "solve_trust_region_dual")
     return _unbatch(res, batched)
 
 
