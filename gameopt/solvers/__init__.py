@@ -334,8 +334,9 @@ def solve_trust_region_dual(
                    hint="it is ||w_k||^2, the squared norm of the current discriminator weights", checks=checks)
     check_positive("C", C, checks=checks)
     check_positive("delta", delta, allow_inf=True, checks=checks)
-    checks.run()  # K's symmetry and definiteness assume finite entries and C > 0: a second read
-    check_psd_kernel(K, C)
+    # K's symmetry and definiteness are read with the rest; a NaN or C <= 0 is reported first
+    check_psd_kernel(K, C, checks)
+    checks.run()
     check_on_failure(on_failure)
     slv = get_solver(solver, **solver_options)
     res = solve_trust_region_unchecked(K, Jw, Fk, w_norm_sq, C, delta, slv)

@@ -11,9 +11,11 @@ refuses to mix with host tensors as CUDA does), every host read is counted and a
 with a stand-in value, so one training iteration can be checked in a CPU-only test.
 
 Stand-in values (``meta`` only; real devices give the real values): a boolean read is
-True, a number 1, a ``nonzero`` finds nothing, a copy to the host is ones. gameopt
-phrases its checks so that these are the usual answers ("all finite", "converged",
-"accepted"), so the counted path is the ordinary one.
+True, except that of ``any(...)`` (False: nothing bad found) and of what is computed from
+``any``/``all`` by negation, ``&`` and ``|``; a number is 1, a ``nonzero`` finds nothing,
+a copy to the host is ones. gameopt phrases the checks it copies to the host in bulk so
+that ones are the usual answers ("all finite", "converged", "accepted"), so the counted
+path is the ordinary one.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ class SyncCounter(TorchDispatchMode):
             self._record("item", func)
             t = on_device[0]
             if t.device.type == "meta":
-                return _stand_in_scalar(t.dtype)
+                known = getattr(t, "_gameopt_stand_in", None)
+                return _stand_in_scalar(t.dtype) if known is None else known
         elif func in _DATA_DEPENDENT and on_device and kwargs.get("output_size") is None:
             self._record("nonzero", func)
             if on_device[0].device.type == "meta" and func is _aten.nonzero.default:
@@ -134,8 +137,15 @@ class SyncCounter(TorchDispatchMode):
                                     bool(kwargs.get("non_blocking", False)) and _pinned(src))
                     if dst_dev.type == "cpu" and src.device.type == "meta":
                         dtype = kwargs.get("dtype") or src.dtype
+                        values = getattr(src, "_gameopt_stand_in_values", None)
+                        if values is None and src.numel() == 1 and src.dtype == torch.bool:
+                            values = [_known(src)]
+                        if values is not None and len(values) == src.numel():
+                            return torch.tensor(values, dtype=dtype).reshape(src.shape)
                         return torch.ones(src.shape, dtype=dtype)
         outs = func(*args, **kwargs)
+        if on_device and on_device[0].device.type == "meta":
+            _propagate_stand_in(func, args, outs)
         if func in _LIFT or (not tensors and func not in _COPIES):
             out_flat, _ = tree_flatten(outs)
             if any(isinstance(o, torch.Tensor) and o.device.type == "cpu" for o in out_flat):
@@ -154,6 +164,48 @@ def _pinned(t: Any) -> bool:
         return isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.is_pinned()
     except RuntimeError:  # no accelerator: nothing can be pinned
         return False
+
+
+_NEGATE = {_aten.logical_not.default, _aten.bitwise_not.default}
+_AND = {_aten.logical_and.default, _aten.bitwise_and.Tensor, _aten.__and__.Tensor}
+_OR = {_aten.logical_or.default, _aten.bitwise_or.Tensor, _aten.__or__.Tensor}
+
+
+def _known(t: Any) -> bool:
+    value = getattr(t, "_gameopt_stand_in", None)
+    return True if value is None else value
+
+
+def _propagate_stand_in(func: Any, args: tuple, out: Any) -> None:
+    """Boolean stand-ins on ``meta`` that follow the usual answer: ``any`` of a check is False
+    (nothing bad found), ``all`` True, and their negations, ands and ors follow."""
+    if not (isinstance(out, torch.Tensor) and out.dtype == torch.bool):
+        return
+    name = func.overloadpacket
+    if name is _aten.stack and out.ndim == 1:  # a vector of flags read at once
+        try:
+            out._gameopt_stand_in_values = [_known(t) for t in args[0]]
+        except (AttributeError, RuntimeError):  # pragma: no cover
+            pass
+        return
+    if out.numel() != 1:
+        return
+    if name is _aten.any:
+        value = False
+    elif name is _aten.all:
+        value = True
+    elif func in _NEGATE:
+        value = not _known(args[0])
+    elif func in _AND:
+        value = _known(args[0]) and _known(args[1])
+    elif func in _OR:
+        value = _known(args[0]) or _known(args[1])
+    else:
+        return
+    try:
+        out._gameopt_stand_in = value
+    except (AttributeError, RuntimeError):  # pragma: no cover - tensors take attributes
+        pass
 
 
 def _stand_in_scalar(dtype: torch.dtype) -> Any:
