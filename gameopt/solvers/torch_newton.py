@@ -22,12 +22,14 @@ Why this design (methods.md, "Solvers for 3a and 3b"):
   ``max_iter`` iterations and only looks at the flags on the host every
   ``sync_every`` iterations (``None``: never, for CUDA graphs / async use).
 
-Tolerances: float64 (default) reaches gap <= 1e-12 on all tested problems;
-float32 is allowed with ``tol`` around 1e-5 (rounding in the kernel limits it).
+Tolerances: float64 (the CPU default) reaches gap <= 1e-12 on all tested problems;
+float32 (the default on other devices) is used with ``tol`` around 1e-5 (rounding in the
+kernel limits it), and problems it cannot certify are solved again in float64.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -55,13 +57,16 @@ _ARMIJO = 1e-4
 
 
 class TorchNewtonSolver:
-    """Batched Newton solver (any device, float64 by default).
+    """Batched Newton solver (any device; float64 on the CPU, float32 elsewhere by default).
 
     Args:
         tol: duality-gap target, a finite float > 0; default 1e-12 (float64) or 1e-5 (float32).
         max_iter: Newton iterations run at most (fixed-shape loop), an int >= 1.
-        dtype: computation dtype, ``torch.float64`` or ``torch.float32``; inputs are cast to it
-            and results returned in it.
+        dtype: computation dtype, ``torch.float64``, ``torch.float32`` or ``"auto"`` (default):
+            float64 on the CPU, float32 on other devices, where float64 is 2x (H100) to about
+            60x (consumer cards) slower and float32 solves almost every problem to a gap of
+            1e-5 (``benchmarks/dual_precision``); the rest are refined in float64 (``promote``).
+            Inputs are cast to it and results returned in it.
         sync_every: check "all problems done" on the host every this many
             iterations (an int >= 1) and stop early; ``None`` never synchronises (no host read
             at all: every solve runs all ``max_iter`` iterations, converged problems frozen,
@@ -89,17 +94,20 @@ class TorchNewtonSolver:
         self,
         tol: float | None = None,
         max_iter: int = 100,
-        dtype: torch.dtype = torch.float64,
+        dtype: "torch.dtype | str" = "auto",
         sync_every: int | None | str = "auto",
         line_search_steps: int = 24,
         cpu_chunk_bytes: int | None = 8 * 2**20,
         linear_path: str = "auto",
         promote: bool = True,
     ) -> None:
-        if dtype not in (torch.float64, torch.float32):
-            raise GameInputError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
-        self.dtype = dtype
-        self.tol = check_tol(tol) if tol is not None else (1e-12 if dtype == torch.float64 else 1e-5)
+        if not (dtype in (torch.float64, torch.float32) or dtype == "auto"):
+            raise GameInputError(f"dtype must be torch.float64, torch.float32 or 'auto', got {dtype!r}")
+        #: "auto", or the dtype given; :attr:`dtype` is what the CPU uses under "auto".
+        self.dtype_option = dtype
+        self.dtype = torch.float64 if dtype == "auto" else dtype
+        self._tol_option = None if tol is None else check_tol(tol)
+        self.tol = self._tol_option if tol is not None else (1e-12 if self.dtype == torch.float64 else 1e-5)
         self.max_iter = check_int("max_iter", max_iter, 1)
         if not (sync_every in ("auto", None) or _is_int(sync_every)):
             raise GameInputError(f"sync_every must be 'auto', None or an int >= 1, got {sync_every!r}")
@@ -124,7 +132,18 @@ class TorchNewtonSolver:
         self._linear_path = value
 
     def __repr__(self) -> str:
-        return f"TorchNewtonSolver(tol={self.tol}, max_iter={self.max_iter}, dtype={self.dtype})"
+        return f"TorchNewtonSolver(tol={self.tol}, max_iter={self.max_iter}, dtype={self.dtype_option})"
+
+    def for_device(self, device: torch.device) -> "TorchNewtonSolver":
+        """The solver that runs on ``device``: itself, or under ``dtype="auto"`` off the CPU a float32 copy
+        (``tol`` 1e-5 unless one was given)."""
+        if getattr(self, "dtype_option", self.dtype) != "auto" or device.type == "cpu":
+            return self
+        other = copy.copy(self)
+        other.dtype_option = other.dtype = torch.float32
+        other.tol = self._tol_option if self._tol_option is not None else 1e-5
+        other._near = 1e-3
+        return other
 
     # ------------------------------------------------------------------ helpers
     def _sync_period(self, device: torch.device) -> int | None:
@@ -170,6 +189,9 @@ class TorchNewtonSolver:
 
     def solve_linear(self, A: Tensor, C: Tensor) -> LinearDualResult:
         """Linear dual for sign-adjusted rows A (B, m, d) = [phi(real); -phi(fake)], C (B,)."""
+        dev_solver = self.for_device(A.device)
+        if dev_solver is not self:
+            return dev_solver.solve_linear(A, C)
         B, m, d = A.shape
         self._stopped_done = False
         ch = self._chunk(A.device, B, min(m, d))
@@ -279,6 +301,9 @@ class TorchNewtonSolver:
         Returns:
             :class:`~gameopt.solvers.TrustRegionDualResult`, batched.
         """
+        dev_solver = self.for_device(Ks.device)
+        if dev_solver is not self:
+            return dev_solver.solve_kernel(Ks, c, p, W, C, delta)
         B, m, _ = Ks.shape
         self._stopped_done = False
         ch = self._chunk(Ks.device, B, m)
