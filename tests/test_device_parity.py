@@ -122,3 +122,28 @@ def test_solver_dtype_follows_the_device():
     assert res.lam.dtype == torch.float32
     explicit = gameopt.solvers.TorchNewtonSolver(dtype=torch.float64)
     assert explicit.for_device(torch.device("meta")) is explicit
+
+
+def test_singular_kernel_is_shifted_alike_on_the_cpu_and_the_device_path():
+    """A rank-deficient float32-formed K (dead ReLU units, duplicate samples) is shifted by the
+    smallest working rung of psd_kernel's ladder; the device path (all rungs at once, no read)
+    picks the same shift; an indefinite K is refused by both."""
+    from gameopt.dual.per_sample import KernelNotPSD, _shift_to_pd, psd_kernel
+
+    g = torch.Generator().manual_seed(0)
+    J = torch.randn(40, 5, generator=g)  # float32 rows: rank 5 < m = 40
+    K = (J @ J.T).double()
+    assert int(torch.linalg.cholesky_ex(K)[1]) != 0
+    eps32 = torch.finfo(torch.float32).eps
+    cpu = psd_kernel(K, eps32)
+    dev, ok = _shift_to_pd(K, eps32)
+    assert bool(ok)
+    torch.testing.assert_close(cpu, dev, rtol=0, atol=1e-12)  # the same rung
+    shift = float((cpu - K).diagonal()[0])
+    assert 0 < shift <= 64 * 40 * eps32 * float(K.diagonal().max())
+    torch.testing.assert_close(cpu - K, shift * torch.eye(40, dtype=K.dtype), rtol=0, atol=1e-12)
+    assert int(torch.linalg.cholesky_ex(cpu)[1]) == 0
+    bad = K - 0.5 * float(K.diagonal().max()) * torch.eye(40, dtype=K.dtype)
+    with pytest.raises(KernelNotPSD, match="eigenvalue"):
+        psd_kernel(bad, eps32)
+    assert not bool(_shift_to_pd(bad, eps32)[1])

@@ -95,14 +95,18 @@ def _no_autocast(device: torch.device):
 
 
 def psd_kernel(K: Tensor, rounding: float, factors: bool | None = None) -> Tensor:
-    """K when it is positive definite; else the PSD matrix nearest to it at rounding level.
+    """K when it is positive definite; else K shifted to positive definite at rounding level.
 
     K = J J^T is PSD, but formed from float32 blocks it carries rounding of order
-    m eps32 ||K||: with near-duplicate samples (a collapsed generator) its smallest
-    eigenvalues come out slightly negative, which the dual does not allow. Then the
-    eigenvalues below floor = 64 m eps64 max(diag K) are raised to the floor, a change
-    far inside the rounding already in K. ``rounding`` is the unit roundoff of the
-    dtype the blocks were formed in.
+    m eps32 ||K||, and with near-duplicate samples (a collapsed generator) or dead ReLU
+    units it is singular: its smallest eigenvalues come out slightly negative, which the
+    dual does not allow. Then K + s I is returned for the smallest s on the ladder
+    floor, 16 floor, 256 floor, ... (floor = 64 m eps64 max(diag K)) up to the rounding
+    allowance 64 m ``rounding`` max(diag K) whose Cholesky factorisation succeeds: a change
+    of the size of the rounding already in K. ``rounding`` is the unit roundoff of the
+    dtype the blocks were formed in. Each rung costs one Cholesky factorisation (an
+    eigendecomposition, the earlier way, cost about 14 of them at m = 2048); on the CPU the
+    rungs are tried in turn, elsewhere all at once (one host read).
 
     ``factors``: whether K's Cholesky factorisation is already known to succeed (None: try it,
     one host read).
@@ -115,14 +119,61 @@ def psd_kernel(K: Tensor, rounding: float, factors: bool | None = None) -> Tenso
         factors = int(torch.linalg.cholesky_ex(K)[1]) == 0
     if factors:
         return K
-    lam, V = torch.linalg.eigh(K)
-    scale = float(K.diagonal().abs().max())
-    if float(lam[0]) < -64 * m * rounding * scale:
-        raise KernelNotPSD(f"the kernel K = J J^T has eigenvalue {float(lam[0]):.3g}, beyond the rounding allowance "
-                         f"{64 * m * rounding * scale:.3g}: the per-sample gradients are not those of the scores")
-    floor = 64 * m * torch.finfo(torch.float64).eps * scale
-    Kp = (V * lam.clamp_min(floor)) @ V.T
-    return (Kp + Kp.T) * 0.5
+    scale = K.diagonal().abs().max()
+    rungs = _ladder(m, rounding)
+    allow_f = rungs[-1]
+    chosen = None
+    if K.device.type == "cpu":
+        shifted, added = K.clone(), 0.0
+        diag = shifted.diagonal()
+        for r in rungs:
+            diag.add_((r - added) * scale)
+            added = r
+            if int(torch.linalg.cholesky_ex(shifted)[1]) == 0:
+                chosen = r
+                break
+    else:
+        eye = torch.eye(m, dtype=K.dtype, device=K.device)
+        shifts = torch.stack([scale * r for r in rungs])
+        info = torch.linalg.cholesky_ex(K + shifts[:, None, None] * eye)[1]
+        ok = (info == 0).cpu().tolist()
+        chosen = next((r for r, good in zip(rungs, ok) if good), None)
+    if chosen is None:
+        lowest = float(torch.linalg.eigvalsh(K)[0])
+        raise KernelNotPSD(f"the kernel K = J J^T has eigenvalue {lowest:.3g}, beyond the rounding allowance "
+                           f"{allow_f * float(scale):.3g}: the per-sample gradients are not those of the scores")
+    if K.device.type == "cpu":
+        return shifted
+    return K + (chosen * scale) * eye
+
+
+def _ladder(m: int, rounding: float) -> list[float]:
+    """psd_kernel's shifts relative to max(diag K): 64 m eps64 times 1, 16, 256, ... up to 64 m ``rounding``."""
+    floor_f = 64 * m * torch.finfo(torch.float64).eps
+    allow_f = max(64 * m * rounding, floor_f)
+    rungs = [floor_f]
+    while rungs[-1] * 16 < allow_f:
+        rungs.append(rungs[-1] * 16)
+    if allow_f > rungs[-1]:
+        rungs.append(allow_f)
+    return rungs
+
+
+def _shift_to_pd(K: Tensor, rounding: float) -> tuple[Tensor, Tensor]:
+    """K, or K + s I for psd_kernel's smallest working shift s, chosen on the device (no host read).
+
+    Returns the matrix and a 0-d bool tensor: whether K or some rung factorised (False: K is not
+    PSD beyond rounding; psd_kernel then says by how much).
+    """
+    m = K.shape[-1]
+    scale = K.diagonal().abs().max()
+    shifts = torch.stack([scale * 0.0] + [scale * r for r in _ladder(m, rounding)])
+    eye = torch.eye(m, dtype=K.dtype, device=K.device)
+    info = torch.linalg.cholesky_ex(K + shifts[:, None, None] * eye)[1]
+    ok = info == 0
+    first = torch.argmax(ok.to(torch.int8))  # the first rung that factorises (0: K itself)
+    # shifts grow, so some rung factorises exactly when the largest one does
+    return K + shifts.index_select(0, first.reshape(1)).reshape(()) * eye, ok[-1]
 
 
 def check_per_sample_module(module: nn.Module) -> None:
@@ -242,16 +293,26 @@ class PerSampleKernel:
                     raise GameInputError(f"per_sample='hooks': {e}; use per_sample='func'") from None
         if kernel is None:
             kernel = self._func(x, keep)
+        formed = [torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+                  for p in self.parameters().values()]
+        rounding = max((torch.finfo(d).eps for d in formed), default=0.0)
         finite = torch.isfinite(kernel.K).all() & torch.isfinite(kernel.Jw).all() & torch.isfinite(kernel.scores).all()
-        factors = torch.linalg.cholesky_ex(kernel.K)[1] == 0
+        on_cpu = kernel.K.device.type == "cpu"
+        if on_cpu:  # reads are free: factorise K, and only when that fails climb psd_kernel's ladder
+            factors = torch.linalg.cholesky_ex(kernel.K)[1] == 0
+        else:  # the whole ladder at once and the shift picked on the device: no read of its own
+            shifted, factors = _shift_to_pd(kernel.K, rounding)
         flags = [finite, factors] + ([also.reshape(())] if also is not None else [])
         read = torch.stack([f.to(finite.device) for f in flags]).cpu().tolist()  # the one host read
         kernel.finite = bool(read[0])
         kernel.also_ok = bool(read[2]) if also is not None else True
         if kernel.finite and kernel.also_ok:
-            formed = [torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-                      for p in self.parameters().values()]
-            kernel.K = psd_kernel(kernel.K, max((torch.finfo(d).eps for d in formed), default=0.0), bool(read[1]))
+            if on_cpu:
+                kernel.K = psd_kernel(kernel.K, rounding, bool(read[1]))
+            elif not read[1]:
+                psd_kernel(kernel.K, rounding, False)  # raises KernelNotPSD with the eigenvalue
+            else:
+                kernel.K = shifted
         return kernel
 
     # ----------------------------------------------------------- func route
