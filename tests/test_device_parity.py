@@ -147,3 +147,31 @@ def test_singular_kernel_is_shifted_alike_on_the_cpu_and_the_device_path():
     with pytest.raises(KernelNotPSD, match="eigenvalue"):
         psd_kernel(bad, eps32)
     assert not bool(_shift_to_pd(bad, eps32)[1])
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model", ["linear", "cost", "score"])
+def test_nan_batch_is_refused_on_every_device_and_changes_nothing(model, device, deferred, monkeypatch):
+    """On the CPU the NaN check runs before the forward pass; on a device it is read with the
+    step's first read (``deferred`` forces that path on the CPU): either way GameInputError,
+    and parameters and radius unchanged."""
+    from gameopt.errors import GameInputError
+    from gameopt.solvers._common import Checks
+
+    monkeypatch.setattr(Checks, "defer_on_cpu", deferred)
+    torch.manual_seed(4)
+    if model == "linear":
+        d = gameopt.TrustRegionDualDiscriminator(gameopt.RBFFeatures(torch.randn(6, 2), 1.0).to(device),
+                                                 model="linear", C=1e-2)
+        d.step(torch.randn(8, 2, device=device), torch.randn(8, 2, device=device))
+    else:
+        D = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).to(device)
+        d = gameopt.TrustRegionDualDiscriminator(D, model=model, C=1e-2, delta=1e-2)
+    before = [p.detach().clone() for p in d.parameters()]
+    delta = d.delta
+    fake = torch.randn(8, 2, device=device)
+    fake[3, 1] = float("nan")
+    with pytest.raises(GameInputError, match="fake batch contains NaN"):
+        d.step(torch.randn(8, 2, device=device), fake)
+    assert all(torch.equal(a, b) for a, b in zip(d.parameters(), before)) and d.delta == delta

@@ -192,7 +192,7 @@ class CompetitiveOptimizer(GameOptimizer):
     adaptive = shared("ACGD's per-coordinate step sizes (True) or CGD's lr (False); fixed at construction.")
     tol = shared("CG's relative residual tolerance (see ``gameopt.competitive.nash``).")
     max_iter = shared("CG's iteration budget per step.")
-    check_every = shared("CG iterations between host reads of the stopping flag.")
+    check_every = shared("CG iterations between host reads of the stopping flag ('auto': 1 on the CPU, never elsewhere; None: never).")
     warm_start = shared("Whether CG starts from the previous step's solution.")
     stats = shared("Statistics of the last ``backward`` (:class:`CompetitiveStats`; None before the first).")
 

@@ -13,7 +13,7 @@ from .. import solvers as _solvers
 from .base import DualStepStats, StepFailed
 from .per_sample import KernelNotPSD, PerSampleKernel, ScoreKernel
 from .radius import RadiusControl
-from .trust_region import LinearisedTrustRegion, Proposal, step_sq_norm
+from .trust_region import LinearisedTrustRegion, Proposal
 
 __all__ = ["ScoreLinearisedDiscriminator"]
 
