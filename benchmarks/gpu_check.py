@@ -217,7 +217,7 @@ def section_dual_precision(device: str, tiny: bool, out_dir: Path) -> dict[str, 
     import bench
 
     argv = ["--device", device, "--out", str(out_dir / "dual_precision_raw.json")]
-    argv += ["--smoke"] if tiny else ["--batch", "64", "--n", "64", "--ipopt", "8"]
+    argv += ["--smoke"] if tiny else ["--batch", "64", "--n", "64", "--ipopt", "4"]
     return bench.main(argv)
 
 
@@ -231,7 +231,7 @@ def section_stacked_mnist(device: str, tiny: bool, out_dir: Path) -> dict[str, A
             argv = ["--data", "stacked_digits", "--size", "8", "--width", "8", "--z-dim", "8", "--batch", "8",
                     "--eval-samples", "64", "--eval-real", "300", "--steps", "2", "--eval-every", "0"]
         else:
-            argv = ["--data", "stacked_mnist", "--model", "unrolled_nobn_d", "--steps", "400", "--eval-every", "0",
+            argv = ["--data", "stacked_mnist", "--model", "unrolled_nobn_d", "--steps", "300", "--eval-every", "0",
                     "--eval-samples", "2000", "--save-samples", "0"]
         argv += ["--method", method, "--device", device, "--no-progress", "--ckpt-every", "0", "--out", str(run_dir)]
         try:
