@@ -72,18 +72,26 @@ class Monitor:
         return out
 
     def read(self) -> dict[str, Any]:
-        """Statistics as Python floats (scalars) and lists (vectors); one host sync for all scalars."""
+        """Statistics as Python floats (scalars) and lists (vectors); one device-to-host copy.
+
+        Every tensor (scalars and vectors such as dual variables) is flattened into one
+        float64 buffer per device and copied to the host once; numbers pass through.
+        """
         items = self.tensors()
-        scalar_keys = [k for k, v in items.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
-        out: dict[str, Any] = {}
-        if scalar_keys:
-            stacked = torch.stack([items[k].detach().reshape(()).to(torch.float64).cpu() for k in scalar_keys])
-            out.update(zip(scalar_keys, stacked.tolist()))
+        by_device: dict[torch.device, list[str]] = {}
         for k, v in items.items():
-            if k in out:
-                continue
-            out[k] = v.detach().cpu().tolist() if isinstance(v, torch.Tensor) else v
-        return out
+            if isinstance(v, torch.Tensor):
+                by_device.setdefault(v.device, []).append(k)
+        out: dict[str, Any] = {}
+        for device, keys in by_device.items():
+            flat = [items[k].detach().reshape(-1).to(torch.float64) for k in keys]
+            values = torch.cat(flat).cpu().tolist() if device.type != "cpu" else torch.cat(flat).tolist()
+            start = 0
+            for k, t in zip(keys, flat):
+                part = values[start:start + t.numel()]
+                start += t.numel()
+                out[k] = part[0] if items[k].numel() == 1 else part
+        return {k: out[k] if k in out else v for k, v in items.items()}
 
     def log(self, writer: Any, step: int) -> None:
         """Write to a TensorBoard-style writer: ``add_scalar`` for scalars, ``add_histogram`` for vectors.

@@ -145,7 +145,7 @@ class NashStep:
 
 def solve_nash_step(
     hessian: MixedHessian, g_theta: Tensor, g_phi: Tensor, eta_theta: Tensor, eta_phi: Tensor,
-    warm_start: Tensor | None, tol: float, max_iter: int, check_every: int = 1,
+    warm_start: Tensor | None, tol: float, max_iter: int, check_every: int | None = 1,
 ) -> NashStep:
     """Solve the local Nash step by conjugate gradient (see the module docstring).
 
@@ -157,7 +157,7 @@ def solve_nash_step(
         tol: relative residual to reach (> 0): each player's step error <= tol / (1 - tol).
         max_iter: most CG iterations (>= 1).
         check_every: the host reads the stopping flag every ``check_every`` iterations
-            (one sync each). In between, a device-side mask freezes a solve that has
+            (one sync each); None never reads it (all ``max_iter`` iterations run). In between, a device-side mask freezes a solve that has
             converged, so extra iterations cost time but never change the result.
 
     Returns:
@@ -182,7 +182,7 @@ def solve_nash_step(
     done = ~(rr > tol_sq * scale_sq)  # NaN stops too
     iterations = torch.zeros((), dtype=torch.int64, device=r.device)
     for k in range(max_iter):
-        if k % check_every == 0 and bool(done):
+        if check_every is not None and k % check_every == 0 and bool(done):
             break
         h1 = hessian.phi_theta(s_theta * p)
         ap = p + s_theta * hessian.theta_phi(eta_phi * h1)

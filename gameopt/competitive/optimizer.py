@@ -97,7 +97,7 @@ class CompetitiveState(SharedState):
     adaptive: bool = False
     tol: float = 0.1
     max_iter: int = 10
-    check_every: int = 1
+    check_every: int | str | None = "auto"
     warm_start: bool = False
     stats: CompetitiveStats | None = None
     #: optimiser state the last backward computed, kept only if the step moves the parameters
@@ -165,8 +165,10 @@ class CompetitiveOptimizer(GameOptimizer):
             reported in ``stats.cg_converged``.
         check_every: the host reads CG's stopping flag every ``check_every`` iterations
             (one sync each). Between reads a device-side mask freezes a converged solve,
-            so a larger value trades wasted products for fewer syncs (on a GPU); 1 (the
-            default) never wastes a product.
+            so a larger value trades wasted products for fewer syncs (on a GPU); 1 never
+            wastes a product; None never reads it (all ``max_iter`` iterations run, no
+            sync). The default ``"auto"`` is 1 on the CPU (a read is free there) and None
+            on other devices, so a CUDA step synchronises once (the ``nonfinite`` check).
         warm_start: start CG from the previous step's solution instead of 0, at one extra
             product per step. Off by default: on the games measured (bilinear, quadratic,
             the MLP and DCGAN-like GANs) consecutive systems differ about as much as they
@@ -190,7 +192,7 @@ class CompetitiveOptimizer(GameOptimizer):
     adaptive = shared("ACGD's per-coordinate step sizes (True) or CGD's lr (False); fixed at construction.")
     tol = shared("CG's relative residual tolerance (see ``gameopt.competitive.nash``).")
     max_iter = shared("CG's iteration budget per step.")
-    check_every = shared("CG iterations between host reads of the stopping flag.")
+    check_every = shared("CG iterations between host reads of the stopping flag ('auto': 1 on the CPU, never elsewhere; None: never).")
     warm_start = shared("Whether CG starts from the previous step's solution.")
     stats = shared("Statistics of the last ``backward`` (:class:`CompetitiveStats`; None before the first).")
 
@@ -205,7 +207,7 @@ class CompetitiveOptimizer(GameOptimizer):
         eps: float = 1e-5,
         tol: float = 0.1,
         max_iter: int = 10,
-        check_every: int = 1,
+        check_every: int | str | None = "auto",
         warm_start: bool = False,
         distributed: bool = False,
         process_group: Any = None,
@@ -225,13 +227,13 @@ class CompetitiveOptimizer(GameOptimizer):
             _check_number(eps, "eps", low=0.0, low_open=True)
         _check_number(tol, "tol", low=0.0, high=1.0, low_open=True)
         _check_count(max_iter, "max_iter")
-        _check_count(check_every, "check_every")
+        _check_every(check_every, "check_every")
         self._group_options = {"beta": float(beta), "eps": float(eps)} if adaptive else {}
         super().__init__(NashUpdate, players, nonfinite=nonfinite, distributed=distributed,
                          process_group=process_group, lr=float(lr))
         settings = self._shared
         settings.adaptive, settings.tol, settings.max_iter = bool(adaptive), float(tol), int(max_iter)
-        settings.check_every, settings.warm_start = int(check_every), bool(warm_start)
+        settings.check_every, settings.warm_start = check_every, bool(warm_start)
         self._check_groups()
         params = [p for g in self.param_groups for p in g["params"]]
         if len({p.device for p in params}) > 1:
@@ -241,6 +243,12 @@ class CompetitiveOptimizer(GameOptimizer):
             )
         if any(not p.dtype.is_floating_point for p in params):
             raise GameInputError("CompetitiveOptimizer supports real floating-point parameters only")
+
+    def _check_period(self, device: torch.device) -> int | None:
+        """CG iterations between host reads on ``device`` (None: never read)."""
+        if self.check_every == "auto":
+            return 1 if device.type == "cpu" else None
+        return self.check_every
 
     @property
     def _step_sizes(self) -> ConstantStepSizes | AdaptiveStepSizes:
@@ -337,7 +345,7 @@ class CompetitiveOptimizer(GameOptimizer):
         hessian = MixedHessian(grad_t, grad_p, theta, phi, dtype, scale, reduce)
         with _explain_double_backward():
             step = solve_nash_step(hessian, g_t, g_p, eta_t, eta_p, self._warm_start(theta, dtype),
-                                   self.tol, self.max_iter, self.check_every)
+                                   self.tol, self.max_iter, self._check_period(g.device))
         self._shared.graph_checked = True
         products = hessian.products
         del grads, grad_t, grad_p, hessian  # free the first gradient's graph
@@ -464,8 +472,8 @@ class CompetitiveOptimizer(GameOptimizer):
             )
         tol = extra.get("tol", self.tol)
         _check_number(tol, "the checkpoint's 'tol'", low=0.0, high=1.0, low_open=True)
-        for key in ("max_iter", "check_every"):
-            _check_count(extra.get(key, getattr(self, key)), f"the checkpoint's '{key}'")
+        _check_count(extra.get("max_iter", self.max_iter), "the checkpoint's 'max_iter'")
+        _check_every(extra.get("check_every", self.check_every), "the checkpoint's 'check_every'")
         warm = extra.get("warm_start", self.warm_start)
         if not isinstance(warm, bool):
             raise GameInputError(f"the checkpoint's 'warm_start' must be True or False, got {warm!r}")
@@ -602,6 +610,13 @@ def _check_number(value: Any, what: str, low: float | None = None, high: float |
     if not ok:
         bounds = ("(" if low_open else "[") + f"{low}, {high if high is not None else 'inf'})"
         raise GameInputError(f"{what} must be a finite Python number in {bounds}, got {value!r}")
+
+
+def _check_every(value: Any, what: str) -> None:
+    if value is None or value == "auto":
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise GameInputError(f"{what} must be 'auto', None or an integer >= 1, got {value!r}")
 
 
 def _check_count(value: Any, what: str) -> None:

@@ -24,10 +24,21 @@ PlayerParams = Sequence[tuple[Tensor, Mapping[str, Any]]]
 
 
 def per_param_vector(values: Sequence[float], params: Sequence[Tensor], like: Tensor) -> Tensor:
-    """Flat vector holding ``values[i]`` on every coordinate of ``params[i]``, with ``like``'s dtype and device."""
-    vals = torch.tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)
-    counts = torch.tensor([p.numel() for p in params]).to(like.device, non_blocking=True)
-    return torch.repeat_interleave(vals, counts, output_size=sum(p.numel() for p in params))
+    """Flat vector holding ``values[i]`` on every coordinate of ``params[i]``, with ``like``'s dtype and device.
+
+    Filled on the device (``torch.full`` per run of equal values): no tensor is built on the
+    host and copied, which would make a GPU wait (pageable host-to-device copy) every step.
+    """
+    runs: list[tuple[float, int]] = []
+    for value, p in zip(values, params):
+        if runs and runs[-1][0] == value:
+            runs[-1] = (value, runs[-1][1] + p.numel())
+        else:
+            runs.append((value, p.numel()))
+    parts = [torch.full((n,), v, dtype=like.dtype, device=like.device) for v, n in runs]
+    if not parts:
+        return torch.empty(0, dtype=like.dtype, device=like.device)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class ConstantStepSizes:
@@ -84,7 +95,7 @@ class AdaptiveStepSizes:
         lrs, eps = [], []
         for (p, group), g in zip(player, unflatten(grad, params)):
             st = state.get(p, {})
-            step = st.get("step", torch.tensor(0.0)) + 1
+            step = st["step"] + 1 if "step" in st else torch.tensor(1.0)  # on the host, as Adam's
             beta = float(group["beta"])
             avg = st.get("exp_avg_sq")
             g = g.to(p.dtype)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..distributed import check_distributed, check_same_shapes, gather_rows
 from ..errors import GameInputError
-from ..solvers._common import check_finite, check_positive, softplus_exact
+from ..solvers._common import Checks, check_finite, check_positive, softplus_exact
 from .radius import RadiusControl
 
 __all__ = [
@@ -89,8 +89,12 @@ class DualStepStats:
     mu: Tensor | None = field(default=None, repr=False)
 
 
-def check_batch(real: Tensor, fake: Tensor) -> None:
-    """GameInputError unless real and fake hold the same number n >= 1 of finite samples."""
+def check_batch(real: Tensor, fake: Tensor, checks: Checks | None = None) -> None:
+    """GameInputError unless real and fake hold the same number n >= 1 of finite samples.
+
+    With ``checks``, the finiteness of batches on a device is read later, with the step's
+    first read (no sync of its own); the shapes are checked at once.
+    """
     if real.shape[0] != fake.shape[0]:
         raise GameInputError(
             f"real and fake batches must have the same number of samples n (the dual pairs n real with n fake); "
@@ -98,8 +102,8 @@ def check_batch(real: Tensor, fake: Tensor) -> None:
         )
     if real.shape[0] == 0:
         raise GameInputError("empty batch: need at least one real and one fake sample; pass non-empty batches")
-    check_finite("real batch", real)
-    check_finite("fake batch", fake)
+    check_finite("real batch", real, checks=checks)
+    check_finite("fake batch", fake, checks=checks)
 
 
 #: Old positional order of the factory's arguments after ``module, model``.
@@ -284,7 +288,9 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
         Raises:
             GameInputError: batches of different sizes, empty, or holding NaN/inf (every
                 rank raises when distributed), or a module the model cannot step (e.g. batch
-                norm in training mode for ``"score"``), before any forward pass.
+                norm in training mode for ``"score"``), before any parameter changes (before any
+                forward pass for CPU batches; on a device the NaN check is read together with
+                the step's first read, so that it costs no sync of its own).
             DualSolverError: a failed step with ``on_failure="raise"``.
         """
         if self.distributed:
@@ -292,7 +298,8 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
             # rank then raises on every rank instead of leaving the others waiting.
             check_same_shapes({"real": real, "fake": fake}, self.process_group)
             real, fake = self._share_batch(real, fake)
-        check_batch(real, fake)
+        self._batch_checks = Checks()  # NaN in a batch on a device: read with the step's first read
+        check_batch(real, fake, self._batch_checks)
         self._check_module()
         buffers = self._save_buffers()
         try:
@@ -355,6 +362,18 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
         load()
 
     # ------------------------------------------------------------- helpers
+    def _batch_ok(self) -> Tensor | None:
+        """The deferred batch checks as one 0-d bool device tensor (None when nothing is deferred)."""
+        checks = getattr(self, "_batch_checks", None)
+        if checks is None or not checks.flags:
+            return None
+        return torch.stack(checks.flags).all()
+
+    def _raise_bad_batch(self) -> None:
+        """Raise the deferred batch check's GameInputError (its flag read False)."""
+        checks, self._batch_checks = self._batch_checks, None
+        checks.run()
+
     def _fail(self, msg: str, stats: DualStepStats) -> DualStepStats:
         if self.on_failure == "raise":
             raise DualSolverError(msg)

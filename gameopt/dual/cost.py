@@ -19,8 +19,8 @@ __all__ = ["CostLinearisedDiscriminator"]
 @dataclass
 class _Gradient:
     grads: dict[str, Tensor]
-    norm: float
-    f0: float
+    norm: Tensor  # 0-d, float64, on the device: read with the acceptance test
+    f0: Tensor
 
 
 class CostLinearisedDiscriminator(LinearisedTrustRegion):
@@ -46,26 +46,28 @@ class CostLinearisedDiscriminator(LinearisedTrustRegion):
             grads = torch.autograd.grad(f, list(params.values()))
         f0_t = self._loss_from_scores(scores[:n].detach(), scores[n:].detach(), self._sq_norm())
         *grads, f0_t = self._all_reduce_mean([*grads, f0_t.reshape(1)])  # mean over ranks: full batch
-        norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
-        if not math.isfinite(norm):
-            raise StepFailed("non-finite gradient in the cost-linearised step (the discriminator's scores or "
-                             "parameters are not finite)")
-        return _Gradient(dict(zip(params, grads)), norm, float(f0_t))
+        norm = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]).square().sum().sqrt()
+        return _Gradient(dict(zip(params, grads)), norm, f0_t.reshape(()))
 
-    def _loss_before(self, local: _Gradient) -> float:
+    def _loss_before(self, local: _Gradient) -> Tensor:
         return local.f0
 
     def _solve(self, local: _Gradient, delta: float, stats: DualStepStats) -> Proposal | None:
-        if local.norm == 0.0:
-            return None
-        scale = math.sqrt(2 * delta) / local.norm
-        return Proposal({k: -scale * g for k, g in local.grads.items()}, local.f0 - math.sqrt(2 * delta) * local.norm)
+        # on the device: a zero gradient gives a zero step (rho = 1, nothing changes), a non-finite
+        # one a failed proposal; both are known at the acceptance test's one read
+        radius = math.sqrt(2 * delta)
+        norm = local.norm
+        scale = torch.where(norm > 0, radius / norm.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(norm))
+        steps = {k: -scale.to(g.dtype) * g for k, g in local.grads.items()}
+        return Proposal(steps, local.f0 - radius * norm, ok=torch.isfinite(norm),
+                        failure=lambda: ("non-finite gradient in the cost-linearised step (the discriminator's scores "
+                                         "or parameters are not finite)"))
 
-    def _loss_at(self, x: Tensor, n: int) -> float:
+    def _loss_at(self, x: Tensor, n: int) -> Tensor:
         scores = self.module(x).reshape(x.shape[0])
         loss = self._loss_from_scores(scores[:n], scores[n:], self._sq_norm())
         (loss,) = self._all_reduce_mean([loss.reshape(1)])  # the batch is split over ranks
-        return float(loss)
+        return loss.reshape(())
 
     def _all_reduce_mean(self, tensors: list[Tensor]) -> list[Tensor]:
         """Mean over ranks (one flat all-reduce in float64); identity when not distributed."""

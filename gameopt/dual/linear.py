@@ -131,21 +131,30 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
         assert w is not None
         stats = DualStepStats(model=self.model, accepted=False, rho=math.nan, delta=math.inf, next_delta=math.inf,
                               loss_before=math.nan, loss_after=math.nan, predicted_decrease=math.nan, step_norm=0.0)
+        features_ok = torch.isfinite(phi_r).all() & torch.isfinite(phi_f).all()
+        f0 = self._loss_from_scores(phi_r @ w, phi_f @ w, self._sq_norm())
+        # no re-validation (C was checked at construction, finiteness is read below with the rest)
+        res = _solvers.solve_linear_unchecked(phi_r, phi_f, self.C, self.solver)
+        solved = res.converged & torch.isfinite(res.gap) & torch.isfinite(res.w).all()
+        batch_ok = self._batch_ok()
+        values = [f0, res.primal_value, (res.w.to(w) - w).norm(), res.gap, res.dual_value, res.iterations,
+                  features_ok, solved, torch.ones((), dtype=torch.bool, device=w.device) if batch_ok is None else batch_ok]
+        read = torch.stack([v.detach().reshape(()).to(device=w.device, dtype=torch.float64) for v in values]
+                           ).cpu().tolist()  # the step's one host read (the solver's periodic checks aside)
+        f0_v, primal, step_norm, gap, dual, iters, feats_ok, solved_ok, batch_good = read
+        if not batch_good:
+            self._raise_bad_batch()
+        stats.solver_status = None if res.status is None else res.status[0]
         try:
-            if not bool(torch.isfinite(phi_r).all() & torch.isfinite(phi_f).all()):
+            if not feats_ok:
                 raise StepFailed("the feature map produced NaN or inf features from finite real and fake batches "
                                  "(the discriminator's features, not the generator, are at fault)")
-            f0 = float(self._loss_from_scores(phi_r @ w, phi_f @ w, self._sq_norm()))
-            res = _solvers.solve_linear_dual(phi_r, phi_f, self.C, solver=self.solver,
-                                                    on_failure="ignore")
-            stats.accepted, stats.rho, stats.loss_before = True, 1.0, f0
-            stats.loss_after, stats.predicted_decrease = float(res.primal_value), f0 - float(res.primal_value)
-            stats.step_norm, stats.gap = float((res.w.to(w) - w).norm()), float(res.gap)
-            stats.dual_value, stats.iterations, stats.lam, stats.mu = float(res.dual_value), int(res.iterations), \
-                res.lam, res.mu
-            stats.solver_status = None if res.status is None else res.status[0]
-            if not res.success or not bool(torch.isfinite(res.w).all()):
-                raise StepFailed(f"linear dual solve failed ({res.solver}: gap={float(res.gap):.3g}, "
+            stats.accepted, stats.rho, stats.loss_before = True, 1.0, f0_v
+            stats.loss_after, stats.predicted_decrease = primal, f0_v - primal
+            stats.step_norm, stats.gap = step_norm, gap
+            stats.dual_value, stats.iterations, stats.lam, stats.mu = dual, int(iters), res.lam, res.mu
+            if not solved_ok:
+                raise StepFailed(f"linear dual solve failed ({res.solver}: gap={gap:.3g}, "
                                  f"status={stats.solver_status})")
         except StepFailed as e:
             return self._fail(str(e), stats)

@@ -29,6 +29,8 @@ used once per forward pass.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -68,49 +70,110 @@ class ScoreKernel:
 
     ``K`` (m, m) = J J^T, ``Jw`` (m,) = J w, ``scores`` (m,) = F(w, x). :meth:`jt_eta`
     gives J^T eta per parameter (in the order of :meth:`PerSampleKernel.parameters`)
-    when the build kept what it needs (``keep=True``), else None.
+    when the build kept what it needs (``keep=True``), else None. ``finite``: whether K,
+    J w and the scores are all finite; ``also_ok``: the caller's ``also`` flag; both read
+    with the build's one host read.
     """
 
     K: Tensor
     Jw: Tensor
     scores: Tensor
     _jt: Callable[[Tensor], list[Tensor]] | None = None
+    finite: bool = True
+    also_ok: bool = True
 
     def jt_eta(self, eta: Tensor) -> list[Tensor] | None:
         """J^T eta for eta (m,), one tensor per parameter, or None when nothing was kept."""
         return None if self._jt is None else self._jt(eta)
 
 
-def _no_autocast(device: torch.device) -> torch.autocast:
+def _no_autocast(device: torch.device):
     """The kernel's products keep their operands' precision, whatever autocast the caller runs under."""
+    if device.type == "meta":  # no autocast there (the sync-budget tests run on meta)
+        return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)
 
 
-def psd_kernel(K: Tensor, rounding: float) -> Tensor:
-    """K when it is positive definite; else the PSD matrix nearest to it at rounding level.
+def psd_kernel(K: Tensor, rounding: float, factors: bool | None = None) -> Tensor:
+    """K when it is positive definite; else K shifted to positive definite at rounding level.
 
     K = J J^T is PSD, but formed from float32 blocks it carries rounding of order
-    m eps32 ||K||: with near-duplicate samples (a collapsed generator) its smallest
-    eigenvalues come out slightly negative, which the dual does not allow. Then the
-    eigenvalues below floor = 64 m eps64 max(diag K) are raised to the floor, a change
-    far inside the rounding already in K. ``rounding`` is the unit roundoff of the
-    dtype the blocks were formed in.
+    m eps32 ||K||, and with near-duplicate samples (a collapsed generator) or dead ReLU
+    units it is singular: its smallest eigenvalues come out slightly negative, which the
+    dual does not allow. Then K + s I is returned for the smallest s on the ladder
+    floor, 16 floor, 256 floor, ... (floor = 64 m eps64 max(diag K)) up to the rounding
+    allowance 64 m ``rounding`` max(diag K) whose Cholesky factorisation succeeds: a change
+    of the size of the rounding already in K. ``rounding`` is the unit roundoff of the
+    dtype the blocks were formed in. Each rung costs one Cholesky factorisation (an
+    eigendecomposition, the earlier way, cost about 14 of them at m = 2048); on the CPU the
+    rungs are tried in turn, elsewhere all at once (one host read).
+
+    ``factors``: whether K's Cholesky factorisation is already known to succeed (None: try it,
+    one host read).
 
     Raises:
         KernelNotPSD: an eigenvalue below -64 m ``rounding`` max(diag K): not rounding.
     """
     m = K.shape[-1]
-    _, info = torch.linalg.cholesky_ex(K)
-    if int(info) == 0:
+    if factors is None:
+        factors = int(torch.linalg.cholesky_ex(K)[1]) == 0
+    if factors:
         return K
-    lam, V = torch.linalg.eigh(K)
-    scale = float(K.diagonal().abs().max())
-    if float(lam[0]) < -64 * m * rounding * scale:
-        raise KernelNotPSD(f"the kernel K = J J^T has eigenvalue {float(lam[0]):.3g}, beyond the rounding allowance "
-                         f"{64 * m * rounding * scale:.3g}: the per-sample gradients are not those of the scores")
-    floor = 64 * m * torch.finfo(torch.float64).eps * scale
-    Kp = (V * lam.clamp_min(floor)) @ V.T
-    return (Kp + Kp.T) * 0.5
+    scale = K.diagonal().abs().max()
+    rungs = _ladder(m, rounding)
+    allow_f = rungs[-1]
+    chosen = None
+    if K.device.type == "cpu":
+        shifted, added = K.clone(), 0.0
+        diag = shifted.diagonal()
+        for r in rungs:
+            diag.add_((r - added) * scale)
+            added = r
+            if int(torch.linalg.cholesky_ex(shifted)[1]) == 0:
+                chosen = r
+                break
+    else:
+        eye = torch.eye(m, dtype=K.dtype, device=K.device)
+        shifts = torch.stack([scale * r for r in rungs])
+        info = torch.linalg.cholesky_ex(K + shifts[:, None, None] * eye)[1]
+        ok = (info == 0).cpu().tolist()
+        chosen = next((r for r, good in zip(rungs, ok) if good), None)
+    if chosen is None:
+        lowest = float(torch.linalg.eigvalsh(K)[0])
+        raise KernelNotPSD(f"the kernel K = J J^T has eigenvalue {lowest:.3g}, beyond the rounding allowance "
+                           f"{allow_f * float(scale):.3g}: the per-sample gradients are not those of the scores")
+    if K.device.type == "cpu":
+        return shifted
+    return K + (chosen * scale) * eye
+
+
+def _ladder(m: int, rounding: float) -> list[float]:
+    """psd_kernel's shifts relative to max(diag K): 64 m eps64 times 1, 16, 256, ... up to 64 m ``rounding``."""
+    floor_f = 64 * m * torch.finfo(torch.float64).eps
+    allow_f = max(64 * m * rounding, floor_f)
+    rungs = [floor_f]
+    while rungs[-1] * 16 < allow_f:
+        rungs.append(rungs[-1] * 16)
+    if allow_f > rungs[-1]:
+        rungs.append(allow_f)
+    return rungs
+
+
+def _shift_to_pd(K: Tensor, rounding: float) -> tuple[Tensor, Tensor]:
+    """K, or K + s I for psd_kernel's smallest working shift s, chosen on the device (no host read).
+
+    Returns the matrix and a 0-d bool tensor: whether K or some rung factorised (False: K is not
+    PSD beyond rounding; psd_kernel then says by how much).
+    """
+    m = K.shape[-1]
+    scale = K.diagonal().abs().max()
+    shifts = torch.stack([scale * 0.0] + [scale * r for r in _ladder(m, rounding)])
+    eye = torch.eye(m, dtype=K.dtype, device=K.device)
+    info = torch.linalg.cholesky_ex(K + shifts[:, None, None] * eye)[1]
+    ok = info == 0
+    first = torch.argmax(ok.to(torch.int8))  # the first rung that factorises (0: K itself)
+    # shifts grow, so some rung factorises exactly when the largest one does
+    return K + shifts.index_select(0, first.reshape(1)).reshape(()) * eye, ok[-1]
 
 
 def check_per_sample_module(module: nn.Module) -> None:
@@ -212,12 +275,14 @@ class PerSampleKernel:
                                  f"an nn.Linear or a zero-padded, ungrouped nn.Conv2d, but {reason}; use "
                                  "per_sample='func' (any module) or 'auto'")
 
-    def __call__(self, x: Tensor, keep: bool = False) -> ScoreKernel:
+    def __call__(self, x: Tensor, keep: bool = False, also: Tensor | None = None) -> ScoreKernel:
         """K, J w and the scores on x (m, ...); ``keep`` keeps what J^T eta needs.
 
         K is symmetric and positive semi-definite (see :func:`psd_kernel`); its blocks are
         formed in the parameters' precision (at least float32, whatever autocast runs).
-        Raises :class:`KernelNotPSD` when K is not PSD beyond rounding.
+        Raises :class:`KernelNotPSD` when K is not PSD beyond rounding. One host read (the
+        finiteness of K, J w and the scores, and whether K factorises), which also reads the
+        0-d bool ``also`` (a caller's check; result in ``also_ok``).
         """
         kernel = None
         if self.uses_hooks():
@@ -228,10 +293,26 @@ class PerSampleKernel:
                     raise GameInputError(f"per_sample='hooks': {e}; use per_sample='func'") from None
         if kernel is None:
             kernel = self._func(x, keep)
-        if bool(torch.isfinite(kernel.K).all()):
-            formed = [torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-                      for p in self.parameters().values()]
-            kernel.K = psd_kernel(kernel.K, max((torch.finfo(d).eps for d in formed), default=0.0))
+        formed = [torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+                  for p in self.parameters().values()]
+        rounding = max((torch.finfo(d).eps for d in formed), default=0.0)
+        finite = torch.isfinite(kernel.K).all() & torch.isfinite(kernel.Jw).all() & torch.isfinite(kernel.scores).all()
+        on_cpu = kernel.K.device.type == "cpu"
+        if on_cpu:  # reads are free: factorise K, and only when that fails climb psd_kernel's ladder
+            factors = torch.linalg.cholesky_ex(kernel.K)[1] == 0
+        else:  # the whole ladder at once and the shift picked on the device: no read of its own
+            shifted, factors = _shift_to_pd(kernel.K, rounding)
+        flags = [finite, factors] + ([also.reshape(())] if also is not None else [])
+        read = torch.stack([f.to(finite.device) for f in flags]).cpu().tolist()  # the one host read
+        kernel.finite = bool(read[0])
+        kernel.also_ok = bool(read[2]) if also is not None else True
+        if kernel.finite and kernel.also_ok:
+            if on_cpu:
+                kernel.K = psd_kernel(kernel.K, rounding, bool(read[1]))
+            elif not read[1]:
+                psd_kernel(kernel.K, rounding, False)  # raises KernelNotPSD with the eigenvalue
+            else:
+                kernel.K = shifted
         return kernel
 
     # ----------------------------------------------------------- func route

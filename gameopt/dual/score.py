@@ -13,9 +13,14 @@ from .. import solvers as _solvers
 from .base import DualStepStats, StepFailed
 from .per_sample import KernelNotPSD, PerSampleKernel, ScoreKernel
 from .radius import RadiusControl
-from .trust_region import LinearisedTrustRegion, Proposal, step_sq_norm
+from .trust_region import LinearisedTrustRegion, Proposal
 
 __all__ = ["ScoreLinearisedDiscriminator"]
+
+
+def _sq_norm_tensor(tensors) -> Tensor:
+    """``sum ||t||^2`` accumulated in float64, a 0-d device tensor (no host read)."""
+    return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).square().sum()
 
 
 class _Local:
@@ -109,33 +114,33 @@ class ScoreLinearisedDiscriminator(LinearisedTrustRegion):
 
     # ------------------------------------------------------- the model
     def _local_model(self, x: Tensor, n: int) -> _Local:
+        batch_ok = self._batch_ok()
         with record_function("gameopt.dual.kernel"):
             try:
-                kernel = self.jacobian(x, keep=True)
+                kernel = self.jacobian(x, keep=True, also=batch_ok)  # one host read, the batch check with it
             except KernelNotPSD as e:
                 raise StepFailed(str(e)) from None
-        ok = torch.isfinite(kernel.K).all() & torch.isfinite(kernel.Jw).all() & torch.isfinite(kernel.scores).all()
-        if not bool(ok):
+        if not kernel.also_ok:
+            self._raise_bad_batch()
+        self._batch_checks = None  # read: the acceptance test need not read it again
+        if not kernel.finite:
             raise StepFailed("the discriminator's scores or score gradients contain NaN or inf on a finite batch "
                              "(the discriminator has diverged; the generator is not at fault)")
         W = self._sq_norm()
-        f0 = float(self._loss_from_scores(kernel.scores[:n], kernel.scores[n:], W))
+        f0 = self._loss_from_scores(kernel.scores[:n], kernel.scores[n:], W)
         return _Local(kernel, f0, x, W)
 
-    def _loss_before(self, local: _Local) -> float:
+    def _loss_before(self, local: _Local) -> Tensor:
         return local.f0
 
     def _solve(self, local: _Local, delta: float, stats: DualStepStats) -> Proposal | None:
         k = local.kernel
         with record_function("gameopt.dual.solve"):
-            res = _solvers.solve_trust_region_dual(k.K, k.Jw, k.scores, local.W, self.C, delta,
-                                                    solver=self.solver, on_failure="ignore")
-        stats.gap, stats.dual_value, stats.nu = float(res.gap), float(res.dual_value), float(res.nu)
-        stats.iterations, stats.lam, stats.mu = int(res.iterations), res.lam, res.mu
+            # K was checked finite and made PSD by the kernel build: no re-validation (no reads)
+            res = _solvers.solve_trust_region_unchecked(k.K, k.Jw, k.scores, local.W.to(k.K), self.C, delta,
+                                                        self.solver)
+        stats.lam, stats.mu = res.lam, res.mu
         stats.solver_status = None if res.status is None else res.status[0]
-        if not res.success:
-            raise StepFailed(f"trust-region dual solve failed ({res.solver}: gap={float(res.gap):.3g}, "
-                             f"status={stats.solver_status})")
         eta = torch.cat([res.lam, -res.mu])
         params = self._params()
         with record_function("gameopt.dual.jt_eta"):
@@ -144,13 +149,23 @@ class ScoreLinearisedDiscriminator(LinearisedTrustRegion):
                 with torch.enable_grad():
                     scores = self.module(local.x).reshape(local.x.shape[0])
                     jt = list(torch.autograd.grad((eta.to(scores) * scores).sum(), list(params.values())))
-        scale = float(res.step_scale)
-        steps = {k_: (g.to(p.dtype) - self.C * p.detach()) * scale for (k_, p), g in zip(params.items(), jt)}
-        sq = step_sq_norm(steps.values())
-        if not math.isfinite(sq):
-            raise StepFailed("non-finite trust-region step")
-        if 0.5 * sq > delta:  # rounding in the kernel-only solve; see solvers.trust_region_step
-            r = math.sqrt(delta / (0.5 * sq))
-            steps = {k_: s * r for k_, s in steps.items()}
-            sq = step_sq_norm(steps.values())
-        return Proposal(steps, float(res.model_value), sq)
+        scale = res.step_scale
+        steps = {k_: (g.to(p.dtype) - self.C * p.detach()) * scale.to(p.dtype) for (k_, p), g in zip(params.items(), jt)}
+        sq = _sq_norm_tensor(steps.values())
+        # rounding in the kernel-only solve can overshoot the ball slightly (see
+        # solvers.trust_region_step): scale back onto the boundary, on the device
+        over = 0.5 * sq > delta
+        r = torch.where(over, torch.sqrt(delta / (0.5 * sq).clamp_min(torch.finfo(sq.dtype).tiny)), torch.ones_like(sq))
+        steps = {k_: s * r.to(s.dtype) for k_, s in steps.items()}
+        sq = torch.where(over, _sq_norm_tensor(steps.values()), sq)
+        solved = res.converged & torch.isfinite(res.gap)
+
+        def failure() -> str:
+            if not bool(solved):
+                status = stats.solver_status
+                return f"trust-region dual solve failed ({res.solver}: gap={float(res.gap):.3g}, status={status})"
+            return "non-finite trust-region step"
+
+        return Proposal(steps, res.model_value, sq, ok=solved & torch.isfinite(sq), failure=failure,
+                        extras={"gap": res.gap, "dual_value": res.dual_value, "nu": res.nu,
+                                "iterations": res.iterations})

@@ -31,22 +31,40 @@ __all__ = ["LinearisedTrustRegion", "Proposal", "step_sq_norm"]
 
 @dataclass
 class Proposal:
-    """A trust-region step.
+    """A trust-region step; its numbers may be device tensors, read once with the acceptance test.
 
     Args:
         steps: the step s, ``{parameter name: tensor shaped like the parameter}``.
-        model_value: the local model's value m(s).
+        model_value: the local model's value m(s) (a float or a 0-d tensor).
         sq_norm: ``||s||^2`` when the solver knows it (default None: computed when needed).
+        ok: a 0-d bool tensor, False when the solve failed or the step is not finite (then
+            ``failure()`` gives the message and the step is rolled back); None: it is fine.
+        failure: the message of a failed proposal (called only then; it may read more).
+        extras: 0-d tensors to read along (``{DualStepStats field: value}``: gap, dual_value, ...).
     """
 
     steps: dict[str, Tensor]
-    model_value: float
-    sq_norm: float | None = None
+    model_value: Any
+    sq_norm: Any = None
+    ok: Tensor | None = None
+    failure: Callable[[], str] | None = None
+    extras: dict[str, Any] | None = None
 
 
 def step_sq_norm(tensors: Iterable[Tensor]) -> float:
     """``sum ||t||^2`` over ``tensors``, accumulated in float64, as a Python float (one host read)."""
     return float(torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).square().sum())
+
+
+def _read_numbers(values: list[Any], device: torch.device) -> list[float]:
+    """Numbers and 0-d tensors (None: True) as Python floats, the tensors in one device-to-host copy."""
+    out: list[Any] = [None if isinstance(v, Tensor) else (1.0 if v is None else float(v)) for v in values]
+    idx = [i for i, v in enumerate(values) if isinstance(v, Tensor)]
+    if idx:
+        stacked = torch.stack([values[i].detach().reshape(()).to(device=device, dtype=torch.float64) for i in idx])
+        for i, v in zip(idx, stacked.cpu().tolist()):
+            out[i] = v
+    return out
 
 
 class LinearisedTrustRegion(TrustRegionDualDiscriminator):
@@ -131,10 +149,10 @@ class LinearisedTrustRegion(TrustRegionDualDiscriminator):
         """The model's minimiser in the ball of radius ``delta`` (None: w is already optimal)."""
         raise NotImplementedError
 
-    def _loss_at(self, x: Tensor, n: int) -> float:
-        """f at the current parameters on x (the acceptance test's forward pass)."""
+    def _loss_at(self, x: Tensor, n: int) -> Tensor:
+        """f at the current parameters on x (the acceptance test's forward pass), a 0-d tensor."""
         scores = self.module(x).reshape(x.shape[0])
-        return float(self._loss_from_scores(scores[:n], scores[n:], self._sq_norm()))
+        return self._loss_from_scores(scores[:n], scores[n:], self._sq_norm())
 
     # ------------------------------------------------------------ the loop
     def _params(self) -> dict[str, Tensor]:
@@ -148,11 +166,12 @@ class LinearisedTrustRegion(TrustRegionDualDiscriminator):
                               predicted_decrease=math.nan, step_norm=0.0)
         try:
             local = self._local_model(x, n)
-            stats.loss_before = f0 = self._loss_before(local)
+            f0 = self._loss_before(local)
             for attempt in range(self.max_retries + 1):
                 stats.retries = attempt
                 proposal = self._solve(local, self.delta, stats)
                 if proposal is None:  # zero model gradient: nothing to gain, nothing changes
+                    stats.loss_before = f0 = float(f0)
                     stats.accepted, stats.rho, stats.loss_after = True, 1.0, f0
                     break
                 self._try(x, n, proposal, f0, stats)
@@ -162,25 +181,52 @@ class LinearisedTrustRegion(TrustRegionDualDiscriminator):
             return self._fail(str(e), stats)
         return stats
 
-    def _try(self, x: Tensor, n: int, proposal: Proposal, f0: float, stats: DualStepStats) -> None:
-        """Apply s, compute rho, keep or roll back, update the radius."""
+    def _try(self, x: Tensor, n: int, proposal: Proposal, f0: Any, stats: DualStepStats) -> None:
+        """Apply s, compute rho, keep or roll back, update the radius.
+
+        Everything the decision needs (f before and after, m(s), ||s||^2, the proposal's and
+        the batch's flags, the solver's statistics) is read from the device at once: one sync.
+        """
         params = self._params()
         backup = {k: p.detach().clone() for k, p in params.items()}
         for k, p in params.items():
             p.add_(proposal.steps[k].to(p.dtype))
         with record_function("gameopt.dual.acceptance"):
             f1 = self._loss_at(x, n)
-        pred = f0 - proposal.model_value
+        sq = proposal.sq_norm
+        if sq is None:
+            sq = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in proposal.steps.values()]
+                             ).square().sum()
+        extras = proposal.extras or {}
+        batch_ok = self._batch_ok()
+        flags = [proposal.ok, batch_ok]
+        names = ["f0", "f1", "model", "sq", *extras, "ok", "batch_ok"]
+        values = [f0, f1, proposal.model_value, sq, *extras.values(), *flags]
+        read = dict(zip(names, _read_numbers(values, f1.device)))  # the one host read
+        stats.loss_before = read["f0"]
+        if batch_ok is not None and not read["batch_ok"]:
+            self._restore(params, backup)
+            self._raise_bad_batch()
+        for name in extras:
+            setattr(stats, name, int(read[name]) if name == "iterations" else read[name])
+        if proposal.ok is not None and not read["ok"]:
+            self._restore(params, backup)
+            raise StepFailed(proposal.failure() if proposal.failure is not None else "non-finite trust-region step")
+        f0, f1, sq = read["f0"], read["f1"], read["sq"]
+        pred = f0 - read["model"]
         rho = self.radius.ratio(f0, f1, pred)
-        sq = proposal.sq_norm if proposal.sq_norm is not None else step_sq_norm(proposal.steps.values())
         accepted = self.radius.accepts(rho)
         if not accepted:
-            for k, p in params.items():
-                p.copy_(backup[k])
+            self._restore(params, backup)
         stats.accepted, stats.rho, stats.loss_before, stats.loss_after = accepted, rho, f0, f1
         stats.predicted_decrease, stats.step_norm, stats.delta = pred, math.sqrt(sq), self.delta
         self.delta = self.radius.next_radius(self.delta, rho, self.radius.on_boundary(sq, self.delta))
         stats.next_delta = self.delta
+
+    @staticmethod
+    def _restore(params: dict[str, Tensor], backup: dict[str, Tensor]) -> None:
+        for k, p in params.items():
+            p.copy_(backup[k])
 
     # --------------------------------------------------------- checkpoints
     def _radius_value(self) -> float:

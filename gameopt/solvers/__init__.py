@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..errors import GameInputError
 from ._common import (
+    Checks,
     LinearDualResult,
     TrustRegionDualResult,
     as_batch_param,
@@ -141,10 +142,12 @@ def _report(res, slv, on_failure: str, where: str) -> None:
     """Warn once per solve when some problem did not converge (one host read, none with sync_every=None)."""
     if on_failure == "ignore" or getattr(slv, "sync_every", "auto") is None:
         return
-    bad = (~res.converged).nonzero().flatten().tolist()
+    if bool(res.converged.all()):  # the one read; the rest runs only when some problem failed
+        return
+    bad = (~res.converged.reshape(-1)).nonzero().flatten().tolist()
     if not bad:
         return
-    status = res.status[bad[0]] if res.status is not None else f"duality gap {float(res.gap[bad[0]]):.3g}"
+    status = res.status[bad[0]] if res.status is not None else f"duality gap {float(res.gap.reshape(-1)[bad[0]]):.3g}"
     warnings.warn(
         f"{where}: {len(bad)} of {res.converged.numel()} problem(s) did not converge "
         f"(first: problem {bad[0]}, {status}); see result.converged and result.status",
@@ -152,7 +155,7 @@ def _report(res, slv, on_failure: str, where: str) -> None:
     )
 
 
-def check_psd_kernel(K: Tensor, C) -> None:
+def check_psd_kernel(K: Tensor, C, checks: Checks | None = None) -> None:
     """GameInputError unless K is symmetric and positive semi-definite up to a tolerance (one host read).
 
     K = J J^T always is PSD, but a K formed in low precision (float32, or bf16 under autocast)
@@ -160,31 +163,41 @@ def check_psd_kernel(K: Tensor, C) -> None:
     lambda_min(K) > -4 m C (the entropy's curvature, in K's units), so the test allows
     tol = max(64 m eps32 max(diag K), 2 m C): symmetry to 64 m eps32 max|K|, then a Cholesky
     factorisation of (K + K^T) / 2 + tol I. One m x m Cholesky per problem, once per solve
-    (about 3-5% of a trust-region solve at m = 64-128).
+    (about 3-5% of a trust-region solve at m = 64-128). With ``checks`` the read is deferred
+    to :meth:`Checks.run`, together with the other input checks.
     """
     Kf = K if K.is_floating_point() else K.double()
     m = Kf.shape[-1]
     eps = max(torch.finfo(Kf.dtype).eps, torch.finfo(torch.float32).eps)
     scale = Kf.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(Kf.dtype).tiny)
     rounding = 64 * m * eps * scale
-    Cb = torch.as_tensor(C, dtype=Kf.dtype, device=Kf.device).expand(rounding.shape)
-    tol = torch.maximum(rounding, 2 * m * Cb)
+    Cb = C if isinstance(C, (int, float)) else torch.as_tensor(C, dtype=Kf.dtype, device=Kf.device)
+    tol = torch.maximum(rounding, 2 * m * (Cb if isinstance(Cb, Tensor) else torch.full_like(rounding, Cb)))
     asym = (Kf - Kf.transpose(-1, -2)).abs().amax((-2, -1))
-    shifted = 0.5 * (Kf + Kf.transpose(-1, -2)) + tol[..., None, None] * torch.eye(m, dtype=Kf.dtype, device=Kf.device)
+    shifted = 0.5 * (Kf + Kf.transpose(-1, -2))
+    shifted.diagonal(dim1=-2, dim2=-1).add_(tol[..., None])
     _, info = torch.linalg.cholesky_ex(shifted)
-    flags = torch.stack([(asym > rounding).any(), (info > 0).any()]).tolist()
-    if flags[0]:
+
+    def not_symmetric() -> None:
         raise GameInputError(
             "K is not symmetric: it must be the kernel J J^T of the per-sample score gradients "
             f"(largest |K - K^T| {float(asym.max()):.3g}, allowed {float(rounding.min()):.3g})."
         )
-    if flags[1]:
+
+    def not_psd() -> None:
         lowest = float(torch.linalg.eigvalsh(0.5 * (Kf + Kf.transpose(-1, -2))).min())
         raise GameInputError(
             f"K is not positive semi-definite (smallest eigenvalue {lowest:.3g}, below the allowance "
             f"-{float(tol.max()):.3g} = -max(float32 rounding, 2 * 2n * C)): it must be the kernel J J^T of the "
             "per-sample score gradients; with it the dual is not concave and its answer meaningless."
         )
+
+    own = checks is None
+    checks = Checks() if own else checks
+    checks.add(~(asym > rounding).any(), not_symmetric)
+    checks.add(~(info > 0).any(), not_psd)
+    if own:
+        checks.run()
 
 
 def _unbatch(res, batched: bool):
@@ -243,11 +256,21 @@ def solve_linear_dual(
             f"features are empty (shape {tuple(real.shape)}): the dual needs n >= 1 real and n fake samples "
             "of dimension d >= 1."
         )
-    check_finite("real_features", real, "the feature map's output on the data")
-    check_finite("fake_features", fake, "the feature map's output on the generated samples (a diverged generator?)")
-    check_positive("C", C)
+    checks = Checks()  # every input check, read at once
+    check_finite("real_features", real, "the feature map's output on the data", checks)
+    check_finite("fake_features", fake, "the feature map's output on the generated samples (a diverged generator?)",
+                 checks)
+    check_positive("C", C, checks=checks)
+    checks.run()
     check_on_failure(on_failure)
     slv = get_solver(solver, **solver_options)
+    res = solve_linear_unchecked(real, fake, C, slv)
+    _report(res, slv, on_failure, "solve_linear_dual")
+    return res
+
+
+def solve_linear_unchecked(real: Tensor, fake: Tensor, C, slv: DualSolver) -> LinearDualResult:
+    """:func:`solve_linear_dual` on inputs known to be valid: no check, no host read of its own."""
     batched = real.ndim == 3
     if not batched:
         real, fake = real[None], fake[None]
@@ -255,9 +278,7 @@ def solve_linear_dual(
     if not A.is_floating_point():
         A = A.double()
     Cb = as_batch_param(C, A.shape[0], torch.float64, A.device)
-    res = slv.solve_linear(A, Cb)
-    _report(res, slv, on_failure, "solve_linear_dual")
-    return _unbatch(res, batched)
+    return _unbatch(slv.solve_linear(A, Cb), batched)
 
 
 def solve_trust_region_dual(
@@ -306,15 +327,29 @@ def solve_trust_region_dual(
         raise GameInputError(
             f"K is empty (shape {tuple(K.shape)}): the dual needs n >= 1 real and n fake samples."
         )
+    checks = Checks()  # every input check, read at once
     for name, x in (("K", K), ("Jw", Jw), ("Fk", Fk)):
-        check_finite(name, x, "the score model's outputs and per-sample gradients (K = J J^T, J w_k, F_k)")
+        check_finite(name, x, "the score model's outputs and per-sample gradients (K = J J^T, J w_k, F_k)", checks)
     check_positive("w_norm_sq", w_norm_sq, allow_zero=True,
-                   hint="it is ||w_k||^2, the squared norm of the current discriminator weights")
-    check_positive("C", C)
-    check_positive("delta", delta, allow_inf=True)
-    check_psd_kernel(K, C)
+                   hint="it is ||w_k||^2, the squared norm of the current discriminator weights", checks=checks)
+    check_positive("C", C, checks=checks)
+    check_positive("delta", delta, allow_inf=True, checks=checks)
+    # K's symmetry and definiteness are read with the rest; a NaN or C <= 0 is reported first
+    check_psd_kernel(K, C, checks)
+    checks.run()
     check_on_failure(on_failure)
     slv = get_solver(solver, **solver_options)
+    res = solve_trust_region_unchecked(K, Jw, Fk, w_norm_sq, C, delta, slv)
+    _report(res, slv, on_failure, "solve_trust_region_dual")
+    return res
+
+
+def solve_trust_region_unchecked(K: Tensor, Jw: Tensor, Fk: Tensor, w_norm_sq, C, delta,
+                                 slv: DualSolver) -> TrustRegionDualResult:
+    """:func:`solve_trust_region_dual` on inputs known to be valid (K finite and PSD, ...): no check,
+    no host read of its own (the solver's periodic checks aside)."""
+    batched = K.ndim == 3
+    m = K.shape[-1]
     if not batched:
         K, Jw, Fk = K[None], Jw[None], Fk[None]
     B = K.shape[0]
@@ -329,7 +364,6 @@ def solve_trust_region_dual(
         as_batch_param(C, B, torch.float64, K.device),
         as_batch_param(delta, B, torch.float64, K.device),
     )
-    _report(res, slv, on_failure, "solve_trust_region_dual")
     return _unbatch(res, batched)
 
 

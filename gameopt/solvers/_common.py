@@ -170,30 +170,103 @@ class TrustRegionDualResult(_SolveStatus):
     status: list[str] | None = None
 
 
-def check_finite(name: str, x: Tensor, source: str = "the inputs") -> None:
-    """GameInputError when ``x`` holds NaN or inf (one host sync; inputs only).
+class Checks:
+    """Input checks on device tensors, read from the host together (one sync for all).
+
+    ``add(ok, fail)`` records a 0-d bool tensor ``ok`` and the function raising the error
+    when it is False; :meth:`run` reads all flags at once and calls the first failing
+    ``fail`` (which may read more: it runs only on bad input). Checks of CPU tensors and
+    Python numbers run at once, without being deferred (they cost no sync).
+    """
+
+    #: Defer CPU checks too (tests set it to run the device path on a machine without one).
+    defer_on_cpu: bool = False
+
+    def __init__(self) -> None:
+        self.flags: list[Tensor] = []
+        self.fails: list = []
+
+    def add(self, ok: Tensor, fail) -> None:
+        """Defer the check ``ok`` (0-d bool tensor); ``fail()`` raises when it is False."""
+        if ok.device.type == "cpu" and not self.defer_on_cpu:
+            if not bool(ok):
+                fail()
+            return
+        self.flags.append(ok.reshape(()))
+        self.fails.append(fail)
+
+    def run(self) -> None:
+        """Read every deferred flag (one host read) and raise the first failure."""
+        if not self.flags:
+            return
+        dev = self.flags[0].device
+        flags = torch.stack([f.to(dev) for f in self.flags])
+        if bool(flags.all()):
+            return
+        for ok, fail in zip(flags.tolist(), self.fails):
+            if not ok:
+                fail()
+
+
+def check_finite(name: str, x: Tensor, source: str = "the inputs", checks: Checks | None = None) -> None:
+    """GameInputError when ``x`` holds NaN or inf (one host sync, or deferred to ``checks``).
 
     ``source`` says where the values came from, for the message.
     """
-    if not bool(torch.isfinite(x).all()):
+    def fail() -> None:
         raise GameInputError(
             f"{name} contains NaN or inf values; {source} must be finite before the dual solve."
         )
 
+    ok = torch.isfinite(x).all()
+    if checks is not None:
+        checks.add(ok, fail)
+    elif not bool(ok):
+        fail()
 
-def check_positive(name: str, value, allow_inf: bool = False, allow_zero: bool = False, hint: str | None = None) -> None:
-    """GameInputError unless every entry of ``value`` is > 0 (>= 0 with allow_zero; finite unless allow_inf)."""
-    try:
-        t = torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise GameInputError(f"{name} must be a number or a tensor of numbers, got {value!r}.") from None
-    low_ok = (t >= 0) if allow_zero else (t > 0)
-    if bool(torch.isnan(t).any()) or not bool(low_ok.all()):
+
+def check_positive(name: str, value, allow_inf: bool = False, allow_zero: bool = False, hint: str | None = None,
+                   checks: Checks | None = None) -> None:
+    """GameInputError unless every entry of ``value`` is > 0 (>= 0 with allow_zero; finite unless allow_inf).
+
+    A Python number is checked on the host (no tensor is built); a tensor on a device is
+    checked there and, with ``checks``, read together with the other deferred checks.
+    """
+    def fail_low() -> None:
         bound = ">= 0" if allow_zero else "> 0"
-        hint = hint or f"pass a positive {name} (e.g. C=1e-4, delta=1e-3)"
-        raise GameInputError(f"{name} must be {bound}, got {value!r}; {hint}.")
-    if not allow_inf and not bool(torch.isfinite(t).all()):
+        raise GameInputError(f"{name} must be {bound}, got {value!r}; "
+                             f"{hint or f'pass a positive {name} (e.g. C=1e-4, delta=1e-3)'}.")
+
+    def fail_inf() -> None:
         raise GameInputError(f"{name} must be finite, got {value!r}.")
+
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        if math.isnan(v) or not (v >= 0 if allow_zero else v > 0):
+            fail_low()
+        if not allow_inf and math.isinf(v):
+            fail_inf()
+        return
+    if not isinstance(value, Tensor):
+        try:
+            value = torch.as_tensor(value, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise GameInputError(f"{name} must be a number or a tensor of numbers, got {value!r}.") from None
+    if value.is_complex():
+        raise GameInputError(f"{name} must be a number or a tensor of numbers, got {value!r}.")
+    t = value.detach()
+    low_ok = ((t >= 0) if allow_zero else (t > 0)).all() & ~torch.isnan(t).any()
+    ok = low_ok & torch.isfinite(t).all() if not allow_inf else low_ok
+
+    def fail() -> None:
+        if not bool(low_ok):
+            fail_low()
+        fail_inf()
+
+    if checks is not None:
+        checks.add(ok, fail)
+    elif not bool(ok):
+        fail()
 
 
 def _is_int(value) -> bool:
@@ -243,7 +316,9 @@ def unconverged_status(res, trace_k: Tensor, C: Tensor, tol: float, dtype: torch
 
 
 def as_batch_param(value, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Broadcast a scalar or (B,) parameter to a (B,) tensor."""
+    """Broadcast a scalar or (B,) parameter to a (B,) tensor (a number is filled on the device, no copy)."""
+    if isinstance(value, numbers.Real):
+        return torch.full((batch,), float(value), dtype=dtype, device=device)
     t = torch.as_tensor(value, dtype=dtype, device=device)
     if t.ndim == 0:
         return t.expand(batch).clone()

@@ -22,12 +22,15 @@ Why this design (methods.md, "Solvers for 3a and 3b"):
   ``max_iter`` iterations and only looks at the flags on the host every
   ``sync_every`` iterations (``None``: never, for CUDA graphs / async use).
 
-Tolerances: float64 (default) reaches gap <= 1e-12 on all tested problems;
-float32 is allowed with ``tol`` around 1e-5 (rounding in the kernel limits it).
+Tolerances: float64 (the CPU default) reaches gap <= 1e-12 on all tested problems;
+float32 (the default on other devices) is used with ``tol`` around 1e-5 (rounding in the
+kernel limits it), and problems it cannot certify are solved again in float64.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import torch
@@ -54,16 +57,22 @@ _ARMIJO = 1e-4
 
 
 class TorchNewtonSolver:
-    """Batched Newton solver (any device, float64 by default).
+    """Batched Newton solver (any device; float64 on the CPU, float32 elsewhere by default).
 
     Args:
         tol: duality-gap target, a finite float > 0; default 1e-12 (float64) or 1e-5 (float32).
         max_iter: Newton iterations run at most (fixed-shape loop), an int >= 1.
-        dtype: computation dtype, ``torch.float64`` or ``torch.float32``; inputs are cast to it
-            and results returned in it.
+        dtype: computation dtype, ``torch.float64``, ``torch.float32`` or ``"auto"`` (default):
+            float64 on the CPU, float32 on other devices, where float64 is 2x (H100) to about
+            60x (consumer cards) slower and float32 solves almost every problem to a gap of
+            1e-5 (``benchmarks/dual_precision``); the rest are refined in float64 (``promote``).
+            Inputs are cast to it and results returned in it.
         sync_every: check "all problems done" on the host every this many
-            iterations (an int >= 1) and stop early; ``None`` never synchronises. Default
-            "auto": every iteration on CPU (free there), every 5 on other devices.
+            iterations (an int >= 1) and stop early; ``None`` never synchronises (no host read
+            at all: every solve runs all ``max_iter`` iterations, converged problems frozen,
+            and ``status`` is not computed). Default "auto": every iteration on CPU (free
+            there), every 5 on other devices. Where it is not 1, a trust-region solve runs its
+            unconstrained and its constrained phase side by side as one batch.
         line_search_steps: number of step sizes 1, 1/2, ..., 2^-(k-1) tried in parallel
             (on the CPU only after the full step was rejected), an int in [1, 60].
         cpu_chunk_bytes: on the CPU, split a batch so one chunk's (m x m or d x d)
@@ -85,17 +94,20 @@ class TorchNewtonSolver:
         self,
         tol: float | None = None,
         max_iter: int = 100,
-        dtype: torch.dtype = torch.float64,
+        dtype: "torch.dtype | str" = "auto",
         sync_every: int | None | str = "auto",
         line_search_steps: int = 24,
         cpu_chunk_bytes: int | None = 8 * 2**20,
         linear_path: str = "auto",
         promote: bool = True,
     ) -> None:
-        if dtype not in (torch.float64, torch.float32):
-            raise GameInputError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
-        self.dtype = dtype
-        self.tol = check_tol(tol) if tol is not None else (1e-12 if dtype == torch.float64 else 1e-5)
+        if not (dtype in (torch.float64, torch.float32) or dtype == "auto"):
+            raise GameInputError(f"dtype must be torch.float64, torch.float32 or 'auto', got {dtype!r}")
+        #: "auto", or the dtype given; :attr:`dtype` is what the CPU uses under "auto".
+        self.dtype_option = dtype
+        self.dtype = torch.float64 if dtype == "auto" else dtype
+        self._tol_option = None if tol is None else check_tol(tol)
+        self.tol = self._tol_option if tol is not None else (1e-12 if self.dtype == torch.float64 else 1e-5)
         self.max_iter = check_int("max_iter", max_iter, 1)
         if not (sync_every in ("auto", None) or _is_int(sync_every)):
             raise GameInputError(f"sync_every must be 'auto', None or an int >= 1, got {sync_every!r}")
@@ -120,7 +132,18 @@ class TorchNewtonSolver:
         self._linear_path = value
 
     def __repr__(self) -> str:
-        return f"TorchNewtonSolver(tol={self.tol}, max_iter={self.max_iter}, dtype={self.dtype})"
+        return f"TorchNewtonSolver(tol={self.tol}, max_iter={self.max_iter}, dtype={self.dtype_option})"
+
+    def for_device(self, device: torch.device) -> "TorchNewtonSolver":
+        """The solver that runs on ``device``: itself, or under ``dtype="auto"`` off the CPU a float32 copy
+        (``tol`` 1e-5 unless one was given)."""
+        if getattr(self, "dtype_option", self.dtype) != "auto" or device.type == "cpu":
+            return self
+        other = copy.copy(self)
+        other.dtype_option = other.dtype = torch.float32
+        other.tol = self._tol_option if self._tol_option is not None else 1e-5
+        other._near = 1e-3
+        return other
 
     # ------------------------------------------------------------------ helpers
     def _sync_period(self, device: torch.device) -> int | None:
@@ -134,7 +157,8 @@ class TorchNewtonSolver:
 
     def _steps(self, device: torch.device) -> Tensor:
         # plain halving: a coarser grid was measured to stall the damped phase on hard problems
-        return (2.0 ** -torch.arange(self.line_search_steps, dtype=self.dtype)).to(device)
+        # built on the device: a host arange would be a blocking copy every solve on a GPU
+        return 2.0 ** -torch.arange(self.line_search_steps, dtype=self.dtype, device=device)
 
     def _line_search(self, trials, ts: Tensor, done: Tensor, period: int | None) -> Tensor:
         """Step length per problem: the largest trial step passing ``trials`` (0 when done).
@@ -165,7 +189,11 @@ class TorchNewtonSolver:
 
     def solve_linear(self, A: Tensor, C: Tensor) -> LinearDualResult:
         """Linear dual for sign-adjusted rows A (B, m, d) = [phi(real); -phi(fake)], C (B,)."""
+        dev_solver = self.for_device(A.device)
+        if dev_solver is not self:
+            return dev_solver.solve_linear(A, C)
         B, m, d = A.shape
+        self._stopped_done = False
         ch = self._chunk(A.device, B, min(m, d))
         if ch < B:
             res = _cat_results([self._solve_linear(A[i:i + ch], C[i:i + ch]) for i in range(0, B, ch)])
@@ -224,6 +252,7 @@ class TorchNewtonSolver:
             gap = gap_of(z)
             done = done | (gap <= self.tol)
             if period is not None and it % period == 0 and bool(done.all()):
+                self._stopped_done = True
                 break
             u = torch.sigmoid(z)
             curv = u * torch.sigmoid(-z) / m
@@ -272,7 +301,11 @@ class TorchNewtonSolver:
         Returns:
             :class:`~gameopt.solvers.TrustRegionDualResult`, batched.
         """
+        dev_solver = self.for_device(Ks.device)
+        if dev_solver is not self:
+            return dev_solver.solve_kernel(Ks, c, p, W, C, delta)
         B, m, _ = Ks.shape
+        self._stopped_done = False
         ch = self._chunk(Ks.device, B, m)
         if ch < B:
             parts = [self._solve_kernel_two_phase(Ks[i:i + ch], c[i:i + ch], p[i:i + ch], W[i:i + ch], C[i:i + ch],
@@ -289,11 +322,13 @@ class TorchNewtonSolver:
         """Float32 problems that did not converge are solved again in float64 (``promote``);
         every problem still unconverged gets a ``status`` saying why and what to change.
 
-        One host read, skipped entirely with ``sync_every=None``. ``trace_k()`` gives trace(K)
+        One host read, skipped with ``sync_every=None`` and when the loop's last periodic check
+        (a read already paid) saw every problem done. ``trace_k()`` gives trace(K)
         per problem (for the status; computed only when some problem failed).
         """
-        if self._sync_period(res.gap.device) is None:
-            return res
+        period = self._sync_period(res.gap.device)
+        if period is None or (period > 1 and getattr(self, "_stopped_done", False)):
+            return res  # no read: never synchronise, or the last periodic check saw every problem done
         bad = ~res.converged
         if not bool(bad.any()):
             return res
@@ -327,6 +362,8 @@ class TorchNewtonSolver:
         """
         delta = delta.to(device=Ks.device, dtype=self.dtype)
         finite = torch.isfinite(delta)
+        if self._sync_period(Ks.device) != 1:
+            return self._solve_kernel_fused(Ks, c, p, W, C, delta)
         if not bool(finite.any()):
             return self._solve_kernel(Ks, c, p, W, C, delta)
         free = self._solve_kernel(Ks, c, p, W, C, torch.full_like(delta, math.inf))
@@ -341,19 +378,52 @@ class TorchNewtonSolver:
         if bool(inside.all()):
             return free
         boxed = self._solve_kernel(Ks, c, p, W, C, delta)
-        fields = {}
-        for name, val in vars(boxed).items():
-            if isinstance(val, Tensor):
-                other = getattr(free, name)
-                sel = inside.reshape(-1, *([1] * (val.ndim - 1)))
-                fields[name] = torch.where(sel, other, val)
-            else:
-                fields[name] = val
-        fields["iterations"] = boxed.iterations + free.iterations
-        return TrustRegionDualResult(**fields)
+        return _pick(inside, free, boxed)
+
+    def _inside_ball(self, e: Tensor, R: Tensor, Ks: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor
+                     ) -> Tensor:
+        """Whether the unconstrained step (dual point e, R = ||A^T e - C w||^2) lies in the ball.
+
+        With room for the rounding of R = e^T K e - 2C p^T e + C^2 W, which is
+        ~eps * (e^T |K| e + ...) and can exceed R itself when C is tiny.
+        """
+        scale = (e * (Ks.abs() @ e.unsqueeze(-1)).squeeze(-1)).sum(-1) + 2 * C * (p.abs() * e).sum(-1) + C * C * W
+        R_err = 64 * torch.finfo(self.dtype).eps * scale
+        finite = torch.isfinite(delta)
+        return (R + R_err <= 2 * torch.where(finite, delta, torch.ones_like(delta)) * C * C) | ~finite
+
+    def _solve_kernel_fused(
+        self, Ks: Tensor, c: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor
+    ) -> TrustRegionDualResult:
+        """The two phases of :meth:`_solve_kernel_two_phase` as one batch of 2B problems, no host read.
+
+        Where a host read costs a device sync (GPU, or ``sync_every != 1``), the unconstrained
+        problem and the one with the radius are solved side by side; the periodic check
+        stops when each pair is answered (the free solve converged inside the ball, or the
+        boxed one converged), and the answer is picked on the device.
+        """
+        dt = self.dtype
+        B = Ks.shape[0]
+        Ks2, c2, p2 = (torch.cat([x, x]) for x in (Ks.to(dt), c.to(dt), p.to(dt)))
+        W2, C2 = (torch.cat([x, x]).to(device=Ks.device, dtype=dt) for x in (W, C))
+        delta2 = torch.cat([torch.full_like(delta, math.inf), delta])
+
+        def answered(done: Tensor, e: Tensor, R: Tensor) -> Tensor:
+            inside = self._inside_ball(e[:B], R[:B], Ks2[:B], p2[:B], W2[:B], C2[:B], delta)
+            free_done, boxed_done = done[:B], done[B:]
+            return (free_done & inside) | (boxed_done & (free_done | ~inside))
+
+        both = self._solve_kernel(Ks2, c2, p2, W2, C2, delta2, answered=answered)
+        free, boxed = _split_result(both, B)
+        e = torch.cat([free.lam, free.mu], -1)
+        R = free.step_norm_sq * C2[:B] * C2[:B]
+        inside = free.converged & self._inside_ball(e, R, Ks2[:B], p2[:B], W2[:B], C2[:B], delta)
+        res = _pick(inside, free, boxed)
+        res.iterations = torch.maximum(free.iterations, boxed.iterations)
+        return res
 
     def _solve_kernel(
-        self, Ks: Tensor, c: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor
+        self, Ks: Tensor, c: Tensor, p: Tensor, W: Tensor, C: Tensor, delta: Tensor, answered=None,
     ) -> TrustRegionDualResult:
         """Reduced trust-region dual in sign-adjusted kernel form.
 
@@ -362,6 +432,8 @@ class TorchNewtonSolver:
             c: (B, m) sign-adjusted current scores y * F_k.
             p: (B, m) sign-adjusted y * (J w_k).
             W: (B,) ||w_k||^2.  C: (B,) weight decay.  delta: (B,) radius (inf allowed).
+            answered: ``(done, e, R) -> flags``: what the periodic host check requires to be
+                all True to stop (default: every problem done).
         """
         dt = self.dtype
         Ks, c, p = Ks.to(dt), c.to(dt), p.to(dt)
@@ -370,7 +442,9 @@ class TorchNewtonSolver:
         B, m, _ = Ks.shape
         ts = self._steps(dev)
         finite = torch.isfinite(delta)
-        has_tr = bool(finite.any())  # one host sync at setup: skip the rank-1 work for linear duals
+        # skip the rank-1 work for linear duals; asking costs a host read, so only where reads are free
+        # (the rank-1 term is exactly zero where delta is infinite)
+        has_tr = bool(finite.any()) if self._sync_period(dev) == 1 else True
         delta_f = torch.where(finite, delta, torch.ones_like(delta))
         sq2d = torch.where(finite, torch.sqrt(2 * delta_f), torch.full_like(delta, math.inf))
         Cc = C[:, None]
@@ -399,8 +473,11 @@ class TorchNewtonSolver:
             e, Ke, a, R, denom, t, g0 = state(z)
             gap = bernoulli_kl_logits(z, t).mean(-1)
             done = done | (gap <= self.tol)
-            if period is not None and it % period == 0 and bool(done.all()):
-                break
+            if period is not None and it % period == 0:
+                flags = done if answered is None else answered(done, e, R)
+                if bool(flags.all()):
+                    self._stopped_done = True
+                    break
             r = z - t
             S = torch.sqrt(torch.sigmoid(z) * torch.sigmoid(-z) / m)
             outer = denom > C  # nu > 0: on the trust-region boundary
@@ -516,6 +593,29 @@ def evaluate_kernel_point(
         step_norm_sq=ss, gap=gap, dual_value=g, model_value=model, converged=gap <= tol,
         iterations=iterations, solver=solver,
     )
+
+
+def _pick(use_first: Tensor, first, second):
+    """Per problem, the fields of ``first`` where ``use_first`` else those of ``second`` (no host read)."""
+    fields = {}
+    for f in dataclasses.fields(first):
+        val = getattr(second, f.name)
+        if isinstance(val, Tensor):
+            sel = use_first.reshape(-1, *([1] * (val.ndim - 1)))
+            fields[f.name] = torch.where(sel, getattr(first, f.name), val)
+        else:
+            fields[f.name] = val
+    fields["iterations"] = first.iterations + second.iterations
+    return type(first)(**fields)
+
+
+def _split_result(res, B: int):
+    """The first B and the last problems of a batched result, as two results."""
+    head, tail = {}, {}
+    for f in dataclasses.fields(res):
+        val = getattr(res, f.name)
+        head[f.name], tail[f.name] = (val[:B], val[B:]) if isinstance(val, Tensor) else (val, val)
+    return type(res)(**head), type(res)(**tail)
 
 
 def _cat_results(parts: list):
