@@ -11,12 +11,12 @@ command and date; a section that fails records its error and the others still ru
   real values, and, on CUDA, cross-checked by ``torch.cuda.set_sync_debug_mode("warn")`` (the
   number of "synchronizing" warnings). The budgets are those of tests/test_sync_budget.py.
 * ``step_cost.json``: ms per training step (median of timed steps, CUDA-synchronised) and peak
-  device memory of every benchmark method (benchmarks/image_methods.py) on the DCGAN-like pair
-  (32x32, benchmarks/dcgan.py) and on a 64x64 ResNet-like pair (defined here).
+  device memory of every benchmark method (benchmarks/common/image_methods.py) on the DCGAN-like pair
+  (32x32, benchmarks/common/dcgan.py) and on a 64x64 ResNet-like pair (defined here).
 * ``dual_precision.json``: the batched trust-region solver in float64, float32 and float32 with
   float64 refinement against Ipopt (benchmarks/dual_precision/bench.py).
 * ``stacked_mnist.json``: a short run of the stacked-MNIST leaders (dual_score, consensus) with
-  benchmarks/image_gan.py (the stacked-digits game under ``--tiny``).
+  benchmarks/common/image_gan.py (the stacked-digits game under ``--tiny``).
 * ``tests.json``: the CUDA test run's counts, when ``--tests-xml`` gives pytest's JUnit XML.
 """
 
@@ -45,6 +45,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 import gameopt  # noqa: E402
 from gameopt.testing import SyncCounter  # noqa: E402
@@ -150,8 +151,8 @@ def section_sync_budget(device: str, tiny: bool) -> dict[str, Any]:
 
 
 def _build_method(method: str, G: nn.Module, D: nn.Module, batch: int, image_numel: int) -> Any:
-    import image_gan
-    from image_methods import build_method
+    from benchmarks.common import image_gan
+    from benchmarks.common.image_methods import build_method
 
     args = image_gan.parse_args(["--method", method, "--batch", str(batch), "--out", "/dev/null"])
     args.image_numel, args.pd_feature_map = image_numel, None
@@ -159,8 +160,8 @@ def _build_method(method: str, G: nn.Module, D: nn.Module, batch: int, image_num
 
 
 def section_step_cost(device: str, tiny: bool) -> dict[str, Any]:
-    from dcgan import dcgan_discriminator, dcgan_generator
-    from image_methods import METHODS
+    from benchmarks.common.dcgan import dcgan_discriminator, dcgan_generator
+    from benchmarks.common.image_methods import METHODS
 
     if tiny:
         pairs = {"dcgan8": (lambda: (dcgan_generator(z_dim=8, width=8, size=8), dcgan_discriminator(width=8, size=8)),
@@ -222,7 +223,7 @@ def section_dual_precision(device: str, tiny: bool, out_dir: Path) -> dict[str, 
 
 
 def section_stacked_mnist(device: str, tiny: bool, out_dir: Path) -> dict[str, Any]:
-    import image_gan
+    from benchmarks.common import image_gan
 
     rows: dict[str, Any] = {}
     for method in ("dual_score", "consensus"):
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         record = {"meta": run_meta(args.device), "tiny": args.tiny, "section": name,
                   "seconds": time.perf_counter() - t, "error": error, "result": result}
         path = out_dir / f"{name}.json"
-        path.write_text(json.dumps(record, indent=1, default=str))
+        write_json(path, record, device=args.device, indent=1, default=str)
         written[name] = record
         print(f"{name}: {'ERROR ' + error.splitlines()[0] if error else 'ok'} ({record['seconds']:.1f} s) -> {path}")
     return written

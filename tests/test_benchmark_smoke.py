@@ -125,3 +125,17 @@ def test_driver_dry_run_names_existing_scripts_with_valid_arguments(driver, args
             image_gan.parse_args(argv[1:])  # raises SystemExit on an unknown or bad flag
         if argv[0].endswith("dual_five_gaussians.py"):
             assert argv[argv.index("--config") + 1] in CONFIGS
+
+
+#: studies whose --out names the results file itself
+SMOKE_FILE_OUT = [
+    "benchmarks/dual_precision/bench.py",
+    "benchmarks/dual_batch_scaling/bench.py",
+]
+
+
+@pytest.mark.parametrize("script", SMOKE_FILE_OUT, ids=[Path(s).parent.name for s in SMOKE_FILE_OUT])
+def test_smoke_mode_writing_one_file(script, tmp_path, monkeypatch):
+    out = tmp_path / "results.json"
+    _run_script(script, ["--smoke", "--out", str(out)], monkeypatch)
+    _check_provenance(json.loads(out.read_text()), script)

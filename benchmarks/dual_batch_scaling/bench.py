@@ -31,6 +31,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 import gameopt  # noqa: E402
 from gameopt.solvers import solve_trust_region_dual  # noqa: E402
@@ -106,9 +107,8 @@ def main(argv=None) -> dict:
                     "torch": torch.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
                     "device": "cpu", "cpu": platform.processor() or platform.machine(),
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
-           "settings": vars(args), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+           "settings": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows}
+    write_json(args.out, out, indent=1)
     return out
 
 

@@ -33,6 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.common.provenance import write_json  # noqa: E402
 
 import gameopt  # noqa: E402
 from gameopt.solvers import TorchNewtonSolver, solve_trust_region_dual  # noqa: E402
@@ -151,8 +152,7 @@ def main(argv=None) -> dict:
             if r["delta"] == delta:
                 r["speed_vs_float64"] = base["ms_per_problem"] / r["ms_per_problem"]
     out = {"meta": meta(args), "settings": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_json(args.out, out, indent=1)
     return out
 
 
