@@ -70,9 +70,14 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
     One fused reduction (``torch._foreach_norm`` with ``ord=inf``, which propagates
     NaN) over all tensors: elementwise, so fp16 tensors whose L2 norm would exceed
-    65504 but whose entries are finite count as finite.
+    65504 but whose entries are finite count as finite. Zero-size tensors (a zero-width
+    layer) hold nothing to check and are left out: the infinity norm has no value on them.
     """
-    maxima = torch._foreach_norm(list(tensors), ord=math.inf)
+    nonempty = [t for t in tensors if t.numel()]
+    if not nonempty:
+        return torch.tensor(True, device=tensors[0].device if len(tensors) else None)
+    tensors = nonempty
+    maxima = torch._foreach_norm(tensors, ord=math.inf)
     device = maxima[0].device
     if any(m.device != device for m in maxima):
         maxima = [m.to(device) for m in maxima]
