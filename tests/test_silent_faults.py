@@ -66,3 +66,39 @@ def test_a_zero_size_parameter_in_the_loss_trains_like_torch(kind):
     assert opt.skipped_steps == 0
     moved = [not torch.equal(p, b) for p, b in zip(gp + dp, before) if p.numel()]
     assert all(moved)
+
+
+# --- 2. ConsensusOptimizer fed by loss.backward() -----------------------------------------
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0])
+def test_plain_backward_then_step_warns_that_no_consensus_term_was_computed(gamma):
+    gan = TinyGAN(seed=4)
+    opt = gameopt.ConsensusOptimizer(torch.optim.Adam, *gan.params(), gamma=gamma, lr=1e-2)
+    lg, ld = gan.losses()
+    (lg + ld).backward()   # the torch habit: no per-player gradients, no consensus term
+    with pytest.warns(RuntimeWarning, match=r"no opt\.backward\(gen_loss, disc_loss\).*loss\.backward\(\)"):
+        opt.step()
+    # the same through a closure that leaves plain gradients in p.grad
+    opt.zero_grad()
+    with pytest.warns(RuntimeWarning, match=r"no opt\.backward"):
+        opt.step(lambda: sum(gan.losses()).backward())
+
+
+def test_opt_backward_then_step_and_closures_do_not_warn():
+    gan = TinyGAN(seed=4)
+    opt = gameopt.ConsensusOptimizer(torch.optim.Adam, *gan.params(), gamma=1.0, lr=1e-2, every=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):   # lazy: the plain turns are opt.backward too
+            opt.zero_grad()
+            opt.backward(*gan.losses())
+            opt.step()
+        opt.step(gan.losses)
+
+        def closure():   # Lightning's kind: the closure calls opt.backward and returns None
+            opt.zero_grad()
+            opt.backward(*gan.losses())
+        opt.step(closure)
+        opt.zero_grad()
+        opt.step()   # nothing in p.grad: nothing to warn about
