@@ -114,6 +114,7 @@ class ConsensusState(SharedState):
     every: int = 1  # lazy regularisation: the correction at every every-th gradient computation
     lazy_calls: int = 0  # gradient computations so far (backward calls), for ``every``
     reg_factor: float = transient(1.0)  # the multiplier of gamma in the current computation
+    fresh: bool = transient(False)  # backward() wrote p.grad since the last step()
 
 
 class ConsensusOptimizer(GameOptimizer):
@@ -470,6 +471,7 @@ class ConsensusOptimizer(GameOptimizer):
         for p, g in fresh:
             if p.grad is None:
                 p.grad = g
+        self._shared.fresh = True
         return self._shared.stats
 
     def step(self, closure: Callable[[], Losses | None] | None = None) -> Losses | None:  # type: ignore[override]
@@ -490,8 +492,26 @@ class ConsensusOptimizer(GameOptimizer):
             FloatingPointError: with ``nonfinite="raise"``, on a NaN/Inf.
         """
         losses = None if closure is None else self._closure_gradients(closure)
+        if not self._shared.fresh:
+            self._warn_foreign_gradients()
+        self._shared.fresh = False
         self._apply_base_step()
         return losses
+
+    def _warn_foreign_gradients(self) -> None:
+        """Warn when ``p.grad`` holds gradients that no :meth:`backward` wrote since the last step."""
+        if not any(p.grad is not None for g in self.param_groups for p in g["params"]):
+            return
+        losses = "gen_loss, disc_loss" if len(self.players) == 2 else "*losses"
+        warnings.warn(
+            f"gameopt: {type(self).__name__}.step() found gradients in p.grad but no "
+            f"opt.backward({losses}) since the last step: they are applied as they are, "
+            "without gameopt's gradients (each player's gradient of its own loss, plus the "
+            "consensus term when gamma > 0). A plain loss.backward() computes neither: call "
+            f"opt.zero_grad(); opt.backward({losses}); opt.step(), or opt.step(closure) with "
+            "closure() returning the losses",
+            RuntimeWarning, stacklevel=3,
+        )
 
     def _closure_gradients(self, closure: Callable[[], Losses | None]) -> Losses | None:
         """Evaluate ``closure`` and, when it returns losses, put their consensus gradient in ``p.grad``."""
