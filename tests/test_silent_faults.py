@@ -102,3 +102,66 @@ def test_opt_backward_then_step_and_closures_do_not_warn():
         opt.step(closure)
         opt.zero_grad()
         opt.step()   # nothing in p.grad: nothing to warn about
+
+
+# --- 3. what the base step makes of a finite gradient ------------------------------------
+
+
+def _state_snapshot(opt):
+    return {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for p, st in opt.state.items()}
+
+
+def _state_equal(opt, snap):
+    return snap.keys() == opt.state.keys() and all(
+        all(torch.equal(v, opt.state[p][k]) if torch.is_tensor(v) else v == opt.state[p][k] for k, v in st.items())
+        for p, st in snap.items())
+
+
+@pytest.mark.parametrize("policy", ["skip", "raise"])
+def test_a_gradient_whose_square_overflows_adams_second_moment_is_refused(policy):
+    """gamma=1e30 in float32: v + gamma v'^T v is finite (~1e30) but its square is not, so Adam's
+    exp_avg_sq would become Inf and the parameters would never move again."""
+    gan = TinyGAN(seed=5, dtype=torch.float32)
+    params = [p for ps in gan.params() for p in ps]
+    opt = gameopt.ConsensusOptimizer(torch.optim.Adam, *gan.params(), gamma=1e30, lr=1e-2, nonfinite=policy)
+    opt.param_groups[0]["gamma"] = 0.0   # a good first step, so there is Adam state to protect
+    opt.param_groups[1]["gamma"] = 0.0
+    opt.step(gan.losses)
+    for g in opt.param_groups:
+        g["gamma"] = 1e30
+    before, state = _snapshot(params), _state_snapshot(opt)
+    opt.zero_grad()
+    opt.backward(*gan.losses())
+    assert all(torch.isfinite(p.grad).all() for p in params)
+    if policy == "raise":
+        with pytest.raises(FloatingPointError, match=r"square.*overflow"):
+            opt.step()
+    else:
+        with pytest.warns(RuntimeWarning, match=r"square.*overflow"):
+            opt.step()
+        assert opt.skipped_steps == 1
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert _state_equal(opt, state)
+    assert all(torch.isfinite(t).all() for st in opt.state.values() for t in st.values())
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_optimistic_correction_that_overflows_is_refused_and_rolled_back(momentum):
+    """lr 3e38 in float32: the base step z + Delta_t is finite, z + 2 Delta_t - Delta_{t-1} is not."""
+    base = torch.optim.SGD
+    gan = TinyGAN(seed=6, dtype=torch.float32)
+    params = [p for ps in gan.params() for p in ps]
+    opt = gameopt.OptimisticOptimizer(base, *gan.params(), lr=1e-2, momentum=momentum)
+    opt.step(gan.losses)
+    opt.step(gan.losses)
+    for g in opt.param_groups:
+        g["lr"] = 3e38
+    before, state = _snapshot(params), _state_snapshot(opt)
+    prev = {p: opt.game_state[p]["prev_update"].clone() for p in params}
+    opt.zero_grad()
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        opt.step(gan.losses)
+    assert opt.skipped_steps == 1 and opt.last_step_skipped
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert _state_equal(opt, state)
+    assert all(torch.equal(opt.game_state[p]["prev_update"], prev[p]) for p in params)
