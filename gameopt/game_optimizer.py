@@ -27,7 +27,7 @@ import functools
 import math
 import types
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -249,54 +249,111 @@ class GameOptimizer(Optimizer):
     #: torch.optim wraps ``step`` with this at construction: see :mod:`gameopt.step_hooks`.
     profile_hook_step = staticmethod(hooked_step)
 
-    def _apply_base_step(self, players: Sequence[str] | None = None) -> bool:
+    def _apply_base_step(
+        self, players: Sequence[str] | None = None,
+        then: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]] | None = None,
+    ) -> bool:
         """Let the base optimiser apply ``p.grad`` of ``players`` (default: all), if it is finite.
 
         The one place where a gameopt optimiser moves parameters; every ``step``
         calls it after writing the gradients. With ``nonfinite != "ignore"`` it first
         checks exactly what the base step will apply: every ``p.grad`` of the groups
         of ``players`` (so the caller sets other players' ``p.grad`` to None when
-        they must not move) and those groups' ``lr``, elementwise, in one fused
-        reduction with one host read (all-reduced under ``distributed=True``, so all
-        ranks decide alike). Then the policy: ``"skip"`` warns and counts, ``"raise"``
-        raises ``FloatingPointError``; either way nothing moves and the base
-        optimiser's state is untouched.
+        they must not move) and those groups' ``lr``, elementwise, and, for a base
+        optimiser that keeps a running average of ``g*g`` (Adam, AdamW, NAdam, RAdam,
+        RMSprop, Adagrad, Adadelta), that every ``g*g`` is finite in the parameter's
+        dtype (else its second moment turns Inf and the parameters stop moving for
+        good). One fused reduction with one host read (all-reduced under
+        ``distributed=True``, so all ranks decide alike). Then the policy: ``"skip"``
+        warns and counts, ``"raise"`` raises ``FloatingPointError``; either way nothing
+        moves and the base optimiser's state is untouched.
+
+        Args:
+            players: the players whose groups step (default: all).
+            then: a step rule's own move after the base step (the optimistic correction):
+                called with the parameters as they were before the base step (copies, in
+                param-group order) and returns the tensors it produced, which join the check
+                (made once, after ``then``). When the check fails, the parameters and the base
+                optimiser's state are put back as they were.
 
         Returns:
             Whether the parameters moved.
         """
         stepping = self.players if players is None else tuple(players)
         groups = [g for g in self.param_groups if g["player"] in stepping]
-        if self.nonfinite != "ignore" and not self._applied_is_finite(groups):
-            self._refuse_step(groups)
-            return False
+        checking = self.nonfinite != "ignore"
+        if then is None:
+            if checking and not self._applied_is_finite(groups):
+                self._refuse_step(groups)
+                return False
+            unhooked_step(self.base_optimizer)
+            self._shared.moved = True
+            return True
+        params = [p for g in groups for p in g["params"]]
+        saved = self._save_base(params)
         unhooked_step(self.base_optimizer)
+        produced = list(then(saved[0]))
+        if checking and not self._applied_is_finite(groups, produced):
+            self._restore_base(params, saved)
+            self._refuse_step(groups, produced)
+            return False
         self._shared.moved = True
         return True
 
-    def _applied_is_finite(self, groups: list[dict[str, Any]]) -> bool:
-        """Whether every ``p.grad`` and ``lr`` of ``groups`` is finite (one host read)."""
+    def _save_base(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict[Any, dict[str, Any]]]:
+        """Copies of ``params`` and of their base optimiser state, for :meth:`_restore_base`."""
+        with torch.no_grad():
+            values = [p.detach().clone() for p in params]
+        state = {
+            p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.state[p].items()}
+            for p in params if p in self.state
+        }
+        return values, state
+
+    def _restore_base(
+        self, params: list[torch.Tensor], saved: tuple[list[torch.Tensor], dict[Any, dict[str, Any]]]
+    ) -> None:
+        """Put ``params`` and their base optimiser state back as :meth:`_save_base` found them."""
+        values, state = saved
+        with torch.no_grad():
+            torch._foreach_copy_(params, values)
+        for p in params:
+            if p in state:
+                self.state[p] = state[p]
+            else:
+                self.state.pop(p, None)
+
+    def _squared_by_base(self) -> bool:
+        return isinstance(self.base_optimizer, _SECOND_MOMENT)
+
+    def _applied_is_finite(self, groups: list[dict[str, Any]], extra: Sequence[torch.Tensor] = ()) -> bool:
+        """Whether every ``p.grad`` and ``lr`` of ``groups`` (and ``extra``) is finite, and every
+        ``g*g`` a second-moment base would form: one host read."""
         lrs = [g["lr"] for g in groups if "lr" in g]
         if any(_is_number(lr) and not math.isfinite(lr) for lr in lrs):
             return False
-        tensors = [p.grad for g in groups for p in g["params"] if p.grad is not None]
-        tensors += [lr for lr in lrs if isinstance(lr, torch.Tensor)]
+        grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
+        tensors = list(grads) + [lr for lr in lrs if isinstance(lr, torch.Tensor)] + list(extra)
         if not tensors:
             return True
-        flag = all_finite(tensors)
+        flag = all_finite(tensors, grads if self._squared_by_base() else ())
         if self.distributed:
             bad = (~flag).to(torch.float32).reshape(1)
             dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
             return not bool(bad)
         return bool(flag)
 
-    def _refuse_step(self, groups: list[dict[str, Any]]) -> None:
+    def _refuse_step(self, groups: list[dict[str, Any]], extra: Sequence[torch.Tensor] = ()) -> None:
         """Raise or warn (and count) for a non-finite step; runs only when one was found."""
-        bad_grad, bad_lr = [], []
+        bad_grad, bad_square, bad_lr = [], [], []
+        squared = self._squared_by_base()
         for g in groups:
             grads = [p.grad for p in g["params"] if p.grad is not None]
-            if grads and not bool(all_finite(grads)) and g["player"] not in bad_grad:
-                bad_grad.append(g["player"])
+            if grads and not bool(all_finite(grads)):
+                if g["player"] not in bad_grad:
+                    bad_grad.append(g["player"])
+            elif grads and squared and not bool(all_finite([], grads)) and g["player"] not in bad_square:
+                bad_square.append(g["player"])
             lr = g.get("lr")
             if (_is_number(lr) and not math.isfinite(lr)) or (
                 isinstance(lr, torch.Tensor) and not bool(all_finite([lr]))
@@ -305,8 +362,17 @@ class GameOptimizer(Optimizer):
         what = []
         if bad_grad:
             what.append(f"non-finite (NaN or Inf) gradient for player(s) {bad_grad}")
+        if bad_square:
+            what.append(
+                f"gradient of player(s) {bad_square} whose square overflows its dtype: "
+                f"{type(self.base_optimizer).__name__}'s running average of g*g would become Inf "
+                "and the parameters would stop moving"
+            )
         if bad_lr:
             what.append(f"non-finite learning rate for {', '.join(bad_lr)} (check the LR schedule)")
+        if not what and extra and not bool(all_finite(extra)):
+            what.append("the update would put non-finite (NaN or Inf) values into the parameters "
+                        "(the learning rate is too large for them)")
         if not what:  # only another rank saw it
             what.append("non-finite (NaN or Inf) gradient on another rank")
         self._shared.last_step_skipped = True
@@ -437,6 +503,12 @@ class GameOptimizer(Optimizer):
             out[f"lr/{group['player']}/{group_index}"] = group["lr"] if "lr" in group else None
         return out
 
+
+#: Base optimisers that keep a running average of g*g in the parameter's dtype.
+_SECOND_MOMENT = (
+    torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam,
+    torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
+)
 
 _NOT_COPIED = frozenset({"step", "_opt_called", "_owner", "_zero_grad_profile_name"})
 

@@ -65,19 +65,29 @@ def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch
     return loss
 
 
-def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def all_finite(tensors: Sequence[torch.Tensor], squares: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """Whether every element of every tensor is finite, as a 0-d bool tensor (no host sync).
 
     One fused reduction (``torch._foreach_norm`` with ``ord=inf``, which propagates
     NaN) over all tensors: elementwise, so fp16 tensors whose L2 norm would exceed
     65504 but whose entries are finite count as finite. Zero-size tensors (a zero-width
     layer) hold nothing to check and are left out: the infinity norm has no value on them.
+
+    Args:
+        tensors: the tensors to check.
+        squares: tensors whose elementwise squares must be finite too, in their own dtype
+            (a gradient that Adam or RMSprop squares into its second moment); checked in the
+            same reduction.
     """
-    nonempty = [t for t in tensors if t.numel()]
-    if not nonempty:
-        return torch.tensor(True, device=tensors[0].device if len(tensors) else None)
-    tensors = nonempty
-    maxima = torch._foreach_norm(tensors, ord=math.inf)
+    every = [t for t in list(tensors) + list(squares) if t.numel()]
+    if not every:
+        first = next(iter(tensors), None)
+        return torch.tensor(True, device=None if first is None else first.device)
+    n_squared = sum(1 for t in squares if t.numel())
+    maxima = list(torch._foreach_norm(every, ord=math.inf))
+    if n_squared:
+        tail = maxima[len(maxima) - n_squared:]
+        maxima[len(maxima) - n_squared:] = torch._foreach_mul(tail, tail)  # Inf where g*g overflows
     device = maxima[0].device
     if any(m.device != device for m in maxima):
         maxima = [m.to(device) for m in maxima]
