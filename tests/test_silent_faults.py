@@ -174,3 +174,67 @@ def test_optimistic_correction_that_overflows_is_refused_and_rolled_back(momentu
     opt.zero_grad()
     opt.step(losses)
     assert not opt.last_step_skipped and torch.isfinite(x).all()
+
+
+# --- 4. a step that fails half-way leaves nothing half-done -------------------------------
+
+
+@pytest.mark.parametrize("failure", ["nan", "error"])
+def test_extragradient_failing_at_the_second_evaluation_restores_parameters_and_state(failure):
+    gan = TinyGAN(seed=7, dtype=torch.float32)
+    params = [p for ps in gan.params() for p in ps]
+    opt = gameopt.ExtragradientOptimizer(torch.optim.Adam, *gan.params(), lr=1e-2)
+    opt.step(gan.losses)
+    before, state = _snapshot(params), _state_snapshot(opt)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        lg, ld = gan.losses()
+        if len(calls) == 2:
+            if failure == "error":
+                raise RuntimeError("data loader failed")
+            return lg * float("nan"), ld
+        return lg, ld
+
+    if failure == "error":
+        with pytest.raises(RuntimeError, match="data loader"):
+            opt.step(closure)
+    else:
+        with pytest.warns(RuntimeWarning, match="state left untouched"):
+            opt.step(closure)
+        assert opt.skipped_steps == 1
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert _state_equal(opt, state)   # Adam's moments and step count as before the step
+
+
+def test_a_failed_backward_does_not_advance_the_lazy_consensus_count():
+    gan = TinyGAN(seed=8)
+    opt = gameopt.ConsensusOptimizer(torch.optim.Adam, *gan.params(), gamma=1.0, lr=1e-2, every=2)
+    opt.zero_grad()
+    opt.backward(*gan.losses())
+    opt.step()
+    calls = opt.state_dict()["gameopt"]["lazy_calls"]
+    lg, _ = gan.losses()
+    with pytest.raises(gameopt.GameInputError):
+        opt.backward(lg, lg.detach() + gan.G[0].weight.sum())   # disc_loss reaches no D parameter
+    assert opt.state_dict()["gameopt"]["lazy_calls"] == calls
+
+
+def test_alternating_step_whose_closure_changes_mid_step_leaves_nothing_stepped():
+    gan = TinyGAN(seed=9, dtype=torch.float32)
+    params = [p for ps in gan.params() for p in ps]
+    opt = gameopt.AlternatingOptimizer(torch.optim.Adam, *gan.params(), lr=1e-2)
+    opt.step(gan.losses)
+    before, state = _snapshot(params), _state_snapshot(opt)
+    calls = []
+
+    def closure():   # the second evaluation (the generator's) returns a loss without G
+        calls.append(1)
+        lg, ld = gan.losses()
+        return (ld.detach() * 0 + gan.D(gan.x).mean(), ld) if len(calls) == 2 else (lg, ld)
+
+    with pytest.raises(gameopt.GameInputError, match="generator"):
+        opt.step(closure)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))   # D's update undone too
+    assert _state_equal(opt, state)
