@@ -238,3 +238,53 @@ def test_alternating_step_whose_closure_changes_mid_step_leaves_nothing_stepped(
         opt.step(closure)
     assert all(torch.equal(p, b) for p, b in zip(params, before))   # D's update undone too
     assert _state_equal(opt, state)
+
+
+# --- 5. bad closures and frozen parameters touch nothing ----------------------------------
+
+
+def _grads(params):
+    return [None if p.grad is None else p.grad.clone() for p in params]
+
+
+def _same_grads(params, grads):
+    return all((g is None and p.grad is None) or (g is not None and p.grad is not None and torch.equal(p.grad, g))
+               for p, g in zip(params, grads))
+
+
+@pytest.mark.parametrize("kind", ["consensus", "optimistic", "sga"])
+@pytest.mark.parametrize("bad", ["one_loss", "no_graph", "wrong_player"])
+def test_a_bad_closure_return_leaves_p_grad_alone(kind, bad):
+    gan = TinyGAN(seed=10)
+    params = [p for ps in gan.params() for p in ps]
+    opt = make(kind, *gan.params())
+    opt.zero_grad()
+    opt.backward(*gan.losses())   # gradients the user may still want
+    grads = _grads(params)
+
+    def closure():
+        lg, ld = gan.losses()
+        if bad == "one_loss":
+            return (lg,)
+        if bad == "no_graph":
+            return lg, ld.detach()
+        return lg, gan.G(gan.z).sum()   # the discriminator's loss reaches no D parameter
+
+    with pytest.raises(gameopt.GameInputError):
+        opt.step(closure)
+    assert _same_grads(params, grads)
+
+
+@pytest.mark.parametrize("kind", ["consensus", "simultaneous", "optimistic", "sga", "extragradient", "alternating"])
+def test_a_parameter_frozen_after_construction_gets_a_clear_error_and_nothing_changes(kind):
+    gan = TinyGAN(seed=11)
+    params = [p for ps in gan.params() for p in ps]
+    opt = make(kind, *gan.params())
+    opt.step(gan.losses)
+    gan.D[0].weight.requires_grad_(False)   # frozen after the optimiser was built
+    before, state = _snapshot(params), _state_snapshot(opt)
+    grads = _grads(params)
+    with pytest.raises(gameopt.GameInputError, match=r"player 'discriminator'.*requires_grad=False.*requires_grad_\(True\)"):
+        opt.step(gan.losses)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert _state_equal(opt, state) and _same_grads(params, grads)
