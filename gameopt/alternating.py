@@ -164,6 +164,11 @@ class AlternatingOptimizer(GameOptimizer):
     def step(self, closure: Callable[[], Losses] | None = None) -> Losses:  # type: ignore[override]
         """One round of alternating updates; returns the losses of the last evaluation.
 
+        When an evaluation raises (a bad loss from the closure, an error in it), the players
+        that already stepped in this round are set back, parameters and base state: an error
+        leaves the optimiser as it was before the step. (The parameters and state of those
+        players are copied at the start of every step for this.)
+
         Raises:
             RuntimeError: no closure.
             GameInputError: the closure returned None or not one loss per player.
@@ -175,10 +180,20 @@ class AlternatingOptimizer(GameOptimizer):
                 "each player's update uses losses evaluated after the previous update"
             )
         losses: Losses = ()
-        for player in self.order:
-            repeats = self.disc_steps if player != GENERATOR else 1
-            for _ in range(repeats):
+        turns = [p for p in self.order for _ in range(self.disc_steps if p != GENERATOR else 1)]
+        # a later evaluation can still refuse the closure's losses: keep what the earlier turns
+        # change (parameters and base state) so that a refused step leaves nothing half-done
+        early = [q for g in self.param_groups if g["player"] in set(turns[:-1]) for q in g["params"]]
+        saved = self._save_base(early) if early else None
+        try:
+            for player in turns:
                 losses = self._player_step(player, closure)
+        except FloatingPointError:   # nonfinite="raise": the players before it stepped, as documented
+            raise
+        except BaseException:
+            if saved is not None:
+                self._restore_base(early, saved)
+            raise
         return losses
 
     def _extra_state(self) -> dict[str, Any]:

@@ -331,7 +331,7 @@ class ConsensusOptimizer(GameOptimizer):
         return factor
 
     def _backward(self, losses: Losses, names: list[str], scaled: bool) -> ConsensusStats:
-        reg_params = self._reg_params() if self._lazy_turn() else []
+        reg_params = self._reg_params() if self._lazy_turn(advance=False) else []
         params = [self.player_params(p) for p in self.players]
         if reg_params and not self._shared.graph_checked:
             self._warn_isolated_losses(losses, names, params)
@@ -340,6 +340,7 @@ class ConsensusOptimizer(GameOptimizer):
         v, reg = self._gradients(losses, names, params, reg_params)
         if reg_params:
             self._shared.graph_checked = True
+        self._lazy_turn()   # counted only once the gradients exist: a failed backward is not a turn
         return self._apply(v, reg, params)
 
     def _warn_isolated_losses(
