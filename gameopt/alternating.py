@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from .distributed import all_reduce_mean
 from .errors import GameInputError
 from .game_optimizer import GameOptimizer, SharedState, shared
-from .gradients import check_loss
+from .gradients import check_loss, check_trainable
 from .players import GENERATOR, ParamsLike, game_players
 from .frameworks import through_wrappers
 
@@ -179,6 +179,7 @@ class AlternatingOptimizer(GameOptimizer):
                 "AlternatingOptimizer.step needs a closure returning (gen_loss, disc_loss): "
                 "each player's update uses losses evaluated after the previous update"
             )
+        check_trainable([self.player_params(p) for p in self.players], self.players)
         losses: Losses = ()
         turns = [p for p in self.order for _ in range(self.disc_steps if p != GENERATOR else 1)]
         # a later evaluation can still refuse the closure's losses: keep what the earlier turns

@@ -538,8 +538,9 @@ class ConsensusOptimizer(GameOptimizer):
                 f"({list(self.players)}), e.g. (gen_loss, disc_loss), or None when it has "
                 f"already put the gradients in p.grad; got {type(losses).__name__}"
             )
-        self.zero_grad(set_to_none=True)
-        self.backward(*losses)
+        with self._grads_restored_on_error():
+            self.zero_grad(set_to_none=True)
+            self.backward(*losses)
         if self.compile and core is None:
             self._shared.compiled_core = torch.compile(_consensus_core, fullgraph=True)
         return losses

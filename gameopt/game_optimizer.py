@@ -22,12 +22,13 @@ Three rules hold for every subclass:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import types
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -299,6 +300,18 @@ class GameOptimizer(Optimizer):
             return False
         self._shared.moved = True
         return True
+
+    @contextlib.contextmanager
+    def _grads_restored_on_error(self) -> Iterator[None]:
+        """Put every ``p.grad`` back as it was when the block raises (a closure's bad losses)."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        grads = [p.grad for p in params]
+        try:
+            yield
+        except BaseException:
+            for p, g in zip(params, grads):
+                p.grad = g
+            raise
 
     def _save_base(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict[Any, dict[str, Any]]]:
         """Copies of ``params`` and of their base optimiser state, for :meth:`_restore_base`."""

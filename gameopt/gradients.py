@@ -65,6 +65,27 @@ def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch
     return loss
 
 
+def check_trainable(params: Sequence[Sequence[torch.Tensor]], players: Sequence[str]) -> None:
+    """Refuse a parameter whose ``requires_grad`` was turned off after the optimiser was built.
+
+    Args:
+        params: each player's parameters, in the order of ``players``.
+        players: the players' names (for messages).
+
+    Raises:
+        GameInputError: naming the player, the parameter's position and shape, and the fix.
+    """
+    for player, ps in zip(players, params):
+        for i, p in enumerate(ps):
+            if not p.requires_grad:
+                raise GameInputError(
+                    f"player '{player}': parameter {i} (tensor of shape {tuple(p.shape)}) has "
+                    "requires_grad=False, set after the optimiser was built; gameopt differentiates "
+                    "every parameter of its players. Set p.requires_grad_(True) again, or to freeze it "
+                    "build the optimiser without it (a param group with lr=0 keeps it in place)"
+                )
+
+
 def all_finite(tensors: Sequence[torch.Tensor], squares: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """Whether every element of every tensor is finite, as a 0-d bool tensor (no host sync).
 
@@ -245,11 +266,12 @@ def player_gradients(
         parameter, with a leading ``B`` under ``per_example``), None where unused.
 
     Raises:
-        GameInputError: per-example batch sizes differ, or a loss reaches no parameter of
-            its player.
+        GameInputError: per-example batch sizes differ, a loss reaches no parameter of
+            its player, or a parameter no longer requires grad.
         RuntimeError: second derivatives are unsupported (see :func:`explain_double_backward`).
     """
     n = len(losses)
+    check_trainable(params, players)
     extra: dict[str, object] = {}
     if per_example:
         batch = losses[0].shape[0]

@@ -21,7 +21,7 @@ from .distributed import all_reduce_mean
 from .errors import GameInputError
 from .field import Closure, FieldOptimizer, FieldState, Losses
 from .game_optimizer import shared
-from .gradients import explain_double_backward, find_once_differentiable, is_negation_of
+from .gradients import check_trainable, explain_double_backward, find_once_differentiable, is_negation_of
 from .players import ParamsLike, game_players
 from .frameworks import through_wrappers
 
@@ -216,6 +216,7 @@ class SGAOptimizer(FieldOptimizer):
         """
         flat = [p for ps in per_player for p in ps]
         names = self._loss_names()
+        check_trainable(per_player, self.players)
         with torch.enable_grad(), explain_double_backward(True):
             if len(losses) == 2 and (is_negation_of(losses[1], losses[0]) or is_negation_of(losses[0], losses[1])):
                 first = 0 if is_negation_of(losses[1], losses[0]) else 1
