@@ -288,3 +288,59 @@ def test_a_parameter_frozen_after_construction_gets_a_clear_error_and_nothing_ch
         opt.step(gan.losses)
     assert all(torch.equal(p, b) for p, b in zip(params, before))
     assert _state_equal(opt, state) and _same_grads(params, grads)
+
+
+# --- 6. silent acceptance: detached fakes in SGA, tied storage, checkpoints ---------------
+
+
+def test_sga_warns_about_detached_fakes_like_consensus():
+    gan = TinyGAN(seed=12)
+    opt = gameopt.SGAOptimizer(torch.optim.SGD, *gan.params(), lam=1.0, lr=1e-2)
+    with pytest.warns(RuntimeWarning, match=r"disc_loss does not depend.*D\(fake.detach\(\)\)"):
+        opt.backward(*gan.losses("nonsat_detached"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.zero_grad()
+        opt.backward(*gan.losses("nonsat"))
+
+
+@pytest.mark.parametrize("kind", ["consensus", "extragradient", "alternating"])
+def test_parameters_sharing_storage_across_players_are_refused(kind):
+    gen = torch.nn.Parameter(torch.randn(4, 3))
+    disc = torch.nn.Parameter(gen.data.view(3, 4))   # another tensor, the same memory
+    with pytest.raises(gameopt.GameInputError, match=r"share.*memory.*'generator'.*'discriminator'"):
+        make(kind, [gen], [disc])
+    other = torch.nn.Parameter(torch.randn(2))
+    opt = make(kind, [gen], [other])
+    with pytest.raises(gameopt.GameInputError, match="share"):
+        opt.add_param_group({"params": [torch.nn.Parameter(other.data[:1])], "player": "generator"})
+
+
+def test_a_checkpoint_with_an_extra_group_names_the_groups():
+    gan = TinyGAN(seed=13)
+    extra = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = gameopt.OptimisticOptimizer(torch.optim.Adam, *gan.params(), lr=1e-2)
+    opt.add_param_group({"params": [extra], "player": "generator"})
+
+    def losses():
+        lg, ld = gan.losses()
+        return lg + extra.sum(), ld
+
+    opt.step(losses)
+    fresh = gameopt.OptimisticOptimizer(torch.optim.Adam, *TinyGAN(seed=13).params(), lr=1e-2)
+    with pytest.raises(gameopt.GameInputError, match="checkpoint has 3 param groups, this optimiser has 2"):
+        fresh.load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("setting", ["every", "smoothing", "unbiased"])
+def test_loading_a_checkpoint_that_changes_a_constructor_setting_says_so(setting):
+    gan = TinyGAN(seed=14)
+    kw = {"every": 2} if setting == "every" else {setting: True}
+    saved = gameopt.ConsensusOptimizer(torch.optim.Adam, *gan.params(), lr=1e-2, **kw)
+    opt = gameopt.ConsensusOptimizer(torch.optim.Adam, *gan.params(), lr=1e-2)
+    with pytest.warns(UserWarning, match=rf"checkpoint.*{setting}.*constructor"):
+        opt.load_state_dict(saved.state_dict())
+    assert getattr(opt, setting) == getattr(saved, setting)   # torch's rule: the checkpoint wins
+    with warnings.catch_warnings():   # the same settings load without a word
+        warnings.simplefilter("error")
+        saved.load_state_dict(saved.state_dict())
