@@ -582,6 +582,30 @@ class ConsensusOptimizer(GameOptimizer):
         settings.update(every=every, lazy_calls=calls)
         return settings
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint (see :meth:`GameOptimizer.load_state_dict`); warn when it changes a setting.
+
+        As torch.optim does for hyper-parameters, the checkpoint's ``every``, ``smoothing`` and
+        ``unbiased`` replace the constructor's; a ``UserWarning`` names each one that changed.
+
+        Args:
+            state_dict: what :meth:`state_dict` returned.
+
+        Raises:
+            GameInputError: the checkpoint does not fit this optimiser (nothing changes).
+        """
+        before = {"every": self.every, "smoothing": self.smoothing, "unbiased": self.unbiased}
+        super().load_state_dict(state_dict)
+        changed = [f"{k}={getattr(self, k)!r} where the constructor gave {k}={v!r}"
+                   for k, v in before.items() if getattr(self, k) != v]
+        if changed:
+            warnings.warn(
+                f"gameopt: the checkpoint sets {'; '.join(changed)}. The checkpoint's settings win, as "
+                "torch.optim's load_state_dict does for hyper-parameters; build the optimiser with the "
+                "checkpoint's settings to silence this",
+                UserWarning, stacklevel=2,
+            )
+
     def _check_group(self, index: int, group: dict[str, Any]) -> None:
         _check_gamma(group.get("gamma"), f"the checkpoint's gamma of param group {index}")
 

@@ -39,7 +39,7 @@ from . import checkpoints
 from .distributed import check_distributed
 from .errors import GameInputError
 from .gradients import all_finite
-from .players import ParamsLike, player_param_groups
+from .players import ParamsLike, check_shared_storage, player_param_groups
 from .step_hooks import hooked_step, unhooked_step
 
 __all__ = ["GameOptimizer", "SharedState", "shared", "transient", "check_nonfinite", "NONFINITE_POLICIES"]
@@ -172,6 +172,7 @@ class GameOptimizer(Optimizer):
         self._kind = type(self).__name__
         self._owner: dict[int, str] = {}
         groups = player_param_groups(players, self._owner)
+        check_shared_storage(groups)
         for group in groups:
             for key, value in self._group_options.items():
                 group.setdefault(key, value)
@@ -224,7 +225,8 @@ class GameOptimizer(Optimizer):
                 of ``players``; missing gameopt options get their defaults.
 
         Raises:
-            GameInputError: no or unknown ``player``, or a parameter another group already holds.
+            GameInputError: no or unknown ``player``, a parameter another group already holds, or
+                one that shares memory with another player's.
         """
         if getattr(self, "_initialising", False):
             self.base_optimizer.add_param_group(param_group)
@@ -237,6 +239,7 @@ class GameOptimizer(Optimizer):
             )
         owner = dict(self._owner)
         (group,) = player_param_groups({player: [dict(param_group)]}, owner)
+        check_shared_storage(list(self.param_groups) + [group])
         for key, value in self._group_options.items():
             group.setdefault(key, value)
         self.base_optimizer.add_param_group(group)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -173,6 +174,8 @@ class SGAOptimizer(FieldOptimizer):
         per_player = [self.player_params(p) for p in self.players]
         params = [p for ps in per_player for p in ps]
         rows = self._full_gradients(checked, per_player)
+        if not self._shared.graph_checked:
+            self._warn_isolated_losses(rows)
         # xi: each player's gradient of its own loss (the diagonal blocks), averaged over ranks
         own = [t for i, row in enumerate(rows) for t in row[i]]
         v: list[torch.Tensor | None] = [None if t is None else t.detach() for t in own]
@@ -205,6 +208,20 @@ class SGAOptimizer(FieldOptimizer):
                 finals[i] = adj if finals[i] is None else finals[i] + adj
         self._accumulate(params, finals)
         return self._shared.stats
+
+    def _warn_isolated_losses(self, rows: list[list[list[torch.Tensor | None]]]) -> None:
+        """Warn (once) when a loss reaches no other player's parameters, e.g. ``D(fake.detach())``."""
+        names = self._loss_names()
+        for i, row in enumerate(rows):
+            if len(rows) > 1 and all(t is None for j, blk in enumerate(row) if j != i for t in blk):
+                warnings.warn(
+                    f"gameopt: {names[i]} does not depend on the other players' parameters, so the "
+                    f"adjustment misses how player '{self.players[i]}''s gradient changes with them. If "
+                    "this is a GAN, do not detach the generated samples in the discriminator's loss "
+                    "(D(fake), not D(fake.detach())): gameopt differentiates each loss only with "
+                    "respect to its own player, so detaching is not needed",
+                    RuntimeWarning, stacklevel=4,
+                )
 
     def _full_gradients(
         self, losses: tuple[torch.Tensor, ...], per_player: list[list[torch.Tensor]]
