@@ -344,3 +344,90 @@ def test_loading_a_checkpoint_that_changes_a_constructor_setting_says_so(setting
     with warnings.catch_warnings():   # the same settings load without a word
         warnings.simplefilter("error")
         saved.load_state_dict(saved.state_dict())
+
+
+# --- 6, dual discriminators and solvers -----------------------------------------------------
+
+
+def _dual_batch(n=6, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, 2, generator=g, dtype=dtype) + 1.0, torch.randn(n, 2, generator=g, dtype=dtype))
+
+
+def _linear_disc():
+    torch.manual_seed(0)
+    return gameopt.TrustRegionDualDiscriminator(
+        gameopt.RBFFeatures(torch.randn(4, 2, dtype=torch.float64)), model="linear")
+
+
+@pytest.mark.parametrize("target", ["trained", "fresh"])
+def test_a_float32_weight_in_a_linear_dual_checkpoint_loads_in_the_discriminators_dtype(target):
+    saved = _linear_disc()
+    saved.step(*_dual_batch())
+    state = saved.state_dict()
+    state["weight"] = state["weight"].float()
+    disc = _linear_disc()
+    if target == "trained":
+        disc.step(*_dual_batch(seed=2))
+    disc.load_state_dict(state)
+    stats = disc.step(*_dual_batch(seed=3))   # used to fail in torch: Double and Float
+    assert stats.accepted and disc.weight.dtype == torch.float64
+    assert disc.generator_loss(*_dual_batch(seed=3)).dtype == torch.float64
+
+
+def test_a_jw_inconsistent_with_k_is_refused_not_reported_converged():
+    g = torch.Generator().manual_seed(0)
+    J = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(5, generator=g, dtype=torch.float64)
+    K, Fk = J @ J.T, torch.randn(8, generator=g, dtype=torch.float64)
+    res = gameopt.solvers.solve_trust_region_dual(K, J @ w, Fk, float(w @ w), 1e-2, 0.5)
+    assert res.success
+    # J w with ||w||^2 given: (Jw)^T K^+ (Jw) = ||P w||^2 <= ||w||^2 for a true J w
+    with pytest.raises(gameopt.GameInputError, match=r"Jw.*K.*w_norm_sq"):
+        gameopt.solvers.solve_trust_region_dual(K, 100 * (J @ w), Fk, float(w @ w), 1e-2, 0.5)
+    with pytest.raises(gameopt.GameInputError, match=r"Jw.*K.*w_norm_sq"):
+        gameopt.solvers.solve_trust_region_dual(K, J @ w, Fk, 1e-3 * float(w @ w), 1e-2, 0.5)
+
+
+@pytest.mark.parametrize("case", ["list", "mixed_dtypes", "feature_shapes", "module_dtype", "gen_loss_dtypes"])
+@pytest.mark.parametrize("model", ["linear", "score", "cost"])
+def test_dual_discriminator_inputs_get_a_game_input_error_not_torchs(model, case):
+    if model == "linear":
+        disc = _linear_disc()
+    else:
+        disc = gameopt.TrustRegionDualDiscriminator(torch.nn.Linear(2, 1).double(), model=model, C=1e-3, delta=0.3)
+    real, fake = _dual_batch()
+    if case == "list":
+        call = lambda: disc.step(real.tolist(), fake.tolist())
+    elif case == "mixed_dtypes":
+        call = lambda: disc.step(real, fake.float())
+    elif case == "feature_shapes":
+        call = lambda: disc.step(real, torch.randn(6, 3, dtype=torch.float64))
+    elif case == "module_dtype":
+        if model == "linear":   # the RBF features take any floating batch: nothing to refuse
+            assert disc.step(real.float(), fake.float()).accepted
+            return
+        call = lambda: disc.step(real.float(), fake.float())
+    else:
+        call = lambda: disc.generator_loss(real, fake.float().requires_grad_())
+    with pytest.raises(gameopt.GameInputError):
+        call()
+
+
+@pytest.mark.parametrize("case", ["bool_features", "str_kernel", "half_kernel"])
+def test_dual_solver_inputs_get_a_game_input_error_or_work(case):
+    g = torch.Generator().manual_seed(0)
+    J = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(5, generator=g, dtype=torch.float64)
+    K, Jw, Fk = J @ J.T, J @ w, torch.randn(8, generator=g, dtype=torch.float64)
+    S = gameopt.solvers
+    if case == "bool_features":
+        with pytest.raises(gameopt.GameInputError, match="bool"):
+            S.solve_linear_dual(torch.ones(4, 3, dtype=torch.bool), torch.zeros(4, 3, dtype=torch.bool), 1e-2)
+    elif case == "str_kernel":
+        with pytest.raises(gameopt.GameInputError, match="K must be"):
+            S.solve_trust_region_dual("K", Jw, Fk, float(w @ w), 1e-2, 0.5)
+    else:   # a kernel formed under fp16/bf16 autocast is solved (in float32 or wider), like a float32 one
+        for dtype in (torch.float16, torch.bfloat16):
+            res = S.solve_trust_region_dual(K.to(dtype), Jw.to(dtype), Fk.to(dtype), float(w @ w), 1e-2, 0.5)
+            assert bool(res.converged)
