@@ -127,8 +127,8 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
 
     def _step(self, real: Tensor, fake: Tensor) -> DualStepStats:
         phi_r, phi_f = self.features(real), self.features(fake)
-        w = self.weight
-        assert w is not None
+        assert self.weight is not None
+        w = self.weight.to(dtype=phi_r.dtype, device=phi_r.device)   # a checkpoint's weights may differ
         stats = DualStepStats(model=self.model, accepted=False, rho=math.nan, delta=math.inf, next_delta=math.inf,
                               loss_before=math.nan, loss_after=math.nan, predicted_decrease=math.nan, step_norm=0.0)
         try:
@@ -175,7 +175,9 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
                 raise GameInputError("state['weight'] contains NaN or inf")
 
         def load() -> None:
-            self.weight = None if weight is None else weight.detach().clone()
+            like = self.weight   # as torch.optim does: the state takes this object's dtype and device
+            self.weight = None if weight is None else (
+                weight.detach().clone() if like is None else weight.detach().to(like, copy=True))
             self._cached_duals = None
 
         return load
