@@ -431,3 +431,37 @@ def test_dual_solver_inputs_get_a_game_input_error_or_work(case):
         for dtype in (torch.float16, torch.bfloat16):
             res = S.solve_trust_region_dual(K.to(dtype), Jw.to(dtype), Fk.to(dtype), float(w @ w), 1e-2, 0.5)
             assert bool(res.converged)
+
+
+# --- 7. mixed precision and what step(closure) returns ------------------------------------
+
+
+def test_stats_are_finite_under_a_huge_grad_scaler_scale():
+    gan = TinyGAN(seed=15, dtype=torch.float32)
+    opt = gameopt.ConsensusOptimizer(torch.optim.SGD, *gan.params(), gamma=1.0, lr=1e-2)
+    plain = opt.backward(*gan.losses())
+    want = float(plain.consensus_loss)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)   # float32 norms of s*v overflow
+    opt.zero_grad()
+    stats = opt.backward(*(scaler.scale(l) for l in gan.losses()), scaler=scaler)
+    assert bool(stats.finite)
+    assert float(stats.consensus_loss) == pytest.approx(want, rel=1e-5)
+    scaler.step(opt)
+    scaler.update()
+    assert opt.skipped_steps == 0 and scaler.get_scale() == 2.0**100
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_step_closure_returns_detached_losses(kind):
+    gan = TinyGAN(seed=16)
+    opt = make(kind, *gan.params())
+
+    def closure():
+        lg, ld = gan.losses()
+        return (ld, -ld) if kind == "competitive" else (lg, ld)
+
+    out = opt.step(closure)
+    assert len(out) == 2 and all(isinstance(l, torch.Tensor) and not l.requires_grad for l in out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        [float(l) for l in out]
