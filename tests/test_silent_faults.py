@@ -389,18 +389,23 @@ def test_a_jw_inconsistent_with_k_is_refused_not_reported_converged():
         gameopt.solvers.solve_trust_region_dual(K, J @ w, Fk, 1e-3 * float(w @ w), 1e-2, 0.5)
 
 
-@pytest.mark.parametrize("case", ["list", "mixed_dtypes", "feature_shapes", "module_dtype", "gen_loss_dtypes"])
+@pytest.mark.parametrize("case", ["list", "feature_shapes", "module_dtype", "gen_loss_dtypes", "mixed_dtypes"])
 @pytest.mark.parametrize("model", ["linear", "score", "cost"])
 def test_dual_discriminator_inputs_get_a_game_input_error_not_torchs(model, case):
+    """Bad batches are refused before any forward pass; a real and a fake batch of two floating
+    dtypes (a bf16 generator under autocast) are promoted, as torch promotes them."""
     if model == "linear":
         disc = _linear_disc()
     else:
         disc = gameopt.TrustRegionDualDiscriminator(torch.nn.Linear(2, 1).double(), model=model, C=1e-3, delta=0.3)
     real, fake = _dual_batch()
+    if case == "mixed_dtypes":   # works for every model (was torch's "addmv ... same dtype" for linear)
+        assert disc.step(real, fake.float()).accepted
+        if model == "linear":
+            assert torch.isfinite(disc.generator_loss(real, fake.float().requires_grad_()))
+        return
     if case == "list":
         call = lambda: disc.step(real.tolist(), fake.tolist())
-    elif case == "mixed_dtypes":
-        call = lambda: disc.step(real, fake.float())
     elif case == "feature_shapes":
         call = lambda: disc.step(real, torch.randn(6, 3, dtype=torch.float64))
     elif case == "module_dtype":
@@ -409,6 +414,9 @@ def test_dual_discriminator_inputs_get_a_game_input_error_not_torchs(model, case
             return
         call = lambda: disc.step(real.float(), fake.float())
     else:
+        if model == "linear":
+            assert torch.isfinite(disc.generator_loss(real, fake.float().requires_grad_()))
+            return
         call = lambda: disc.generator_loss(real, fake.float().requires_grad_())
     with pytest.raises(gameopt.GameInputError):
         call()

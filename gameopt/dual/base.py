@@ -90,17 +90,12 @@ class DualStepStats:
 
 
 def check_batch(real: Tensor, fake: Tensor) -> None:
-    """GameInputError unless real and fake are tensors of one dtype and sample shape holding the
-    same number n >= 1 of finite samples."""
+    """GameInputError unless real and fake are tensors of one sample shape holding the same
+    number n >= 1 of finite samples."""
     for name, t in (("real", real), ("fake", fake)):
         if not isinstance(t, Tensor):
             raise GameInputError(f"the {name} batch must be a tensor, got {type(t).__name__}; "
                                  "convert it with torch.as_tensor(...)")
-    if real.dtype != fake.dtype:
-        raise GameInputError(
-            f"real and fake batches must have one dtype (the dual pairs them); got real {real.dtype}, "
-            f"fake {fake.dtype}. Convert one, e.g. fake.to(real.dtype)"
-        )
     if real.shape[1:] != fake.shape[1:]:
         raise GameInputError(
             f"real and fake samples must have the same shape; got real {tuple(real.shape)}, "
@@ -308,7 +303,7 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
             check_same_shapes({"real": real, "fake": fake}, self.process_group)
             real, fake = self._share_batch(real, fake)
         check_batch(real, fake)
-        self._check_input_dtype(real, "real and fake batches")
+        self._check_input_dtype(torch.promote_types(real.dtype, fake.dtype), real.device, "real and fake batches")
         self._check_module()
         buffers = self._save_buffers()
         try:
@@ -371,8 +366,8 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
         load()
 
     # ------------------------------------------------------------- helpers
-    def _check_input_dtype(self, x: Tensor, what: str) -> None:
-        """GameInputError when ``x`` cannot go through the module (models that differentiate it)."""
+    def _check_input_dtype(self, dtype: torch.dtype, device: torch.device, what: str) -> None:
+        """GameInputError when a batch of ``dtype`` cannot go through the module (models that differentiate it)."""
 
     def _fail(self, msg: str, stats: DualStepStats) -> DualStepStats:
         if self.on_failure == "raise":

@@ -119,7 +119,7 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
                                                     on_failure="ignore")
             self._cached_duals = (res.lam, res.mu)
         lam, mu = (t.to(phi_f) for t in self._cached_duals)
-        moment = lam @ phi_r - mu @ phi_f
+        moment = lam @ phi_r.to(phi_f.dtype) - mu @ phi_f
         u = torch.cat([lam, mu]) * (2 * n)
         u = u.clamp(1e-300, 1.0)
         ent = -(torch.xlogy(u, u) + torch.xlogy(1 - u, 1 - u)).sum() / (2 * n)
@@ -127,6 +127,8 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
 
     def _step(self, real: Tensor, fake: Tensor) -> DualStepStats:
         phi_r, phi_f = self.features(real), self.features(fake)
+        common = torch.promote_types(phi_r.dtype, phi_f.dtype)   # two batch dtypes: promote, as torch does
+        phi_r, phi_f = phi_r.to(common), phi_f.to(common)
         assert self.weight is not None
         w = self.weight.to(dtype=phi_r.dtype, device=phi_r.device)   # a checkpoint's weights may differ
         stats = DualStepStats(model=self.model, accepted=False, rho=math.nan, delta=math.inf, next_delta=math.inf,

@@ -110,18 +110,20 @@ class LinearisedTrustRegion(TrustRegionDualDiscriminator):
         Raises:
             GameInputError: ``x`` is not a tensor of the module's floating dtype.
         """
-        self._check_input_dtype(x, "batch")
+        if not isinstance(x, Tensor):
+            raise GameInputError(f"the batch must be a tensor, got {type(x).__name__}")
+        self._check_input_dtype(x.dtype, x.device, "batch")
         return self.module(x).reshape(x.shape[0])
 
-    def _check_input_dtype(self, x: Tensor, what: str) -> None:
-        if not isinstance(x, Tensor):
-            raise GameInputError(f"the {what} must be a tensor, got {type(x).__name__}")
+    def _check_input_dtype(self, dtype: torch.dtype, device: torch.device, what: str) -> None:
+        if torch.is_autocast_enabled(device.type):   # autocast casts the batch for the module
+            return
         dtypes = {p.dtype for p in self.module.parameters() if p.is_floating_point()}
-        if dtypes and x.dtype not in dtypes:
+        if dtypes and dtype not in dtypes:
             want = sorted(str(d) for d in dtypes)[0]
             raise GameInputError(
-                f"the {what} are {x.dtype} but the discriminator's parameters are {want}: the "
-                f"per-sample gradients need one dtype. Convert the batch, e.g. x.to({want}), or the module"
+                f"the {what} are {dtype} but the discriminator's parameters are {want}: the "
+                f"module needs inputs of its dtype. Convert the batch, e.g. x.to({want}), or the module"
             )
 
     def generator_loss(self, real: Tensor | None, fake: Tensor, resolve: bool = False) -> Tensor:
