@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from .distributed import all_reduce_mean
 from .errors import GameInputError
 from .game_optimizer import GameOptimizer, SharedState, shared
-from .gradients import check_loss, check_trainable
+from .gradients import check_loss, check_trainable, detached
 from .players import GENERATOR, ParamsLike, game_players
 from .frameworks import through_wrappers
 
@@ -69,6 +69,7 @@ class AlternatingOptimizer(GameOptimizer):
     """
 
     _shared_type = AlternatingState
+    _step_evaluates_closure = True
     order = shared("The players in update order (default: discriminator(s) first, generator last).")
     disc_steps = shared("Updates of each non-generator player per generator update.")
 
@@ -195,7 +196,7 @@ class AlternatingOptimizer(GameOptimizer):
             if saved is not None:
                 self._restore_base(early, saved)
             raise
-        return losses
+        return detached(losses)  # type: ignore[return-value]
 
     def _extra_state(self) -> dict[str, Any]:
         extra = super()._extra_state()

@@ -23,6 +23,7 @@ from .frameworks import through_wrappers
 from .game_optimizer import GameOptimizer, SharedState, shared, transient
 from .gradients import (
     check_loss,
+    detached,
     explain_double_backward,
     find_once_differentiable,
     grad_scaler_factor,
@@ -44,7 +45,8 @@ class ConsensusStats:
     ``L = 1/2 ||v||^2`` (both for the plain mini-batch estimate ``v_B``);
     ``reg_grad_norm`` is ``||grad L||`` over the regularised parameters, before
     multiplying by gamma; ``finite`` says whether all of them were finite. All are
-    of the unscaled gradients (with ``scaler=``), accumulated in float32. Only the
+    of the unscaled gradients (with ``scaler=``, accumulated in float64 and unscaled there, so a
+    huge scale does not overflow them), accumulated in float32 otherwise. Only the
     per-tensor norms are computed during ``backward``; these reductions run when
     you access them. They describe the last ``backward``; whether ``step`` skips is
     decided on what it applies (see :meth:`GameOptimizer._apply_base_step`).
@@ -441,13 +443,16 @@ class ConsensusOptimizer(GameOptimizer):
             bounds.append((len(v_parts), len(r_parts)))
             offset += len(ps)
         parts = v_parts + r_parts
-        if all(t.dtype in _ACCUMULATE_IN_FLOAT32 for t in parts):  # fp16 norms overflow at 65504
-            norm = torch.stack(torch._foreach_norm(parts, dtype=torch.float32))
-        else:
-            norm = torch.stack([n.float() for n in torch._foreach_norm(parts)])
         scale = self._shared.loss_scale
+        # fp16 norms overflow at 65504; scaled gradients (s up to 2^127) can overflow float32's
+        # norms too, so with a scaler they are accumulated in float64 and unscaled there
+        wide = torch.float64 if scale is not None and parts and parts[0].device.type != "mps" else torch.float32
+        if all(t.dtype in _ACCUMULATE_IN_FLOAT32 for t in parts):
+            norm = torch.stack(torch._foreach_norm(parts, dtype=wide))
+        else:
+            norm = torch.stack([n.to(wide) for n in torch._foreach_norm(parts)])
         if scale is not None:  # statistics of the unscaled gradients
-            norm = norm / scale.to(norm.device)
+            norm = (norm / scale.to(device=norm.device, dtype=wide)).float()
         finite = torch.isfinite(norm).all()
         self._shared.stats = ConsensusStats(self.players, norm, len(v_parts), bounds, finite)
 
@@ -497,7 +502,7 @@ class ConsensusOptimizer(GameOptimizer):
             self._warn_foreign_gradients()
         self._shared.fresh = False
         self._apply_base_step()
-        return losses
+        return detached(losses)  # type: ignore[return-value]
 
     def _warn_foreign_gradients(self) -> None:
         """Warn when ``p.grad`` holds gradients that no :meth:`backward` wrote since the last step."""

@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from .errors import GameInputError
 from .field import Closure, FieldOptimizer, Losses
-from .gradients import all_finite
+from .gradients import all_finite, detached
 from .players import ParamsLike, game_players
 from .frameworks import through_wrappers
 
@@ -88,6 +88,8 @@ class ExtragradientOptimizer(FieldOptimizer):
         GameInputError: bad players or base optimiser at construction; at ``step``, a missing
             closure, a closure that does not return one loss per player, a bad loss.
     """
+
+    _step_evaluates_closure = True
 
     def __init__(
         self,
@@ -163,7 +165,7 @@ class ExtragradientOptimizer(FieldOptimizer):
         params = self._param_index()
         start = self._save_base(params)   # z_t and the base state, to undo the extrapolation
         if not self._move(scaler):
-            return losses
+            return detached(losses)  # type: ignore[return-value]
         try:
             self._set_field(closure, scaler, self._scaler_slot)
         except BaseException:
@@ -175,7 +177,7 @@ class ExtragradientOptimizer(FieldOptimizer):
         self._shared.moved = False   # back at z_t until the update moves
         if not self._move(scaler):   # the update refused: undo the extrapolation's state advance too
             self._restore_base(params, start)
-        return losses
+        return detached(losses)  # type: ignore[return-value]
 
     def _move(self, scaler: Any) -> bool:
         """The base step on ``p.grad``; a GradScaler's overflow skips it quietly (the scaler records it)."""

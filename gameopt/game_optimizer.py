@@ -133,12 +133,31 @@ class GameOptimizer(Optimizer):
 
     #: gameopt's own per-group options and their defaults (set by subclasses).
     _group_options: dict[str, Any] = {}
+    #: Whether ``step`` must call the closure itself (several times, or between players' updates).
+    _step_evaluates_closure: bool = False
     #: The class of the shared state (subclasses extend :class:`SharedState`).
     _shared_type: type[SharedState] = SharedState
 
     nonfinite = shared("The NaN/Inf policy of ``step``: 'skip', 'raise' or 'ignore'.")
     skipped_steps = shared("Number of steps skipped because a gradient or learning rate was NaN/Inf.")
     last_step_skipped = shared("Whether the most recent ``step`` left a player unmoved for NaN/Inf.")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A framework's wrapper class built over a gameopt optimiser gets gameopt's closure handling.
+
+        Lightning and Fabric wrap an optimiser in a class derived from both their wrapper and
+        the optimiser's class, whose ``step`` is theirs. Their fp16 plugin calls ``closure()``
+        itself and then unscales ``p.grad``: the losses it returns would never reach gameopt.
+        On such a class ``step(closure)`` evaluates the closure first and runs gameopt's
+        ``backward`` on its losses (scaled by the framework's ``GradScaler`` when there is
+        one), then the framework's ``step`` applies the gradients.
+        """
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        first_game = next(i for i, k in enumerate(mro) if i > 0 and issubclass(k, GameOptimizer))
+        owner = next((i for i, k in enumerate(mro) if "step" in vars(k)), None)
+        if owner is not None and owner < first_game and not issubclass(mro[owner], GameOptimizer):
+            cls.step = _framework_step(mro[owner].step)  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -518,6 +537,47 @@ class GameOptimizer(Optimizer):
         for group_index, group in enumerate(self.param_groups):
             out[f"lr/{group['player']}/{group_index}"] = group["lr"] if "lr" in group else None
         return out
+
+
+def _framework_step(framework_step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` of a framework's wrapper class: gameopt's backward on the closure's losses first."""
+
+    @functools.wraps(framework_step)
+    def step(self: Any, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        from .frameworks import backward, find_game_optimizer, loss_scaler
+        from .gradients import detached
+
+        game = find_game_optimizer(self)
+        if closure is None or game is None:
+            return framework_step(self, closure, **kwargs) if closure is not None else framework_step(self, **kwargs)
+        if game._step_evaluates_closure:
+            if loss_scaler(self) is not None:
+                raise GameInputError(
+                    f"{type(game).__name__} evaluates the closure itself (again after each update), but "
+                    "the framework's fp16 loss scaling (precision='16-mixed' with a GradScaler) calls the "
+                    "closure before the optimiser can and then unscales gradients nobody scaled. Use "
+                    "precision='bf16-mixed' or '32-true' for it, or a plain loop with step(closure, scaler=...) "
+                    "where the optimiser supports it"
+                )
+            return framework_step(self, closure, **kwargs)
+        with torch.enable_grad():
+            losses = closure()
+        if losses is not None:
+            if isinstance(losses, torch.Tensor):
+                losses = (losses,)
+            elif isinstance(losses, (str, bytes)) or not isinstance(losses, Sequence):
+                raise GameInputError(
+                    "the closure must return a tuple of losses, one per player "
+                    f"({list(game.players)}), e.g. (gen_loss, disc_loss), or None when it has "
+                    f"already put the gradients in p.grad; got {type(losses).__name__}"
+                )
+            with game._grads_restored_on_error():
+                game.zero_grad(set_to_none=True)
+                backward(self, *losses)
+        out = framework_step(self, **kwargs)   # the framework's own (empty) closure: p.grad is ready
+        return out if losses is None else detached(losses)
+
+    return step
 
 
 #: Base optimisers that keep a running average of g*g in the parameter's dtype.

@@ -65,6 +65,19 @@ def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch
     return loss
 
 
+def detached(losses: object) -> object:
+    """What ``step(closure)`` returns: the closure's losses without their graph.
+
+    A tensor or a sequence of tensors comes back detached (``float(loss)`` then neither
+    warns nor keeps the graph alive); anything else (None) unchanged.
+    """
+    if isinstance(losses, torch.Tensor):
+        return losses.detach()
+    if isinstance(losses, (list, tuple)):
+        return tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in losses)
+    return losses
+
+
 def check_trainable(params: Sequence[Sequence[torch.Tensor]], players: Sequence[str]) -> None:
     """Refuse a parameter whose ``requires_grad`` was turned off after the optimiser was built.
 

@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 
 from .errors import GameInputError
 from .field import Closure, FieldOptimizer, Losses
+from .gradients import detached
 from .players import ParamsLike, game_players
 from .frameworks import through_wrappers
 
@@ -140,4 +141,4 @@ class OptimisticOptimizer(FieldOptimizer):
         if self._apply_base_step(then=correct):
             for p, d in zip(params, deltas):
                 self.game_state.setdefault(p, {})["prev_update"] = d
-        return losses
+        return detached(losses)  # type: ignore[return-value]

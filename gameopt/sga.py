@@ -22,7 +22,7 @@ from .distributed import all_reduce_mean
 from .errors import GameInputError
 from .field import Closure, FieldOptimizer, FieldState, Losses
 from .game_optimizer import shared
-from .gradients import check_trainable, explain_double_backward, find_once_differentiable, is_negation_of
+from .gradients import check_trainable, detached, explain_double_backward, find_once_differentiable, is_negation_of
 from .players import ParamsLike, game_players
 from .frameworks import through_wrappers
 
@@ -344,7 +344,7 @@ class SGAOptimizer(FieldOptimizer):
         """
         losses = self._backward_from_closure(closure)
         self._apply_base_step()
-        return losses
+        return detached(losses)
 
     def monitor_stats(self) -> dict[str, Any]:
         """``||xi_player||^2``, ``||A^T xi||``, the alignment sign, lrs and skipped steps (tensors)."""
