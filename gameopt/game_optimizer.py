@@ -371,7 +371,7 @@ class GameOptimizer(Optimizer):
         tensors = list(grads) + [lr for lr in lrs if isinstance(lr, torch.Tensor)] + list(extra)
         if not tensors:
             return True
-        flag = all_finite(tensors, grads if self._squared_by_base() else ())
+        flag = all_finite(tensors, len(grads) if self._squared_by_base() else 0)
         if self.distributed:
             bad = (~flag).to(torch.float32).reshape(1)
             dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
@@ -387,7 +387,7 @@ class GameOptimizer(Optimizer):
             if grads and not bool(all_finite(grads)):
                 if g["player"] not in bad_grad:
                     bad_grad.append(g["player"])
-            elif grads and squared and not bool(all_finite([], grads)) and g["player"] not in bad_square:
+            elif grads and squared and not bool(all_finite(grads, len(grads))) and g["player"] not in bad_square:
                 bad_square.append(g["player"])
             lr = g.get("lr")
             if (_is_number(lr) and not math.isfinite(lr)) or (

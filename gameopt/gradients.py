@@ -99,7 +99,7 @@ def check_trainable(params: Sequence[Sequence[torch.Tensor]], players: Sequence[
                 )
 
 
-def all_finite(tensors: Sequence[torch.Tensor], squares: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+def all_finite(tensors: Sequence[torch.Tensor], n_squared: int = 0) -> torch.Tensor:
     """Whether every element of every tensor is finite, as a 0-d bool tensor (no host sync).
 
     One fused reduction (``torch._foreach_norm`` with ``ord=inf``, which propagates
@@ -109,19 +109,18 @@ def all_finite(tensors: Sequence[torch.Tensor], squares: Sequence[torch.Tensor] 
 
     Args:
         tensors: the tensors to check.
-        squares: tensors whose elementwise squares must be finite too, in their own dtype
-            (a gradient that Adam or RMSprop squares into its second moment); checked in the
-            same reduction.
+        n_squared: the first ``n_squared`` tensors' elementwise squares must be finite too, in
+            their own dtype (gradients that Adam or RMSprop square into a second moment); the
+            same reduction answers it (the square of each tensor's largest magnitude).
     """
-    every = [t for t in list(tensors) + list(squares) if t.numel()]
-    if not every:
-        first = next(iter(tensors), None)
-        return torch.tensor(True, device=None if first is None else first.device)
-    n_squared = sum(1 for t in squares if t.numel())
-    maxima = list(torch._foreach_norm(every, ord=math.inf))
-    if n_squared:
-        tail = maxima[len(maxima) - n_squared:]
-        maxima[len(maxima) - n_squared:] = torch._foreach_mul(tail, tail)  # Inf where g*g overflows
+    tensors = list(tensors)
+    keep = [i for i, t in enumerate(tensors) if t.numel()]
+    if not keep:
+        return torch.tensor(True, device=tensors[0].device if tensors else None)
+    maxima = list(torch._foreach_norm([tensors[i] for i in keep], ord=math.inf))
+    squared = [m for i, m in zip(keep, maxima) if i < n_squared]
+    if squared:
+        maxima += torch._foreach_mul(squared, squared)  # Inf where g*g overflows
     device = maxima[0].device
     if any(m.device != device for m in maxima):
         maxima = [m.to(device) for m in maxima]
