@@ -313,7 +313,7 @@ class GameOptimizer(Optimizer):
             self._shared.moved = True
             return True
         params = [p for g in groups for p in g["params"]]
-        saved = self._save_base(params)
+        saved = self._save_base(params, with_state=checking)   # the state copy only to undo a refused step
         unhooked_step(self.base_optimizer)
         produced = list(then(saved[0]))
         if checking and not self._applied_is_finite(groups, produced):
@@ -335,13 +335,15 @@ class GameOptimizer(Optimizer):
                 p.grad = g
             raise
 
-    def _save_base(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict[Any, dict[str, Any]]]:
-        """Copies of ``params`` and of their base optimiser state, for :meth:`_restore_base`."""
+    def _save_base(
+        self, params: list[torch.Tensor], with_state: bool = True
+    ) -> tuple[list[torch.Tensor], dict[Any, dict[str, Any]]]:
+        """Copies of ``params`` and (``with_state``) of their base optimiser state, for :meth:`_restore_base`."""
         with torch.no_grad():
             values = [p.detach().clone() for p in params]
         state = {
             p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.state[p].items()}
-            for p in params if p in self.state
+            for p in params if with_state and p in self.state
         }
         return values, state
 
