@@ -135,6 +135,8 @@ class GameOptimizer(Optimizer):
     _group_options: dict[str, Any] = {}
     #: Whether ``step`` must call the closure itself (several times, or between players' updates).
     _step_evaluates_closure: bool = False
+    #: Builds a framework wrapper class's ``step`` (set by :mod:`gameopt.frameworks`, a layer above).
+    _framework_step: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
     #: The class of the shared state (subclasses extend :class:`SharedState`).
     _shared_type: type[SharedState] = SharedState
 
@@ -156,8 +158,9 @@ class GameOptimizer(Optimizer):
         mro = cls.__mro__
         first_game = next(i for i, k in enumerate(mro) if i > 0 and issubclass(k, GameOptimizer))
         owner = next((i for i, k in enumerate(mro) if "step" in vars(k)), None)
-        if owner is not None and owner < first_game and not issubclass(mro[owner], GameOptimizer):
-            cls.step = _framework_step(mro[owner].step)  # type: ignore[method-assign]
+        wrap = GameOptimizer._framework_step   # installed by gameopt.frameworks
+        if wrap is not None and owner is not None and owner < first_game and not issubclass(mro[owner], GameOptimizer):
+            cls.step = wrap(mro[owner].step)  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -539,47 +542,6 @@ class GameOptimizer(Optimizer):
         for group_index, group in enumerate(self.param_groups):
             out[f"lr/{group['player']}/{group_index}"] = group["lr"] if "lr" in group else None
         return out
-
-
-def _framework_step(framework_step: Callable[..., Any]) -> Callable[..., Any]:
-    """``step`` of a framework's wrapper class: gameopt's backward on the closure's losses first."""
-
-    @functools.wraps(framework_step)
-    def step(self: Any, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        from .frameworks import backward, find_game_optimizer, loss_scaler
-        from .gradients import detached
-
-        game = find_game_optimizer(self)
-        if closure is None or game is None:
-            return framework_step(self, closure, **kwargs) if closure is not None else framework_step(self, **kwargs)
-        if game._step_evaluates_closure:
-            if loss_scaler(self) is not None:
-                raise GameInputError(
-                    f"{type(game).__name__} evaluates the closure itself (again after each update), but "
-                    "the framework's fp16 loss scaling (precision='16-mixed' with a GradScaler) calls the "
-                    "closure before the optimiser can and then unscales gradients nobody scaled. Use "
-                    "precision='bf16-mixed' or '32-true' for it, or a plain loop with step(closure, scaler=...) "
-                    "where the optimiser supports it"
-                )
-            return framework_step(self, closure, **kwargs)
-        with torch.enable_grad():
-            losses = closure()
-        if losses is not None:
-            if isinstance(losses, torch.Tensor):
-                losses = (losses,)
-            elif isinstance(losses, (str, bytes)) or not isinstance(losses, Sequence):
-                raise GameInputError(
-                    "the closure must return a tuple of losses, one per player "
-                    f"({list(game.players)}), e.g. (gen_loss, disc_loss), or None when it has "
-                    f"already put the gradients in p.grad; got {type(losses).__name__}"
-                )
-            with game._grads_restored_on_error():
-                game.zero_grad(set_to_none=True)
-                backward(self, *losses)
-        out = framework_step(self, **kwargs)   # the framework's own (empty) closure: p.grad is ready
-        return out if losses is None else detached(losses)
-
-    return step
 
 
 #: Base optimisers that keep a running average of g*g in the parameter's dtype.
