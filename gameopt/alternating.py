@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from .distributed import all_reduce_mean
 from .errors import GameInputError
 from .game_optimizer import GameOptimizer, SharedState, shared
-from .gradients import check_loss
+from .gradients import check_loss, check_trainable, detached
 from .players import GENERATOR, ParamsLike, game_players
 from .frameworks import through_wrappers
 
@@ -69,6 +69,7 @@ class AlternatingOptimizer(GameOptimizer):
     """
 
     _shared_type = AlternatingState
+    _step_evaluates_closure = True
     order = shared("The players in update order (default: discriminator(s) first, generator last).")
     disc_steps = shared("Updates of each non-generator player per generator update.")
 
@@ -164,6 +165,11 @@ class AlternatingOptimizer(GameOptimizer):
     def step(self, closure: Callable[[], Losses] | None = None) -> Losses:  # type: ignore[override]
         """One round of alternating updates; returns the losses of the last evaluation.
 
+        When an evaluation raises (a bad loss from the closure, an error in it), the players
+        that already stepped in this round are set back, parameters and base state: an error
+        leaves the optimiser as it was before the step. (The parameters and state of those
+        players are copied at the start of every step for this.)
+
         Raises:
             RuntimeError: no closure.
             GameInputError: the closure returned None or not one loss per player.
@@ -174,12 +180,23 @@ class AlternatingOptimizer(GameOptimizer):
                 "AlternatingOptimizer.step needs a closure returning (gen_loss, disc_loss): "
                 "each player's update uses losses evaluated after the previous update"
             )
+        check_trainable([self.player_params(p) for p in self.players], self.players)
         losses: Losses = ()
-        for player in self.order:
-            repeats = self.disc_steps if player != GENERATOR else 1
-            for _ in range(repeats):
+        turns = [p for p in self.order for _ in range(self.disc_steps if p != GENERATOR else 1)]
+        # a later evaluation can still refuse the closure's losses: keep what the earlier turns
+        # change (parameters and base state) so that a refused step leaves nothing half-done
+        early = [q for g in self.param_groups if g["player"] in set(turns[:-1]) for q in g["params"]]
+        saved = self._save_base(early) if early else None
+        try:
+            for player in turns:
                 losses = self._player_step(player, closure)
-        return losses
+        except FloatingPointError:   # nonfinite="raise": the players before it stepped, as documented
+            raise
+        except BaseException:
+            if saved is not None:
+                self._restore_base(early, saved)
+            raise
+        return detached(losses)  # type: ignore[return-value]
 
     def _extra_state(self) -> dict[str, Any]:
         extra = super()._extra_state()

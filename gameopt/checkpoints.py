@@ -60,8 +60,8 @@ def check_checkpoint(opt: Any, sd: dict[str, Any], extra: Any) -> dict[str, Any]
         raise GameInputError(
             f"checkpoint players {players} do not match this optimiser's players {list(opt.players)}"
         )
+    param_of = _check_groups(opt, sd)   # first: the groups frame what the settings refer to
     settings = opt._check_extra_state(dict(extra))
-    param_of = _check_groups(opt, sd)
     _check_state(opt, sd, param_of)
     return settings
 

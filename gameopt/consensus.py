@@ -23,6 +23,7 @@ from .frameworks import through_wrappers
 from .game_optimizer import GameOptimizer, SharedState, shared, transient
 from .gradients import (
     check_loss,
+    detached,
     explain_double_backward,
     find_once_differentiable,
     grad_scaler_factor,
@@ -44,7 +45,8 @@ class ConsensusStats:
     ``L = 1/2 ||v||^2`` (both for the plain mini-batch estimate ``v_B``);
     ``reg_grad_norm`` is ``||grad L||`` over the regularised parameters, before
     multiplying by gamma; ``finite`` says whether all of them were finite. All are
-    of the unscaled gradients (with ``scaler=``), accumulated in float32. Only the
+    of the unscaled gradients (with ``scaler=``, accumulated in float64 and unscaled there, so a
+    huge scale does not overflow them), accumulated in float32 otherwise. Only the
     per-tensor norms are computed during ``backward``; these reductions run when
     you access them. They describe the last ``backward``; whether ``step`` skips is
     decided on what it applies (see :meth:`GameOptimizer._apply_base_step`).
@@ -114,6 +116,7 @@ class ConsensusState(SharedState):
     every: int = 1  # lazy regularisation: the correction at every every-th gradient computation
     lazy_calls: int = 0  # gradient computations so far (backward calls), for ``every``
     reg_factor: float = transient(1.0)  # the multiplier of gamma in the current computation
+    fresh: bool = transient(False)  # backward() wrote p.grad since the last step()
 
 
 class ConsensusOptimizer(GameOptimizer):
@@ -330,7 +333,7 @@ class ConsensusOptimizer(GameOptimizer):
         return factor
 
     def _backward(self, losses: Losses, names: list[str], scaled: bool) -> ConsensusStats:
-        reg_params = self._reg_params() if self._lazy_turn() else []
+        reg_params = self._reg_params() if self._lazy_turn(advance=False) else []
         params = [self.player_params(p) for p in self.players]
         if reg_params and not self._shared.graph_checked:
             self._warn_isolated_losses(losses, names, params)
@@ -339,6 +342,7 @@ class ConsensusOptimizer(GameOptimizer):
         v, reg = self._gradients(losses, names, params, reg_params)
         if reg_params:
             self._shared.graph_checked = True
+        self._lazy_turn()   # counted only once the gradients exist: a failed backward is not a turn
         return self._apply(v, reg, params)
 
     def _warn_isolated_losses(
@@ -439,13 +443,16 @@ class ConsensusOptimizer(GameOptimizer):
             bounds.append((len(v_parts), len(r_parts)))
             offset += len(ps)
         parts = v_parts + r_parts
-        if all(t.dtype in _ACCUMULATE_IN_FLOAT32 for t in parts):  # fp16 norms overflow at 65504
-            norm = torch.stack(torch._foreach_norm(parts, dtype=torch.float32))
-        else:
-            norm = torch.stack([n.float() for n in torch._foreach_norm(parts)])
         scale = self._shared.loss_scale
+        # fp16 norms overflow at 65504; scaled gradients (s up to 2^127) can overflow float32's
+        # norms too, so with a scaler they are accumulated in float64 and unscaled there
+        wide = torch.float64 if scale is not None and parts and parts[0].device.type != "mps" else torch.float32
+        if all(t.dtype in _ACCUMULATE_IN_FLOAT32 for t in parts):
+            norm = torch.stack(torch._foreach_norm(parts, dtype=wide))
+        else:
+            norm = torch.stack([n.to(wide) for n in torch._foreach_norm(parts)])
         if scale is not None:  # statistics of the unscaled gradients
-            norm = norm / scale.to(norm.device)
+            norm = (norm / scale.to(device=norm.device, dtype=wide)).float()
         finite = torch.isfinite(norm).all()
         self._shared.stats = ConsensusStats(self.players, norm, len(v_parts), bounds, finite)
 
@@ -470,6 +477,7 @@ class ConsensusOptimizer(GameOptimizer):
         for p, g in fresh:
             if p.grad is None:
                 p.grad = g
+        self._shared.fresh = True
         return self._shared.stats
 
     def step(self, closure: Callable[[], Losses | None] | None = None) -> Losses | None:  # type: ignore[override]
@@ -490,8 +498,26 @@ class ConsensusOptimizer(GameOptimizer):
             FloatingPointError: with ``nonfinite="raise"``, on a NaN/Inf.
         """
         losses = None if closure is None else self._closure_gradients(closure)
+        if not self._shared.fresh:
+            self._warn_foreign_gradients()
+        self._shared.fresh = False
         self._apply_base_step()
-        return losses
+        return detached(losses)  # type: ignore[return-value]
+
+    def _warn_foreign_gradients(self) -> None:
+        """Warn when ``p.grad`` holds gradients that no :meth:`backward` wrote since the last step."""
+        if not any(p.grad is not None for g in self.param_groups for p in g["params"]):
+            return
+        losses = "gen_loss, disc_loss" if len(self.players) == 2 else "*losses"
+        warnings.warn(
+            f"gameopt: {type(self).__name__}.step() found gradients in p.grad but no "
+            f"opt.backward({losses}) since the last step: they are applied as they are, "
+            "without gameopt's gradients (each player's gradient of its own loss, plus the "
+            "consensus term when gamma > 0). A plain loss.backward() computes neither: call "
+            f"opt.zero_grad(); opt.backward({losses}); opt.step(), or opt.step(closure) with "
+            "closure() returning the losses",
+            RuntimeWarning, stacklevel=3,
+        )
 
     def _closure_gradients(self, closure: Callable[[], Losses | None]) -> Losses | None:
         """Evaluate ``closure`` and, when it returns losses, put their consensus gradient in ``p.grad``."""
@@ -517,8 +543,9 @@ class ConsensusOptimizer(GameOptimizer):
                 f"({list(self.players)}), e.g. (gen_loss, disc_loss), or None when it has "
                 f"already put the gradients in p.grad; got {type(losses).__name__}"
             )
-        self.zero_grad(set_to_none=True)
-        self.backward(*losses)
+        with self._grads_restored_on_error():
+            self.zero_grad(set_to_none=True)
+            self.backward(*losses)
         if self.compile and core is None:
             self._shared.compiled_core = torch.compile(_consensus_core, fullgraph=True)
         return losses
@@ -559,6 +586,30 @@ class ConsensusOptimizer(GameOptimizer):
             raise GameInputError(f"the checkpoint's 'lazy_calls' must be an integer >= 0, got {calls!r}")
         settings.update(every=every, lazy_calls=calls)
         return settings
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint (see :meth:`GameOptimizer.load_state_dict`); warn when it changes a setting.
+
+        As torch.optim does for hyper-parameters, the checkpoint's ``every``, ``smoothing`` and
+        ``unbiased`` replace the constructor's; a ``UserWarning`` names each one that changed.
+
+        Args:
+            state_dict: what :meth:`state_dict` returned.
+
+        Raises:
+            GameInputError: the checkpoint does not fit this optimiser (nothing changes).
+        """
+        before = {"every": self.every, "smoothing": self.smoothing, "unbiased": self.unbiased}
+        super().load_state_dict(state_dict)
+        changed = [f"{k}={getattr(self, k)!r} where the constructor gave {k}={v!r}"
+                   for k, v in before.items() if getattr(self, k) != v]
+        if changed:
+            warnings.warn(
+                f"gameopt: the checkpoint sets {'; '.join(changed)}. The checkpoint's settings win, as "
+                "torch.optim's load_state_dict does for hyper-parameters; build the optimiser with the "
+                "checkpoint's settings to silence this",
+                UserWarning, stacklevel=2,
+            )
 
     def _check_group(self, index: int, group: dict[str, Any]) -> None:
         _check_gamma(group.get("gamma"), f"the checkpoint's gamma of param group {index}")

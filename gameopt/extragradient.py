@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from .errors import GameInputError
 from .field import Closure, FieldOptimizer, Losses
-from .gradients import all_finite
+from .gradients import all_finite, detached
 from .players import ParamsLike, game_players
 from .frameworks import through_wrappers
 
@@ -79,14 +79,17 @@ class ExtragradientOptimizer(FieldOptimizer):
         distributed: average v over the ranks of ``process_group`` at both evaluations (equals
             one process on the full batch).
         nonfinite: ``"skip"`` (default), ``"raise"`` or ``"ignore"``. A NaN/Inf in v(z_t) skips
-            the whole step (nothing moves, the state is untouched); a NaN/Inf in v(z_{t+1/2})
-            sets the parameters back to z_t and skips the update, but the extrapolation has
-            already advanced the base optimiser's state (with the finite v(z_t)).
+            the whole step (nothing moves, the state is untouched); a NaN/Inf in v(z_{t+1/2}), or
+            an error raised by the second evaluation, sets the parameters and the base optimiser's
+            state back to what they were at z_t (the step's start: the extrapolation is undone).
+            The parameters and the state are copied at the start of every step for this.
 
     Raises:
         GameInputError: bad players or base optimiser at construction; at ``step``, a missing
             closure, a closure that does not return one loss per player, a bad loss.
     """
+
+    _step_evaluates_closure = True
 
     def __init__(
         self,
@@ -159,19 +162,22 @@ class ExtragradientOptimizer(FieldOptimizer):
             raise GameInputError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         scaler = scaler if scaler is not None and scaler.is_enabled() else None
         losses, _ = self._set_field(closure, scaler, self)
-        params = self._flat_params()
-        with torch.no_grad():
-            start = [p.detach().clone() for p in params]
+        params = self._param_index()
+        start = self._save_base(params)   # z_t and the base state, to undo the extrapolation
         if not self._move(scaler):
-            return losses
+            return detached(losses)  # type: ignore[return-value]
         try:
             self._set_field(closure, scaler, self._scaler_slot)
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(params, start)
-            self._shared.moved = False   # back at z_t until the update moves
-        self._move(scaler)
-        return losses
+        except BaseException:
+            self._restore_base(params, start)
+            self._shared.moved = False
+            raise
+        with torch.no_grad():
+            torch._foreach_copy_(params, start[0])
+        self._shared.moved = False   # back at z_t until the update moves
+        if not self._move(scaler):   # the update refused: undo the extrapolation's state advance too
+            self._restore_base(params, start)
+        return detached(losses)  # type: ignore[return-value]
 
     def _move(self, scaler: Any) -> bool:
         """The base step on ``p.grad``; a GradScaler's overflow skips it quietly (the scaler records it)."""

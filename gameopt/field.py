@@ -93,8 +93,9 @@ class FieldOptimizer(GameOptimizer):
             losses = closure()
         if losses is not None:
             checked = self._check_losses(losses)
-            self.zero_grad(set_to_none=True)
-            self.backward(*checked)  # type: ignore[attr-defined]
+            with self._grads_restored_on_error():
+                self.zero_grad(set_to_none=True)
+                self.backward(*checked)  # type: ignore[attr-defined]
         return losses
 
     def _flat_params(self) -> list[torch.Tensor]:

@@ -13,13 +13,14 @@ consensus term stays consistent (see ``ConsensusOptimizer.backward(scaler=)``).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
 
 from .errors import GameInputError
 from .game_optimizer import GameOptimizer
+from .gradients import detached
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -202,3 +203,59 @@ def through_wrappers(method: _F) -> _F:
         return backward(self, *losses, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _wrap_framework_step(wrapped: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` for a framework's wrapper class over a gameopt optimiser (Lightning's, Fabric's).
+
+    The framework's fp16 plugin calls ``closure()`` itself and then unscales ``p.grad``, so the
+    losses the closure returns would never reach gameopt. This ``step`` evaluates the closure
+    first and runs gameopt's ``backward`` on its losses (scaled by the framework's
+    ``GradScaler`` when there is one), then lets the framework step on the gradients in
+    ``p.grad``; it returns the losses detached. Optimisers that evaluate the closure themselves
+    (AltGA, extragradient) get it unchanged, and a ``GameInputError`` under fp16 loss scaling.
+    :class:`gameopt.GameOptimizer` applies it to such classes when they are created.
+
+    Args:
+        wrapped: the wrapper class's own ``step``.
+
+    Returns:
+        The ``step`` to put on the wrapper class.
+    """
+
+    @functools.wraps(wrapped)
+    def step(self: Any, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        game = find_game_optimizer(self)
+        if closure is None or game is None:
+            return wrapped(self, closure, **kwargs) if closure is not None else wrapped(self, **kwargs)
+        if game._step_evaluates_closure:
+            if loss_scaler(self) is not None:
+                raise GameInputError(
+                    f"{type(game).__name__} evaluates the closure itself (again after each update), but "
+                    "the framework's fp16 loss scaling (precision='16-mixed' with a GradScaler) calls the "
+                    "closure before the optimiser can and then unscales gradients nobody scaled. Use "
+                    "precision='bf16-mixed' or '32-true' for it, or a plain loop with step(closure, scaler=...) "
+                    "where the optimiser supports it"
+                )
+            return wrapped(self, closure, **kwargs)
+        with torch.enable_grad():
+            losses = closure()
+        if losses is not None:
+            if isinstance(losses, torch.Tensor):
+                losses = (losses,)
+            elif isinstance(losses, (str, bytes)) or not isinstance(losses, Sequence):
+                raise GameInputError(
+                    "the closure must return a tuple of losses, one per player "
+                    f"({list(game.players)}), e.g. (gen_loss, disc_loss), or None when it has "
+                    f"already put the gradients in p.grad; got {type(losses).__name__}"
+                )
+            with game._grads_restored_on_error():
+                game.zero_grad(set_to_none=True)
+                backward(self, *losses)
+        out = wrapped(self, **kwargs)   # the framework's own (empty) closure: p.grad is ready
+        return out if losses is None else detached(losses)
+
+    return step
+
+
+GameOptimizer._framework_step = _wrap_framework_step

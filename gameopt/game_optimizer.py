@@ -22,12 +22,13 @@ Three rules hold for every subclass:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import types
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,7 +39,7 @@ from . import checkpoints
 from .distributed import check_distributed
 from .errors import GameInputError
 from .gradients import all_finite
-from .players import ParamsLike, player_param_groups
+from .players import ParamsLike, check_shared_storage, player_param_groups
 from .step_hooks import hooked_step, unhooked_step
 
 __all__ = ["GameOptimizer", "SharedState", "shared", "transient", "check_nonfinite", "NONFINITE_POLICIES"]
@@ -132,12 +133,34 @@ class GameOptimizer(Optimizer):
 
     #: gameopt's own per-group options and their defaults (set by subclasses).
     _group_options: dict[str, Any] = {}
+    #: Whether ``step`` must call the closure itself (several times, or between players' updates).
+    _step_evaluates_closure: bool = False
+    #: Builds a framework wrapper class's ``step`` (set by :mod:`gameopt.frameworks`, a layer above).
+    _framework_step: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
     #: The class of the shared state (subclasses extend :class:`SharedState`).
     _shared_type: type[SharedState] = SharedState
 
     nonfinite = shared("The NaN/Inf policy of ``step``: 'skip', 'raise' or 'ignore'.")
     skipped_steps = shared("Number of steps skipped because a gradient or learning rate was NaN/Inf.")
     last_step_skipped = shared("Whether the most recent ``step`` left a player unmoved for NaN/Inf.")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A framework's wrapper class built over a gameopt optimiser gets gameopt's closure handling.
+
+        Lightning and Fabric wrap an optimiser in a class derived from both their wrapper and
+        the optimiser's class, whose ``step`` is theirs. Their fp16 plugin calls ``closure()``
+        itself and then unscales ``p.grad``: the losses it returns would never reach gameopt.
+        On such a class ``step(closure)`` evaluates the closure first and runs gameopt's
+        ``backward`` on its losses (scaled by the framework's ``GradScaler`` when there is
+        one), then the framework's ``step`` applies the gradients.
+        """
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        first_game = next(i for i, k in enumerate(mro) if i > 0 and issubclass(k, GameOptimizer))
+        owner = next((i for i, k in enumerate(mro) if "step" in vars(k)), None)
+        wrap = GameOptimizer._framework_step   # installed by gameopt.frameworks
+        if wrap is not None and owner is not None and owner < first_game and not issubclass(mro[owner], GameOptimizer):
+            cls.step = wrap(mro[owner].step)  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -171,6 +194,7 @@ class GameOptimizer(Optimizer):
         self._kind = type(self).__name__
         self._owner: dict[int, str] = {}
         groups = player_param_groups(players, self._owner)
+        check_shared_storage(groups)
         for group in groups:
             for key, value in self._group_options.items():
                 group.setdefault(key, value)
@@ -223,7 +247,8 @@ class GameOptimizer(Optimizer):
                 of ``players``; missing gameopt options get their defaults.
 
         Raises:
-            GameInputError: no or unknown ``player``, or a parameter another group already holds.
+            GameInputError: no or unknown ``player``, a parameter another group already holds, or
+                one that shares memory with another player's.
         """
         if getattr(self, "_initialising", False):
             self.base_optimizer.add_param_group(param_group)
@@ -236,6 +261,7 @@ class GameOptimizer(Optimizer):
             )
         owner = dict(self._owner)
         (group,) = player_param_groups({player: [dict(param_group)]}, owner)
+        check_shared_storage(list(self.param_groups) + [group])
         for key, value in self._group_options.items():
             group.setdefault(key, value)
         self.base_optimizer.add_param_group(group)
@@ -249,54 +275,125 @@ class GameOptimizer(Optimizer):
     #: torch.optim wraps ``step`` with this at construction: see :mod:`gameopt.step_hooks`.
     profile_hook_step = staticmethod(hooked_step)
 
-    def _apply_base_step(self, players: Sequence[str] | None = None) -> bool:
+    def _apply_base_step(
+        self, players: Sequence[str] | None = None,
+        then: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]] | None = None,
+    ) -> bool:
         """Let the base optimiser apply ``p.grad`` of ``players`` (default: all), if it is finite.
 
         The one place where a gameopt optimiser moves parameters; every ``step``
         calls it after writing the gradients. With ``nonfinite != "ignore"`` it first
         checks exactly what the base step will apply: every ``p.grad`` of the groups
         of ``players`` (so the caller sets other players' ``p.grad`` to None when
-        they must not move) and those groups' ``lr``, elementwise, in one fused
-        reduction with one host read (all-reduced under ``distributed=True``, so all
-        ranks decide alike). Then the policy: ``"skip"`` warns and counts, ``"raise"``
-        raises ``FloatingPointError``; either way nothing moves and the base
-        optimiser's state is untouched.
+        they must not move) and those groups' ``lr``, elementwise, and, for a base
+        optimiser that keeps a running average of ``g*g`` (Adam, AdamW, NAdam, RAdam,
+        RMSprop, Adagrad, Adadelta), that every ``g*g`` is finite in the parameter's
+        dtype (else its second moment turns Inf and the parameters stop moving for
+        good). One fused reduction with one host read (all-reduced under
+        ``distributed=True``, so all ranks decide alike). Then the policy: ``"skip"``
+        warns and counts, ``"raise"`` raises ``FloatingPointError``; either way nothing
+        moves and the base optimiser's state is untouched.
+
+        Args:
+            players: the players whose groups step (default: all).
+            then: a step rule's own move after the base step (the optimistic correction):
+                called with the parameters as they were before the base step (copies, in
+                param-group order) and returns the tensors it produced, which join the check
+                (made once, after ``then``). When the check fails, the parameters and the base
+                optimiser's state are put back as they were.
 
         Returns:
             Whether the parameters moved.
         """
         stepping = self.players if players is None else tuple(players)
         groups = [g for g in self.param_groups if g["player"] in stepping]
-        if self.nonfinite != "ignore" and not self._applied_is_finite(groups):
-            self._refuse_step(groups)
-            return False
+        checking = self.nonfinite != "ignore"
+        if then is None:
+            if checking and not self._applied_is_finite(groups):
+                self._refuse_step(groups)
+                return False
+            unhooked_step(self.base_optimizer)
+            self._shared.moved = True
+            return True
+        params = [p for g in groups for p in g["params"]]
+        saved = self._save_base(params, with_state=checking)   # the state copy only to undo a refused step
         unhooked_step(self.base_optimizer)
+        produced = list(then(saved[0]))
+        if checking and not self._applied_is_finite(groups, produced):
+            self._restore_base(params, saved)
+            self._refuse_step(groups, produced)
+            return False
         self._shared.moved = True
         return True
 
-    def _applied_is_finite(self, groups: list[dict[str, Any]]) -> bool:
-        """Whether every ``p.grad`` and ``lr`` of ``groups`` is finite (one host read)."""
+    @contextlib.contextmanager
+    def _grads_restored_on_error(self) -> Iterator[None]:
+        """Put every ``p.grad`` back as it was when the block raises (a closure's bad losses)."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        grads = [p.grad for p in params]
+        try:
+            yield
+        except BaseException:
+            for p, g in zip(params, grads):
+                p.grad = g
+            raise
+
+    def _save_base(
+        self, params: list[torch.Tensor], with_state: bool = True
+    ) -> tuple[list[torch.Tensor], dict[Any, dict[str, Any]]]:
+        """Copies of ``params`` and (``with_state``) of their base optimiser state, for :meth:`_restore_base`."""
+        with torch.no_grad():
+            values = [p.detach().clone() for p in params]
+        state = {
+            p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.state[p].items()}
+            for p in params if with_state and p in self.state
+        }
+        return values, state
+
+    def _restore_base(
+        self, params: list[torch.Tensor], saved: tuple[list[torch.Tensor], dict[Any, dict[str, Any]]]
+    ) -> None:
+        """Put ``params`` and their base optimiser state back as :meth:`_save_base` found them."""
+        values, state = saved
+        with torch.no_grad():
+            torch._foreach_copy_(params, values)
+        for p in params:
+            if p in state:
+                self.state[p] = state[p]
+            else:
+                self.state.pop(p, None)
+
+    def _squared_by_base(self) -> bool:
+        return isinstance(self.base_optimizer, _SECOND_MOMENT)
+
+    def _applied_is_finite(self, groups: list[dict[str, Any]], extra: Sequence[torch.Tensor] = ()) -> bool:
+        """Whether every ``p.grad`` and ``lr`` of ``groups`` (and ``extra``) is finite, and every
+        ``g*g`` a second-moment base would form: one host read."""
         lrs = [g["lr"] for g in groups if "lr" in g]
         if any(_is_number(lr) and not math.isfinite(lr) for lr in lrs):
             return False
-        tensors = [p.grad for g in groups for p in g["params"] if p.grad is not None]
-        tensors += [lr for lr in lrs if isinstance(lr, torch.Tensor)]
+        grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
+        tensors = list(grads) + [lr for lr in lrs if isinstance(lr, torch.Tensor)] + list(extra)
         if not tensors:
             return True
-        flag = all_finite(tensors)
+        flag = all_finite(tensors, len(grads) if self._squared_by_base() else 0)
         if self.distributed:
             bad = (~flag).to(torch.float32).reshape(1)
             dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
             return not bool(bad)
         return bool(flag)
 
-    def _refuse_step(self, groups: list[dict[str, Any]]) -> None:
+    def _refuse_step(self, groups: list[dict[str, Any]], extra: Sequence[torch.Tensor] = ()) -> None:
         """Raise or warn (and count) for a non-finite step; runs only when one was found."""
-        bad_grad, bad_lr = [], []
+        bad_grad, bad_square, bad_lr = [], [], []
+        squared = self._squared_by_base()
         for g in groups:
             grads = [p.grad for p in g["params"] if p.grad is not None]
-            if grads and not bool(all_finite(grads)) and g["player"] not in bad_grad:
-                bad_grad.append(g["player"])
+            if grads and not bool(all_finite(grads)):
+                if g["player"] not in bad_grad:
+                    bad_grad.append(g["player"])
+            elif grads and squared and not bool(all_finite(grads, len(grads))) and g["player"] not in bad_square:
+                bad_square.append(g["player"])
             lr = g.get("lr")
             if (_is_number(lr) and not math.isfinite(lr)) or (
                 isinstance(lr, torch.Tensor) and not bool(all_finite([lr]))
@@ -305,8 +402,17 @@ class GameOptimizer(Optimizer):
         what = []
         if bad_grad:
             what.append(f"non-finite (NaN or Inf) gradient for player(s) {bad_grad}")
+        if bad_square:
+            what.append(
+                f"gradient of player(s) {bad_square} whose square overflows its dtype: "
+                f"{type(self.base_optimizer).__name__}'s running average of g*g would become Inf "
+                "and the parameters would stop moving"
+            )
         if bad_lr:
             what.append(f"non-finite learning rate for {', '.join(bad_lr)} (check the LR schedule)")
+        if not what and extra and not bool(all_finite(extra)):
+            what.append("the update would put non-finite (NaN or Inf) values into the parameters "
+                        "(the learning rate is too large for them)")
         if not what:  # only another rank saw it
             what.append("non-finite (NaN or Inf) gradient on another rank")
         self._shared.last_step_skipped = True
@@ -437,6 +543,12 @@ class GameOptimizer(Optimizer):
             out[f"lr/{group['player']}/{group_index}"] = group["lr"] if "lr" in group else None
         return out
 
+
+#: Base optimisers that keep a running average of g*g in the parameter's dtype.
+_SECOND_MOMENT = (
+    torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam,
+    torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
+)
 
 _NOT_COPIED = frozenset({"step", "_opt_called", "_owner", "_zero_grad_profile_name"})
 

@@ -65,14 +65,62 @@ def check_loss(loss: object, player: str, name: str, per_example: bool) -> torch
     return loss
 
 
-def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def detached(losses: object) -> object:
+    """What ``step(closure)`` returns: the closure's losses without their graph.
+
+    A tensor or a sequence of tensors comes back detached (``float(loss)`` then neither
+    warns nor keeps the graph alive); anything else (None) unchanged.
+    """
+    if isinstance(losses, torch.Tensor):
+        return losses.detach()
+    if isinstance(losses, (list, tuple)):
+        return tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in losses)
+    return losses
+
+
+def check_trainable(params: Sequence[Sequence[torch.Tensor]], players: Sequence[str]) -> None:
+    """Refuse a parameter whose ``requires_grad`` was turned off after the optimiser was built.
+
+    Args:
+        params: each player's parameters, in the order of ``players``.
+        players: the players' names (for messages).
+
+    Raises:
+        GameInputError: naming the player, the parameter's position and shape, and the fix.
+    """
+    for player, ps in zip(players, params):
+        for i, p in enumerate(ps):
+            if not p.requires_grad:
+                raise GameInputError(
+                    f"player '{player}': parameter {i} (tensor of shape {tuple(p.shape)}) has "
+                    "requires_grad=False, set after the optimiser was built; gameopt differentiates "
+                    "every parameter of its players. Set p.requires_grad_(True) again, or to freeze it "
+                    "build the optimiser without it (a param group with lr=0 keeps it in place)"
+                )
+
+
+def all_finite(tensors: Sequence[torch.Tensor], n_squared: int = 0) -> torch.Tensor:
     """Whether every element of every tensor is finite, as a 0-d bool tensor (no host sync).
 
     One fused reduction (``torch._foreach_norm`` with ``ord=inf``, which propagates
     NaN) over all tensors: elementwise, so fp16 tensors whose L2 norm would exceed
-    65504 but whose entries are finite count as finite.
+    65504 but whose entries are finite count as finite. Zero-size tensors (a zero-width
+    layer) hold nothing to check and are left out: the infinity norm has no value on them.
+
+    Args:
+        tensors: the tensors to check.
+        n_squared: the first ``n_squared`` tensors' elementwise squares must be finite too, in
+            their own dtype (gradients that Adam or RMSprop square into a second moment); the
+            same reduction answers it (the square of each tensor's largest magnitude).
     """
-    maxima = torch._foreach_norm(list(tensors), ord=math.inf)
+    tensors = list(tensors)
+    keep = [i for i, t in enumerate(tensors) if t.numel()]
+    if not keep:
+        return torch.tensor(True, device=tensors[0].device if tensors else None)
+    maxima = list(torch._foreach_norm([tensors[i] for i in keep], ord=math.inf))
+    squared = [m for i, m in zip(keep, maxima) if i < n_squared]
+    if squared:
+        maxima += torch._foreach_mul(squared, squared)  # Inf where g*g overflows
     device = maxima[0].device
     if any(m.device != device for m in maxima):
         maxima = [m.to(device) for m in maxima]
@@ -230,11 +278,12 @@ def player_gradients(
         parameter, with a leading ``B`` under ``per_example``), None where unused.
 
     Raises:
-        GameInputError: per-example batch sizes differ, or a loss reaches no parameter of
-            its player.
+        GameInputError: per-example batch sizes differ, a loss reaches no parameter of
+            its player, or a parameter no longer requires grad.
         RuntimeError: second derivatives are unsupported (see :func:`explain_double_backward`).
     """
     n = len(losses)
+    check_trainable(params, players)
     extra: dict[str, object] = {}
     if per_example:
         batch = losses[0].shape[0]

@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 
 from .errors import GameInputError
 from .field import Closure, FieldOptimizer, Losses
+from .gradients import detached
 from .players import ParamsLike, game_players
 from .frameworks import through_wrappers
 
@@ -61,7 +62,9 @@ class OptimisticOptimizer(FieldOptimizer):
         distributed: average v over the ranks of ``process_group`` (one all-reduce), which
             equals one process on the full batch.
         nonfinite: ``"skip"`` (default), ``"raise"`` or ``"ignore"``: what ``step`` does when
-            ``p.grad`` holds a NaN/Inf (a skipped step moves nothing and keeps ``Delta_{t-1}``).
+            ``p.grad`` holds a NaN/Inf, or the corrected parameters would (a skipped step moves nothing,
+            leaves the base state as it was and keeps ``Delta_{t-1}``). The check runs once, after the
+            correction; the parameters and base state are copied first so that it can be undone.
 
     Raises:
         GameInputError: bad players, losses or base optimiser (see :class:`GameOptimizer`).
@@ -118,20 +121,24 @@ class OptimisticOptimizer(FieldOptimizer):
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not params:
             raise GameInputError("step() found no gradients: call opt.backward(...) first or pass a closure")
-        with torch.no_grad():
-            before = [p.detach().clone() for p in params]
-        if not self._apply_base_step():
-            return losses
-        with torch.no_grad():
-            # before <- Delta_t = z_after - z_t, in place
-            torch._foreach_sub_(before, params)
-            torch._foreach_neg_(before)
-            have = [(p, d, self.game_state[p]["prev_update"]) for p, d in zip(params, before)
-                    if "prev_update" in self.game_state.get(p, {})]
-            if have:
-                ps = [p for p, _, _ in have]
-                torch._foreach_add_(ps, [d for _, d, _ in have])
-                torch._foreach_sub_(ps, [q for _, _, q in have])
-            for p, d in zip(params, before):
+        moving = {id(p) for p in params}
+        deltas: list[torch.Tensor] = []
+
+        def correct(start: list[torch.Tensor]) -> list[torch.Tensor]:
+            # z <- z_t + Delta_t + (Delta_t - Delta_{t-1}); checked (and undone) with the base step
+            everything = [p for g in self.param_groups for p in g["params"]]
+            before = [z for p, z in zip(everything, start) if id(p) in moving]
+            with torch.no_grad():
+                deltas[:] = torch._foreach_sub(params, before)   # Delta_t
+                have = [(p, d, self.game_state[p]["prev_update"]) for p, d in zip(params, deltas)
+                        if "prev_update" in self.game_state.get(p, {})]
+                if have:
+                    ps = [p for p, _, _ in have]
+                    torch._foreach_add_(ps, [d for _, d, _ in have])
+                    torch._foreach_sub_(ps, [q for _, _, q in have])
+            return params
+
+        if self._apply_base_step(then=correct):
+            for p, d in zip(params, deltas):
                 self.game_state.setdefault(p, {})["prev_update"] = d
-        return losses
+        return detached(losses)  # type: ignore[return-value]

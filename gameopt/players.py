@@ -192,3 +192,32 @@ def validate_params(params: list[torch.Tensor], player: str, owner: dict[int, st
                 "and keep shared layers (e.g. a shared encoder) in one player only"
             )
         owner[id(p)] = player
+
+
+def check_shared_storage(groups: list[dict[str, Any]]) -> None:
+    """Refuse parameters of different players that share memory (views of one tensor, tied weights).
+
+    A step of one player would then move the other's parameter too, behind the game's back.
+
+    Args:
+        groups: param groups tagged with ``"player"`` (as :func:`player_param_groups` returns).
+
+    Raises:
+        GameInputError: naming the two players and the fix.
+    """
+    seen: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
+    for group in groups:
+        player = group["player"]
+        for p in group["params"]:
+            if p.numel() == 0 or p.device.type == "meta":   # meta tensors have no memory to share
+                continue
+            key = (str(p.device), p.untyped_storage().data_ptr())
+            prev = seen.setdefault(key, (player, p))
+            if prev[0] != player:
+                raise GameInputError(
+                    f"a parameter of player '{prev[0]}' ({_describe(prev[1])}) and one of player "
+                    f"'{player}' ({_describe(p)}) share memory (one is a view of the other, or the "
+                    "weights are tied), so a step of one player would move the other's. Give each "
+                    "player its own tensors (e.g. nn.Parameter(t.detach().clone())), or keep a shared "
+                    "layer in one player only"
+                )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from .distributed import all_reduce_mean
 from .errors import GameInputError
 from .field import Closure, FieldOptimizer, FieldState, Losses
 from .game_optimizer import shared
-from .gradients import explain_double_backward, find_once_differentiable, is_negation_of
+from .gradients import check_trainable, detached, explain_double_backward, find_once_differentiable, is_negation_of
 from .players import ParamsLike, game_players
 from .frameworks import through_wrappers
 
@@ -173,6 +174,8 @@ class SGAOptimizer(FieldOptimizer):
         per_player = [self.player_params(p) for p in self.players]
         params = [p for ps in per_player for p in ps]
         rows = self._full_gradients(checked, per_player)
+        if not self._shared.graph_checked:
+            self._warn_isolated_losses(rows)
         # xi: each player's gradient of its own loss (the diagonal blocks), averaged over ranks
         own = [t for i, row in enumerate(rows) for t in row[i]]
         v: list[torch.Tensor | None] = [None if t is None else t.detach() for t in own]
@@ -206,6 +209,20 @@ class SGAOptimizer(FieldOptimizer):
         self._accumulate(params, finals)
         return self._shared.stats
 
+    def _warn_isolated_losses(self, rows: list[list[list[torch.Tensor | None]]]) -> None:
+        """Warn (once) when a loss reaches no other player's parameters, e.g. ``D(fake.detach())``."""
+        names = self._loss_names()
+        for i, row in enumerate(rows):
+            if len(rows) > 1 and all(t is None for j, blk in enumerate(row) if j != i for t in blk):
+                warnings.warn(
+                    f"gameopt: {names[i]} does not depend on the other players' parameters, so the "
+                    f"adjustment misses how player '{self.players[i]}''s gradient changes with them. If "
+                    "this is a GAN, do not detach the generated samples in the discriminator's loss "
+                    "(D(fake), not D(fake.detach())): gameopt differentiates each loss only with "
+                    "respect to its own player, so detaching is not needed",
+                    RuntimeWarning, stacklevel=4,
+                )
+
     def _full_gradients(
         self, losses: tuple[torch.Tensor, ...], per_player: list[list[torch.Tensor]]
     ) -> list[list[list[torch.Tensor | None]]]:
@@ -216,6 +233,7 @@ class SGAOptimizer(FieldOptimizer):
         """
         flat = [p for ps in per_player for p in ps]
         names = self._loss_names()
+        check_trainable(per_player, self.players)
         with torch.enable_grad(), explain_double_backward(True):
             if len(losses) == 2 and (is_negation_of(losses[1], losses[0]) or is_negation_of(losses[0], losses[1])):
                 first = 0 if is_negation_of(losses[1], losses[0]) else 1
@@ -326,7 +344,7 @@ class SGAOptimizer(FieldOptimizer):
         """
         losses = self._backward_from_closure(closure)
         self._apply_base_step()
-        return losses
+        return detached(losses)
 
     def monitor_stats(self) -> dict[str, Any]:
         """``||xi_player||^2``, ``||A^T xi||``, the alignment sign, lrs and skipped steps (tensors)."""

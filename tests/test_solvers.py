@@ -574,8 +574,9 @@ def test_trust_region_refuses_a_kernel_that_is_not_psd(dtype):
         solve_trust_region_dual(asym, (J @ w).to(dtype), Fk.to(dtype), float(w @ w), 1e-3, 1.0)
     # a rank-deficient J J^T (eigenvalues 0 up to rounding) and K = 0 are PSD and accepted
     Jr, wr, Fr = tr_problem(4, 6, rank=2)
-    for Kok in ((Jr @ Jr.T).to(dtype), torch.zeros(8, 8, dtype=dtype)):
-        res = solve_trust_region_dual(Kok, (Jr @ wr).to(dtype), Fr.to(dtype), float(wr @ wr), 1e-3, 1.0)
+    # (K = 0 means J = 0, so J w = 0: a nonzero Jw with it is refused as inconsistent)
+    for Kok, Jw in (((Jr @ Jr.T).to(dtype), (Jr @ wr).to(dtype)), (torch.zeros(8, 8, dtype=dtype), torch.zeros(8, dtype=dtype))):
+        res = solve_trust_region_dual(Kok, Jw, Fr.to(dtype), float(wr @ wr), 1e-3, 1.0)
         assert bool(res.converged)
 
 

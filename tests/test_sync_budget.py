@@ -210,7 +210,9 @@ def test_fewer_reads_same_answer(delta, sync_every):
     g = torch.Generator().manual_seed(5)
     J = torch.randn(4, 16, 6, generator=g, dtype=torch.float64)
     K = J @ J.transpose(-1, -2)
-    Jw, Fk = torch.randn(4, 16, generator=g, dtype=torch.float64), torch.randn(4, 16, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    w = w / w.norm(dim=1, keepdim=True)                      # ||w||^2 = 1 = w_norm_sq
+    Jw, Fk = (J @ w[..., None]).squeeze(-1), torch.randn(4, 16, generator=g, dtype=torch.float64)
     ref = gameopt.solvers.solve_trust_region_dual(K, Jw, Fk, 1.0, 1e-2, delta)
     res = gameopt.solvers.solve_trust_region_dual(K, Jw, Fk, 1.0, 1e-2, delta, sync_every=sync_every, max_iter=100)
     assert ref.success and bool(res.converged.all())

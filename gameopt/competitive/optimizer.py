@@ -24,6 +24,7 @@ from ..gradients import (
     _COMPILED_MARKERS,
     _DOUBLE_BACKWARD_MARKERS,
     check_loss,
+    detached,
     find_once_differentiable,
     grad_scaler_factor,
 )
@@ -442,7 +443,7 @@ class CompetitiveOptimizer(GameOptimizer):
         if self._apply_base_step():
             for p, new in pending.items():
                 self.state[p].update(new)
-        return losses
+        return detached(losses)  # type: ignore[return-value]
 
     # --- statistics and checkpoints ------------------------------------------------------
     def monitor_stats(self) -> dict[str, Any]:

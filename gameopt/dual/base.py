@@ -90,11 +90,21 @@ class DualStepStats:
 
 
 def check_batch(real: Tensor, fake: Tensor, checks: Checks | None = None) -> None:
-    """GameInputError unless real and fake hold the same number n >= 1 of finite samples.
+    """GameInputError unless real and fake are tensors of one sample shape holding the same
+    number n >= 1 of finite samples.
 
     With ``checks``, the finiteness of batches on a device is read later, with the step's
-    first read (no sync of its own); the shapes are checked at once.
+    first read (no sync of its own); the types and shapes are checked at once.
     """
+    for name, t in (("real", real), ("fake", fake)):
+        if not isinstance(t, Tensor):
+            raise GameInputError(f"the {name} batch must be a tensor, got {type(t).__name__}; "
+                                 "convert it with torch.as_tensor(...)")
+    if real.shape[1:] != fake.shape[1:]:
+        raise GameInputError(
+            f"real and fake samples must have the same shape; got real {tuple(real.shape)}, "
+            f"fake {tuple(fake.shape)} (the first dimension is the batch)"
+        )
     if real.shape[0] != fake.shape[0]:
         raise GameInputError(
             f"real and fake batches must have the same number of samples n (the dual pairs n real with n fake); "
@@ -300,6 +310,7 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
             real, fake = self._share_batch(real, fake)
         self._batch_checks = Checks()  # NaN in a batch on a device: read with the step's first read
         check_batch(real, fake, self._batch_checks)
+        self._check_input_dtype(torch.promote_types(real.dtype, fake.dtype), real.device, "real and fake batches")
         self._check_module()
         buffers = self._save_buffers()
         try:
@@ -373,6 +384,9 @@ class TrustRegionDualDiscriminator(metaclass=_ChosenByModel):
         """Raise the deferred batch check's GameInputError (its flag read False)."""
         checks, self._batch_checks = self._batch_checks, None
         checks.run()
+
+    def _check_input_dtype(self, dtype: torch.dtype, device: torch.device, what: str) -> None:
+        """GameInputError when a batch of ``dtype`` cannot go through the module (models that differentiate it)."""
 
     def _fail(self, msg: str, stats: DualStepStats) -> DualStepStats:
         if self.on_failure == "raise":

@@ -119,7 +119,7 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
                                                     on_failure="ignore")
             self._cached_duals = (res.lam, res.mu)
         lam, mu = (t.to(phi_f) for t in self._cached_duals)
-        moment = lam @ phi_r - mu @ phi_f
+        moment = lam @ phi_r.to(phi_f.dtype) - mu @ phi_f
         u = torch.cat([lam, mu]) * (2 * n)
         u = u.clamp(1e-300, 1.0)
         ent = -(torch.xlogy(u, u) + torch.xlogy(1 - u, 1 - u)).sum() / (2 * n)
@@ -127,8 +127,10 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
 
     def _step(self, real: Tensor, fake: Tensor) -> DualStepStats:
         phi_r, phi_f = self.features(real), self.features(fake)
-        w = self.weight
-        assert w is not None
+        common = torch.promote_types(phi_r.dtype, phi_f.dtype)   # two batch dtypes: promote, as torch does
+        phi_r, phi_f = phi_r.to(common), phi_f.to(common)
+        assert self.weight is not None
+        w = self.weight.to(dtype=phi_r.dtype, device=phi_r.device)   # a checkpoint's weights may differ
         stats = DualStepStats(model=self.model, accepted=False, rho=math.nan, delta=math.inf, next_delta=math.inf,
                               loss_before=math.nan, loss_after=math.nan, predicted_decrease=math.nan, step_norm=0.0)
         features_ok = torch.isfinite(phi_r).all() & torch.isfinite(phi_f).all()
@@ -184,7 +186,9 @@ class LinearDualDiscriminator(TrustRegionDualDiscriminator):
                 raise GameInputError("state['weight'] contains NaN or inf")
 
         def load() -> None:
-            self.weight = None if weight is None else weight.detach().clone()
+            like = self.weight   # as torch.optim does: the state takes this object's dtype and device
+            self.weight = None if weight is None else (
+                weight.detach().clone() if like is None else weight.detach().to(like, copy=True))
             self._cached_duals = None
 
         return load

@@ -123,8 +123,26 @@ class LinearisedTrustRegion(TrustRegionDualDiscriminator):
         return [p for p in self.module.parameters() if p.requires_grad]
 
     def score(self, x: Tensor) -> Tensor:
-        """F(w, x) = module(x), shape (n,)."""
+        """F(w, x) = module(x), shape (n,).
+
+        Raises:
+            GameInputError: ``x`` is not a tensor of the module's floating dtype.
+        """
+        if not isinstance(x, Tensor):
+            raise GameInputError(f"the batch must be a tensor, got {type(x).__name__}")
+        self._check_input_dtype(x.dtype, x.device, "batch")
         return self.module(x).reshape(x.shape[0])
+
+    def _check_input_dtype(self, dtype: torch.dtype, device: torch.device, what: str) -> None:
+        if device.type != "meta" and torch.is_autocast_enabled(device.type):   # autocast casts the batch
+            return
+        dtypes = {p.dtype for p in self.module.parameters() if p.is_floating_point()}
+        if dtypes and dtype not in dtypes:
+            want = sorted(str(d) for d in dtypes)[0]
+            raise GameInputError(
+                f"the {what} are {dtype} but the discriminator's parameters are {want}: the "
+                f"module needs inputs of its dtype. Convert the batch, e.g. x.to({want}), or the module"
+            )
 
     def generator_loss(self, real: Tensor | None, fake: Tensor, resolve: bool = False) -> Tensor:
         """The non-saturating loss ``mean(softplus(-F(w, y_j))) = -mean log D(y_j)``, a 0-d tensor.

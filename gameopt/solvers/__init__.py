@@ -200,6 +200,58 @@ def check_psd_kernel(K: Tensor, C, checks: Checks | None = None) -> None:
         checks.run()
 
 
+def _check_jw_consistent(K: Tensor, Jw: Tensor, w_norm_sq: Tensor, C, checks: Checks | None = None) -> None:
+    """GameInputError unless ``Jw`` and ``w_norm_sq`` can come from one J and w with K = J J^T.
+
+    For Jw = J w, ``Jw^T K^+ Jw = ||P w||^2 <= ||w||^2`` (P projects onto J's row space).
+    The test uses ``(K + tol I)^{-1}`` with the tolerance of :func:`check_psd_kernel` (which
+    only lowers the left side) and allows 5% for rounding: it catches a J w from another batch
+    or model, or a w_norm_sq that is not ``||w_k||^2``, not small inconsistencies. One m x m
+    Cholesky per problem and one host read.
+
+    Args:
+        K: (B, m, m) kernels.  Jw: (B, m).  w_norm_sq: (B,) float64.  C: the weight decay.
+
+    Raises:
+        GameInputError: naming the problem in the batch and the two numbers.
+    """
+    if K.shape[0] == 0:
+        return
+    Kf, Jf = K.double(), Jw.double()
+    if Kf.is_complex() or Jf.is_complex():
+        return
+    m = Kf.shape[-1]
+    scale = Kf.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(torch.float64).tiny)
+    Cb = torch.as_tensor(C, dtype=torch.float64, device=Kf.device).expand(scale.shape)
+    tol = torch.maximum(64 * m * torch.finfo(torch.float32).eps * scale, 2 * m * Cb)
+    shifted = 0.5 * (Kf + Kf.transpose(-1, -2)) + tol[..., None, None] * torch.eye(m, dtype=Kf.dtype, device=Kf.device)
+    L, info = torch.linalg.cholesky_ex(shifted)
+    q = (Jf[..., None] * torch.cholesky_solve(Jf[..., None], L)).sum((-2, -1))
+    wn = w_norm_sq.to(device=q.device, dtype=q.dtype)
+    bad = (info == 0) & (q > 1.05 * wn + 1e-300)
+
+    def fail() -> None:
+        i = int(bad.nonzero()[0, 0])
+        raise GameInputError(
+            f"Jw does not fit K and w_norm_sq (problem {i}): Jw^T K^+ Jw = {float(q[i]):.4g} exceeds "
+            f"||w||^2 = w_norm_sq = {float(wn[i]):.4g}, impossible for Jw = J w with K = J J^T. Pass J w_k "
+            "and ||w_k||^2 of the same weights and batch as K (ScoreKernel.Jw and the discriminator's weights)"
+        )
+
+    if checks is None:
+        if bool(bad.any()):
+            fail()
+    else:
+        checks.add(~bad.any(), fail)
+
+
+def _as_tensor(value, name: str) -> Tensor:
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise GameInputError(f"{name} must be a tensor (or nested lists of numbers), got {type(value).__name__}: {err}") from err
+
+
 def _unbatch(res, batched: bool):
     if batched:
         return res
@@ -239,8 +291,10 @@ def solve_linear_dual(
         GameInputError: shapes, empty samples (n = 0 or d = 0; B = 0 problems is fine), NaN/inf features,
             C <= 0, or a bad solver option (the message names it).
     """
-    real = torch.as_tensor(real_features)
-    fake = torch.as_tensor(fake_features)
+    real = _as_tensor(real_features, "real_features")
+    fake = _as_tensor(fake_features, "fake_features")
+    if real.dtype == torch.bool or fake.dtype == torch.bool:
+        raise GameInputError("features must be numbers, not bool tensors; convert them, e.g. phi.double()")
     if real.ndim not in (2, 3) or fake.ndim != real.ndim:
         raise GameInputError(
             f"features must both be (n, d) or both (B, n, d); got real {tuple(real.shape)}, fake {tuple(fake.shape)}"
@@ -311,15 +365,19 @@ def solve_trust_region_dual(
         GameInputError: shapes, an empty K, NaN/inf inputs, w_norm_sq < 0, C <= 0, delta <= 0,
             or a K that is not symmetric positive semi-definite (K = J J^T always is; eigenvalues
             down to -max(64 * 2n * eps(float32) * max diag K, 2 * 2n * C) are allowed, since a K
-            formed in low precision is PSD only up to rounding and the dual stays concave there).
+            formed in low precision is PSD only up to rounding and the dual stays concave there),
+            or a Jw that no J and w with K = J J^T and ||w||^2 = w_norm_sq give
+            (``Jw^T K^+ Jw > ||w||^2``). K in float16/bfloat16 is solved in float32.
     """
-    K = torch.as_tensor(K)
+    K = _as_tensor(K, "K")
+    if K.dtype in (torch.float16, torch.bfloat16):   # formed under autocast: solve in float32
+        K = K.float()
     batched = K.ndim == 3
     if K.ndim not in (2, 3) or K.shape[-1] != K.shape[-2] or K.shape[-1] % 2:
         raise GameInputError(f"K must be (2n, 2n) or (B, 2n, 2n) with real samples first; got {tuple(K.shape)}")
     m = K.shape[-1]
-    Jw = torch.as_tensor(Jw, dtype=K.dtype, device=K.device)
-    Fk = torch.as_tensor(Fk, dtype=K.dtype, device=K.device)
+    Jw = _as_tensor(Jw, "Jw").to(dtype=K.dtype, device=K.device)
+    Fk = _as_tensor(Fk, "Fk").to(dtype=K.dtype, device=K.device)
     for name, x in (("Jw", Jw), ("Fk", Fk)):
         if x.shape != K.shape[:-1]:
             raise GameInputError(f"{name} must have shape {tuple(K.shape[:-1])} to match K; got {tuple(x.shape)}")
@@ -336,6 +394,9 @@ def solve_trust_region_dual(
     check_positive("delta", delta, allow_inf=True, checks=checks)
     # K's symmetry and definiteness are read with the rest; a NaN or C <= 0 is reported first
     check_psd_kernel(K, C, checks)
+    # a user's Jw must come from K (the dual steps build both from one J and skip this check)
+    Kb, Jb = (K, Jw) if K.ndim == 3 else (K[None], Jw[None])
+    _check_jw_consistent(Kb, Jb, as_batch_param(w_norm_sq, Kb.shape[0], torch.float64, K.device), C, checks)
     checks.run()
     check_on_failure(on_failure)
     slv = get_solver(solver, **solver_options)
