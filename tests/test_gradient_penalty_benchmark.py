@@ -16,7 +16,7 @@ def test_smoke_run_writes_ratios_and_provenance(tmp_path):
     for key in ("commit", "command", "python", "torch", "numpy", "threads", "device", "date"):
         assert res[key], key
     assert res["threads"] == 1 and res["settings"]["smoke"] is True
-    assert set(res["ratios"]) == {"r1", "r1_lazy", "consensus", "consensus_r1", "consensus_r1_over_consensus"}
+    assert set(res["cpu_ratios"]) == set(res["ratios"]) == {"r1", "r1_lazy", "consensus", "consensus_r1", "consensus_r1_over_consensus"}
     assert all(r > 0 for r in res["ratios"].values())
     assert set(res["median_seconds"]) == {"plain", "r1", "r1_lazy", "consensus", "consensus_r1"}
     assert res["lazy_cycles"] == res["rounds_timed"] // res["settings"]["every"] >= 1
