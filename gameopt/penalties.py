@@ -303,7 +303,12 @@ def _squared_input_gradient_norms(D: Callable[[Tensor], Tensor], x: Tensor, scal
     seed = scores.to(out_dtype).mean()
     scale = None
     if scaler is not None and scaler.is_enabled():
-        scale = float(scaler.get_scale())
+        # the scale as a device tensor (reading it would sync); a clone, since update() changes it in place
+        get_async = getattr(scaler, "_get_scale_async", None)
+        scale = get_async() if get_async is not None else None
+        if scale is None:   # before the scaler's first scale(): its initial scale
+            scale = torch.tensor(float(scaler.get_scale()))
+        scale = scale.detach().to(device=seed.device, dtype=out_dtype).clone()
         seed = seed * scale
     elif scaler is None and scores.dtype == torch.float16:
         warnings.warn(
