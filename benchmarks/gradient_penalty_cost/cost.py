@@ -10,6 +10,9 @@ steps interleaved round-robin so machine noise hits all methods alike:
   consensus    a full game step of gameopt.ConsensusOptimizer (gamma 1), both players
   consensus_r1 the same with R1 in the discriminator's loss: consensus then differentiates
                the penalty once more (third derivatives)
+  backprop     D(real).mean().backward() alone: one forward and backward of D on the real batch
+  r1_only      GradientPenalty("r1")(D, real).backward() alone: the penalty's own cost (forward,
+               backward with create_graph, double backward), reported against backprop
 
 Ratios: per round (per 16-round block for r1_lazy), the method's time over plain's in the same
 round, then the median; consensus_r1 is also reported against consensus. Each step is timed by
@@ -43,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 import gameopt  # noqa: E402
 
-METHODS = ["plain", "r1", "r1_lazy", "consensus", "consensus_r1"]
+METHODS = ["plain", "r1", "r1_lazy", "consensus", "consensus_r1", "backprop", "r1_only"]
 LAZY = 16
 
 
@@ -79,6 +82,10 @@ class Method:
             self.opt.backward(gen_loss, disc_loss)
             self.opt.step()
             return
+        if self.name in ("backprop", "r1_only"):
+            self.D.zero_grad()
+            (self.D(x).mean() if self.name == "backprop" else self.pen(self.D, real=x)).backward()
+            return
         with torch.no_grad():
             fake = self.G(z)
         loss = F.softplus(-self.D(x)).mean() + F.softplus(self.D(fake)).mean()
@@ -106,10 +113,13 @@ def metadata(argv: list[str], threads: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     G, D = players(args.size, args.width, args.z_dim)
-    methods = {name: Method(name, G, D, args.every) for name in METHODS}
+    names = args.methods.split(",")
+    if "plain" not in names or any(n not in METHODS for n in names):
+        raise SystemExit(f"--methods must include plain and name only {METHODS}")
+    methods = {name: Method(name, G, D, args.every) for name in names}
     g = torch.Generator().manual_seed(1)
-    times: dict[str, list[float]] = {name: [] for name in METHODS}
-    cpu: dict[str, list[float]] = {name: [] for name in METHODS}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.warmup + args.rounds):
         x = torch.rand(args.batch, 3, args.size, args.size, generator=g) * 2 - 1
         z = torch.randn(args.batch, args.z_dim, generator=g)
@@ -138,12 +148,19 @@ def run(args: argparse.Namespace) -> dict:
 def ratios(times: dict[str, list[float]], every: int) -> dict[str, float]:
     """Median per-round ratios against plain (per whole lazy cycle for r1_lazy) and consensus_r1 / consensus."""
     plain = np.array(times["plain"])
-    out = {name: float(np.median(np.array(times[name]) / plain)) for name in ("r1", "consensus", "consensus_r1")}
-    # lazy: whole cycles of `every` rounds, starting at a computing call (warmup is a multiple of every)
-    blocks = len(plain) // every
-    lazy = np.array(times["r1_lazy"][: blocks * every]).reshape(blocks, every).sum(1)
-    out["r1_lazy"] = float(np.median(lazy / plain[: blocks * every].reshape(blocks, every).sum(1)))
-    out["consensus_r1_over_consensus"] = float(np.median(np.array(times["consensus_r1"]) / np.array(times["consensus"])))
+
+    def median_ratio(a: str, b: str) -> float:
+        return float(np.median(np.array(times[a]) / np.array(times[b])))
+
+    out = {name: median_ratio(name, "plain") for name in ("r1", "consensus", "consensus_r1") if name in times}
+    if "r1_lazy" in times:   # whole cycles of `every` rounds from a computing call (warmup: a multiple of every)
+        blocks = len(plain) // every
+        lazy = np.array(times["r1_lazy"][: blocks * every]).reshape(blocks, every).sum(1)
+        out["r1_lazy"] = float(np.median(lazy / plain[: blocks * every].reshape(blocks, every).sum(1)))
+    if "consensus" in times and "consensus_r1" in times:
+        out["consensus_r1_over_consensus"] = median_ratio("consensus_r1", "consensus")
+    if "backprop" in times and "r1_only" in times:
+        out["r1_term_over_backprop"] = median_ratio("r1_only", "backprop")
     return out
 
 
@@ -157,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--z-dim", type=int, default=128)
     p.add_argument("--every", type=int, default=LAZY, help="the lazy penalty's interval")
+    p.add_argument("--methods", default="plain,r1,r1_lazy,consensus,consensus_r1",
+                   help=f"comma-separated, from {','.join(METHODS)}; plain is the unit")
     p.add_argument("--smoke", action="store_true", help="tiny players and few rounds: a few seconds")
     p.add_argument("--out", type=Path, default=None, help="folder for results.json")
     args = p.parse_args(argv)
