@@ -208,16 +208,16 @@ class GradientPenalty:
             raise GameInputError(
                 f"scaler must be the torch.amp.GradScaler that scales disc_loss, got {type(scaler).__name__}"
             )
-        compute = self.calls % self.every == 0
-        self.calls += 1
         ref = samples[0]
         out_dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
-        if not compute:
+        if self.calls % self.every != 0:
+            self.calls += 1
             return torch.zeros((), dtype=out_dtype, device=ref.device)
         with torch.no_grad():
             x = self._kind.points(real, fake, self.generator).detach()
         x.requires_grad_(True)
         sq_norms = _squared_input_gradient_norms(D, x, scaler, out_dtype)
+        self.calls += 1   # only now: a call refused above leaves the lazy schedule where it was
         return self._kind.value(sq_norms, self.gamma) * self.every
 
     def _check_samples(self, real: Tensor | None, fake: Tensor | None) -> list[Tensor]:

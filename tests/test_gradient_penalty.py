@@ -238,8 +238,10 @@ def test_missing_or_bad_samples(kind, kw, match):
     (lambda x: torch.zeros(4, dtype=DT, requires_grad=True) * 2, "do not depend on its input"),
 ])
 def test_d_output_not_one_score_per_sample(D, match):
+    pen = gameopt.GradientPenalty("r1", every=2)
     with pytest.raises(gameopt.GameInputError, match=match):
-        gameopt.GradientPenalty("r1")(D, real=data((4, 3)))
+        pen(D, real=data((4, 3)))
+    assert pen.calls == 0   # a refused call does not advance the lazy schedule
 
 
 def test_no_grad_context_is_explained():
