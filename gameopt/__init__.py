@@ -25,8 +25,10 @@ from .game_optimizer import GameOptimizer
 from .lookahead import LookaheadMinmax
 from .monitor import Monitor
 from .optimistic import OptimisticOptimizer
+from .penalties import GradientPenalty, lazy_adam_settings
 from .players import DISCRIMINATOR, GENERATOR
 from .primal_dual import PrimalDualRegularizer, get_divergence
+from .relativistic import relativistic_losses
 from .sga import SGAOptimizer, SGAStats
 
 __version__ = "0.1.0"
@@ -46,6 +48,7 @@ __all__ = [
     "GameField",
     "GameInputError",
     "GameOptimizer",
+    "GradientPenalty",
     "LinearDualDiscriminator",
     "LookaheadMinmax",
     "Monitor",
@@ -61,7 +64,9 @@ __all__ = [
     "backward",
     "frameworks",
     "get_divergence",
+    "lazy_adam_settings",
     "max_stable_step",
+    "relativistic_losses",
     "solvers",
     "summarize_spectrum",
 ]

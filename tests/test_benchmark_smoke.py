@@ -96,6 +96,7 @@ DRIVERS = [
     ("benchmarks/stacked_digits_family/stacked_digits_family.sh", ["0", "1"]),
     ("benchmarks/stacked_mnist/stacked_mnist_suite.sh", ["2", "1"]),
     ("benchmarks/dual_five_gaussians/dual_five_gaussians_study.sh", ["0/1"]),
+    ("benchmarks/gradient_penalty_cost/gaussians.sh", []),
 ]
 
 

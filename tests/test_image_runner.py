@@ -66,7 +66,7 @@ def test_two_step_smoke_run(method, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["consensus", "altga", "primal_dual", "dual_score", "optimistic", "lookahead_eg",
-                                    "consensus_lazy"])
+                                    "consensus_lazy", "r3gan"])
 def test_resume_equals_uninterrupted(method, tmp_path):
     common = ["--method", method, "--eval-every", "0", "--ckpt-every", "0", *TINY]
     image_gan.main([*common, "--steps", "4", "--out", str(tmp_path / "straight")])

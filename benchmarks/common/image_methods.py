@@ -21,6 +21,8 @@ except where a method replaces a player's step:
 | ``lookahead`` / ``lookahead_eg`` | ``gameopt.LookaheadMinmax`` over AltGA (LA-GAN) / over ExtraAdam (LA-ExtraGrad) |
 | ``cgd`` / ``acgd`` | competitive gradient descent / its adaptive form (``gameopt.CompetitiveOptimizer``) on the minimax loss ``(-disc_loss, disc_loss)`` (CGD needs a zero-sum game) |
 | ``consensus_lazy`` | consensus with the correction every ``--every`` steps, scaled by it (``ConsensusOptimizer(every=k)``) |
+| ``r3gan`` | the practitioner's baseline (R3GAN-style): relativistic pairing loss with R1 + R2 (``gameopt.relativistic_losses``, ``gameopt.GradientPenalty``, weight ``--penalty-gamma``), simultaneous steps |
+| ``consensus_r1`` | consensus with R1 (weight ``--penalty-gamma``) in the discriminator's loss |
 
 Each method object has ``step(real, z) -> dict`` (detached losses and statistics of the step),
 ``state_dict()`` and ``load_state_dict()`` covering every optimiser, schedule and radius, so a
@@ -47,6 +49,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import gameopt
+
+#: Methods whose discriminator loss carries gradient penalties (see ``GameStep``).
+PENALISED = ("r3gan", "consensus_r1")
 
 #: ``name -> builder(G, D, args)``, in registration order; see :func:`register`.
 METHODS: dict[str, Callable[[nn.Module, nn.Module, argparse.Namespace], Any]] = {}
@@ -115,6 +120,8 @@ def add_method_arguments(ap: argparse.ArgumentParser) -> None:
                         "Algorithm 1's f1(D(G(z))) (saturating for js)")
     g.add_argument("--lam", type=float, default=1.0, help="sga: weight lam of the adjustment A^T xi")
     g.add_argument("--every", type=int, default=4, help="consensus_lazy: regularise every k-th step (scaled by k)")
+    g.add_argument("--penalty-gamma", type=float, default=1.0,
+                   help="r3gan / consensus_r1: weight of the R1 (and R2) gradient penalties")
     g.add_argument("--la-k", type=int, default=5, help="lookahead*: inner steps per synchronisation")
     g.add_argument("--la-alpha", type=float, default=0.5, help="lookahead*: slow-weight step")
     g.add_argument("--C", type=float, default=1e-4, help="dual_*: weight decay C of the discriminator loss")
@@ -173,11 +180,23 @@ class GameStep:
                 args.divergence, alpha=args.alpha, bandwidth=sigma, feature_map=feature_map)
             self.reg.attach(self.opt)
             self.pd_gen_loss = args.pd_gen_loss
+        # gradient penalties on D, by method: r3gan (with the relativistic loss) and consensus_r1
+        gamma = getattr(args, "penalty_gamma", 1.0)
+        self.relativistic = args.method == "r3gan"
+        self.penalties = {"r1": gameopt.GradientPenalty("r1", gamma=gamma)} if args.method in PENALISED else {}
+        if self.relativistic:
+            self.penalties["r2"] = gameopt.GradientPenalty("r2", gamma=gamma)
 
     def _closure(self, real: Tensor, z: Tensor) -> Callable[[], tuple[Tensor, Tensor]]:
         def losses() -> tuple[Tensor, Tensor]:
             fake = self.G(z)
             d_fake, d_real = self.D(fake).flatten(), self.D(real).flatten()
+            if self.penalties:
+                gen_loss, disc_loss = (gameopt.relativistic_losses if self.relativistic else gan_losses)(d_real, d_fake)
+                disc_loss = disc_loss + self.penalties["r1"](self.D, real=real)
+                if "r2" in self.penalties:
+                    disc_loss = disc_loss + self.penalties["r2"](self.D, fake=fake)
+                return gen_loss, disc_loss
             if self.reg is None:
                 gen_loss, disc_loss = gan_losses(d_real, d_fake)
                 return (-disc_loss, disc_loss) if self.zero_sum else (gen_loss, disc_loss)
@@ -201,12 +220,15 @@ class GameStep:
         return self.opt.skipped_steps
 
     def state_dict(self) -> dict[str, Any]:
-        return {"opt": self.opt.state_dict(), "reg": None if self.reg is None else self.reg.state_dict()}
+        return {"opt": self.opt.state_dict(), "reg": None if self.reg is None else self.reg.state_dict(),
+                "penalties": {k: p.state_dict() for k, p in self.penalties.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["opt"])
         if self.reg is not None:
             self.reg.load_state_dict(state["reg"])
+        for k, p in self.penalties.items():
+            p.load_state_dict(state["penalties"][k])
 
 
 class DualStep:
@@ -289,3 +311,7 @@ register("acgd", game_optimizer(
 register("consensus_lazy", game_optimizer(
     lambda base, gp, dp, kw, args: gameopt.ConsensusOptimizer(
         base, gp, dp, gamma=args.gamma, smoothing=args.smoothing, every=args.every, **kw)))
+register("r3gan", game_optimizer(lambda base, gp, dp, kw, args: gameopt.SimultaneousOptimizer(base, gp, dp, **kw)))
+register("consensus_r1", game_optimizer(
+    lambda base, gp, dp, kw, args: gameopt.ConsensusOptimizer(
+        base, gp, dp, gamma=args.gamma, smoothing=args.smoothing, **kw)))

@@ -48,24 +48,27 @@ BATCH = 512
 LR = 1e-4
 GAMMA = 10.0
 METHODS = ["simga", "altga", "consensus", "consensus_lazy", "extragradient", "optimistic", "sga",
-           "lookahead", "lookahead_eg", "cgd", "acgd"]
+           "lookahead", "lookahead_eg", "cgd", "acgd", "r3gan", "consensus_r1"]
 LABELS = {
     "simga": "SimGA", "altga": "AltGA", "consensus": "consensus (gamma 10)",
     "consensus_lazy": "consensus, every=4", "extragradient": "extragradient", "optimistic": "optimistic",
     "sga": "SGA (lam 1)", "lookahead": "lookahead (AltGA, k 5)", "lookahead_eg": "lookahead (extragradient, k 5)",
     "cgd": "CGD (zero-sum loss)", "acgd": "ACGD (zero-sum loss)",
+    "r3gan": "RpGAN + R1 + R2 (SimGA)", "consensus_r1": "consensus + R1",
 }
+#: R1 / R2 weight of the practitioner's baselines (r3gan, consensus_r1); not tuned for this game.
+PENALTY_GAMMA = 1.0
 ZERO_SUM = {"cgd", "acgd"}
 
 
 def build(method: str, G: torch.nn.Module, D: torch.nn.Module) -> Any:
     gp, dp = list(G.parameters()), list(D.parameters())
     rms = torch.optim.RMSprop
-    if method == "simga":
+    if method in ("simga", "r3gan"):
         return gameopt.SimultaneousOptimizer(rms, gp, dp, lr=LR)
     if method == "altga":
         return gameopt.AlternatingOptimizer(rms, gp, dp, lr=LR)
-    if method == "consensus":
+    if method in ("consensus", "consensus_r1"):
         return gameopt.ConsensusOptimizer(rms, gp, dp, gamma=GAMMA, lr=LR)
     if method == "consensus_lazy":
         return gameopt.ConsensusOptimizer(rms, gp, dp, gamma=GAMMA, every=4, lr=LR)
@@ -89,12 +92,19 @@ def game(seed: int, method: str) -> tuple[torch.nn.Module, torch.nn.Module, Call
     G, D = mlp(Z_DIM, 2), mlp(2, 1)
     centers = ring_centers(8, 1.0)
     gen = torch.Generator().manual_seed(seed + 1)
+    r1 = gameopt.GradientPenalty("r1", gamma=PENALTY_GAMMA)
+    r2 = gameopt.GradientPenalty("r2", gamma=PENALTY_GAMMA)
 
     def losses() -> tuple[torch.Tensor, torch.Tensor]:
         x = sample_mixture(BATCH, centers, STD, gen)
         fake = G(torch.randn(BATCH, Z_DIM, generator=gen))
         d_fake = D(fake)
+        if method == "r3gan":   # the practitioner's baseline (R3GAN): relativistic pairing loss, R1 + R2
+            gen_loss, disc_loss = gameopt.relativistic_losses(D(x), d_fake)
+            return gen_loss, disc_loss + r1(D, real=x) + r2(D, fake=fake)
         disc_loss = F.softplus(-D(x)).mean() + F.softplus(d_fake).mean()
+        if method == "consensus_r1":
+            disc_loss = disc_loss + r1(D, real=x)
         if method in ZERO_SUM:
             return -disc_loss, disc_loss
         return F.softplus(-d_fake).mean(), disc_loss
