@@ -111,10 +111,12 @@ def save_grid(
     height = max(p.shape[0] for _, p in panels)
     width = sum(p.shape[1] for _, p in panels)
     dpi = 100
-    fig_w = scale * width / dpi + 0.2 * (len(panels) - 1)
-    fig_h = scale * height / dpi + (0.55 if title else 0.3)
+    head = 0.5 if title else 0.25  # inches above the panels for the titles
+    fig_w = 1.1 * scale * width / dpi  # a little wide: the height decides, the saved box is cropped
+    fig_h = scale * height / dpi + head
     fig, axes = plt.subplots(1, len(panels), figsize=(fig_w, fig_h), dpi=dpi, squeeze=False,
                              gridspec_kw={"width_ratios": [p.shape[1] for _, p in panels]})
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - head / fig_h, wspace=0.04)
     for ax, (name, panel) in zip(axes[0], panels):
         if panel.shape[2] == 1:
             ax.imshow(panel[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -123,7 +125,7 @@ def save_grid(
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1 - 0.05 / fig_h, va="top")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi, bbox_inches="tight", pad_inches=0.05)  # titles never clipped
