@@ -77,7 +77,7 @@ def evaluator_for(channels: int, n_real: int | None):
 
 
 def real_grid_images(channels: int, n: int) -> torch.Tensor:
-    """``n`` real test samples drawn with seed 1 (the same draw as the real row's first ``n``)."""
+    """``n`` real test samples for the picture (seed 1)."""
     from gameopt import images
 
     g = torch.Generator().manual_seed(1)
