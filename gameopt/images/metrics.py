@@ -572,6 +572,7 @@ _KEYS_DOC = """
     and, with two classifiers, ``"agreed_strict_modes"`` (modes of the samples that are strict
     for both classifiers with the same mode) and ``"agreed_strict_fraction"`` (their fraction).
     A sampling floor is not zero: compare with :meth:`real_metrics` at the same ``n``.
+
 """
 
 
