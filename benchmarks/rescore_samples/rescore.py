@@ -87,7 +87,7 @@ def real_grid_images(channels: int, n: int) -> torch.Tensor:
     return images.mnist_signed(x[torch.randperm(len(x), generator=g)[:n]]).unsqueeze(1)
 
 
-def rescore(paths: list[Path], n_real: int | None, argv: list[str]) -> list[dict]:
+def rescore(paths: list[Path], n_real: int | None, run: dict) -> list[dict]:
     from gameopt.images import save_grid
 
     evaluators: dict[int, object] = {}
@@ -122,7 +122,7 @@ def rescore(paths: list[Path], n_real: int | None, argv: list[str]) -> list[dict
             "settings": {"n_real": ev.n_real, "k": ev.k, "strict_threshold": ev.strict_threshold,
                          "shifts": "1 pixel up, down, left, right; background fill -1"},
             "seconds": round(time.perf_counter() - t0, 1),
-            **provenance(argv),
+            **run,
         }
         stem = path.with_suffix("")
         Path(f"{stem}_rescored.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -177,10 +177,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not paths:
         raise SystemExit("no sample files found")
     t0 = time.perf_counter()
-    rows = rescore(paths, args.n_real, argv)
+    run = provenance(argv)  # taken once, at the start: the code that computes every row
+    rows = rescore(paths, args.n_real, run)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), **provenance(argv)}
+    summary = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), **run}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     legend = ("L: gameopt's LeNet-5 (`mnist_classifier`); C: the second classifier (`mnist_second_classifier`, "
               "a batch-norm CNN). Strict: every channel's top probability >= 0.9 and its label unchanged by "
