@@ -58,7 +58,7 @@ def provenance(argv: list[str]) -> dict:
 
 
 def clean(d: dict) -> dict:
-    """NaN (no strict sample, so no strict KL) becomes null: valid JSON."""
+    """NaN, should a metric give one, becomes null: valid JSON."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 

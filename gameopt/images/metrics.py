@@ -443,7 +443,8 @@ class _DigitChannelEvaluator:
             "classifier_score": score,
             "strict_modes": modes_covered(modes[strict], self.n_modes),
             "strict_fraction": float(strict.double().mean()),
-            "strict_kl": mode_kl(modes[strict], self.n_modes) if strict.any() else math.nan,
+            # no strict sample scores as total collapse: finite, so histories stay valid JSON
+            "strict_kl": mode_kl(modes[strict], self.n_modes) if strict.any() else math.log(self.n_modes),
         }
         return out, modes, strict
 
@@ -561,8 +562,8 @@ _KEYS_DOC = """
       probability ``>= strict_threshold`` (0.9) and its label unchanged by each 1-pixel shift
       (up, down, left, right; uncovered border at the background, -1), see :func:`strict_digits`;
     - ``"strict_fraction"``: fraction of the samples that are strict;
-    - ``"strict_kl"``: KL(histogram of the strict samples' modes || uniform), nats (NaN when no
-      sample is strict);
+    - ``"strict_kl"``: KL(histogram of the strict samples' modes || uniform), nats; when no
+      sample is strict, ``log(n_modes)``, the value of total collapse;
     - ``"frechet_distance"``: Frechet distance of the concatenated per-channel features to the
       ``n_real`` reference samples';
     - ``"precision"``, ``"recall"``: :func:`precision_recall` (k-NN manifolds, ``k``) in the same
