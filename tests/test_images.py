@@ -419,8 +419,14 @@ def test_evaluator_on_real_samples(digits_evaluator):
     assert ref["modes_covered"] >= 980 and ref["mode_accuracy"] > 0.9
     x, modes = StackedDigits("test", seed=11).sample(5000)
     m = digits_evaluator(x)
-    assert set(m) == {"modes_covered", "kl", "classifier_score", "frechet_distance"}
+    assert set(m) == {"modes_covered", "kl", "classifier_score", "frechet_distance", "strict_modes",
+                      "strict_fraction", "strict_kl", "precision", "recall"}
     assert m["modes_covered"] >= 980  # 5000 uniform draws cover ~993 of 1000
+    # at 8x8 a 1-pixel shift moves a digit by an eighth of its width: about 57% of real triples
+    # stay strict (uniform noise: about 0.1%)
+    assert m["strict_fraction"] > 0.45 and m["strict_modes"] > 800 and m["precision"] > 0.9 < m["recall"]
+    noise = digits_evaluator(torch.rand(2000, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert noise["strict_fraction"] < 0.02 and noise["recall"] < 0.05
     assert m["kl"] < 0.15 and m["classifier_score"] > 600
     assert m["frechet_distance"] < 10
     # upsampled (32 px) real samples score as well as 8 px ones

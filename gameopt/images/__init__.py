@@ -16,7 +16,15 @@ from .cifar10 import (
     to_signed_unit,
     write_cifar10_like,
 )
-from .classifier import LeNet5, SmallCNN, cifar10_classifier, digit_classifier, mnist_classifier, train_classifier
+from .classifier import (
+    LeNet5,
+    SmallCNN,
+    cifar10_classifier,
+    digit_classifier,
+    mnist_classifier,
+    mnist_second_classifier,
+    train_classifier,
+)
 from .metrics import (
     CIFAR10Evaluator,
     MNISTEvaluator,
@@ -30,6 +38,9 @@ from .metrics import (
     mode_histogram,
     mode_kl,
     modes_covered,
+    precision_recall,
+    shift_images,
+    strict_digits,
 )
 from .mnist import (
     MNIST_ENV,
@@ -40,6 +51,7 @@ from .mnist import (
     mnist_signed,
     write_idx,
 )
+from .grid import save_grid, tile
 from .inception import InceptionUnavailableError, inception_features, inception_fid, inception_score
 from .stacked_digits import StackedDigits, digit_images
 
@@ -75,9 +87,15 @@ __all__ = [
     "mode_histogram",
     "mode_kl",
     "mnist_classifier",
+    "mnist_second_classifier",
     "mnist_signed",
     "modes_covered",
+    "precision_recall",
     "require_cifar10",
+    "save_grid",
+    "shift_images",
+    "strict_digits",
+    "tile",
     "to_signed_unit",
     "train_classifier",
     "write_cifar10_like",

