@@ -135,7 +135,8 @@ def rescore(paths: list[Path], n_real: int | None, run: dict, smoke: bool = Fals
                         f"{metrics['modes_covered']} all-label")
         print(f"{path.name}: " + ", ".join(f"{k} {metrics[k]:.3g}" if isinstance(metrics[k], float)
                                             else f"{k} {metrics[k]}" for k in KEYS[:8]), flush=True)
-        rows.append({"file": record["samples"], "data": data, "method": path.stem, "n": n, **metrics})
+        method = path.stem if path.parent.name == "samples" else f"{path.parent.name}/{path.stem}"   # players' folder
+        rows.append({"file": record["samples"], "data": data, "method": method, "n": n, **metrics})
     for (channels, n), real in sorted(real_rows.items()):
         rows.insert(0, {"file": None, "data": "stacked_mnist" if channels == 3 else "mnist",
                         "method": "REAL (test split)", "n": n, **real})
