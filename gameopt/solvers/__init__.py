@@ -166,6 +166,12 @@ def check_psd_kernel(K: Tensor, C, checks: Checks | None = None) -> None:
     (about 3-5% of a trust-region solve at m = 64-128). With ``checks`` the read is deferred
     to :meth:`Checks.run`, together with the other input checks.
     """
+    _psd_factor(K, C, checks)
+
+
+def _psd_factor(K: Tensor, C, checks: Checks | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`check_psd_kernel`, returning the Cholesky factor of (K + K^T) / 2 + tol I and
+    its ``info`` (nonzero where it failed), for checks that reuse the factorisation."""
     Kf = K if K.is_floating_point() else K.double()
     m = Kf.shape[-1]
     eps = max(torch.finfo(Kf.dtype).eps, torch.finfo(torch.float32).eps)
@@ -176,7 +182,7 @@ def check_psd_kernel(K: Tensor, C, checks: Checks | None = None) -> None:
     asym = (Kf - Kf.transpose(-1, -2)).abs().amax((-2, -1))
     shifted = 0.5 * (Kf + Kf.transpose(-1, -2))
     shifted.diagonal(dim1=-2, dim2=-1).add_(tol[..., None])
-    _, info = torch.linalg.cholesky_ex(shifted)
+    L, info = torch.linalg.cholesky_ex(shifted)
 
     def not_symmetric() -> None:
         raise GameInputError(
@@ -198,37 +204,32 @@ def check_psd_kernel(K: Tensor, C, checks: Checks | None = None) -> None:
     checks.add(~(info > 0).any(), not_psd)
     if own:
         checks.run()
+    return L, info
 
 
-def _check_jw_consistent(K: Tensor, Jw: Tensor, w_norm_sq: Tensor, C, checks: Checks | None = None) -> None:
+def _check_jw_consistent(Jw: Tensor, w_norm_sq: Tensor, L: Tensor, info: Tensor,
+                         checks: Checks | None = None) -> None:
     """GameInputError unless ``Jw`` and ``w_norm_sq`` can come from one J and w with K = J J^T.
 
     For Jw = J w, ``Jw^T K^+ Jw = ||P w||^2 <= ||w||^2`` (P projects onto J's row space).
-    The test uses ``(K + tol I)^{-1}`` with the tolerance of :func:`check_psd_kernel` (which
-    only lowers the left side) and allows 5% for rounding: it catches a J w from another batch
-    or model, or a w_norm_sq that is not ``||w_k||^2``, not small inconsistencies. One m x m
-    Cholesky per problem and one host read.
+    The test uses ``(K + tol I)^{-1}`` through ``L``, the Cholesky factor that
+    :func:`_psd_factor` computed for the definiteness check (``info`` its status; the shift only
+    lowers the left side), and allows 5% for rounding: it catches a J w from another batch or
+    model, or a w_norm_sq that is not ``||w_k||^2``, not small inconsistencies. No
+    factorisation of its own; one host read, or deferred to ``checks``.
 
     Args:
-        K: (B, m, m) kernels.  Jw: (B, m).  w_norm_sq: (B,) float64.  C: the weight decay.
+        Jw: (m,) or (B, m).  w_norm_sq: (B,) float64.  L, info: from :func:`_psd_factor` of K.
 
     Raises:
         GameInputError: naming the problem in the batch and the two numbers.
     """
-    if K.shape[0] == 0:
+    if Jw.numel() == 0 or Jw.is_complex() or L.is_complex():
         return
-    Kf, Jf = K.double(), Jw.double()
-    if Kf.is_complex() or Jf.is_complex():
-        return
-    m = Kf.shape[-1]
-    scale = Kf.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(torch.float64).tiny)
-    Cb = torch.as_tensor(C, dtype=torch.float64, device=Kf.device).expand(scale.shape)
-    tol = torch.maximum(64 * m * torch.finfo(torch.float32).eps * scale, 2 * m * Cb)
-    shifted = 0.5 * (Kf + Kf.transpose(-1, -2)) + tol[..., None, None] * torch.eye(m, dtype=Kf.dtype, device=Kf.device)
-    L, info = torch.linalg.cholesky_ex(shifted)
-    q = (Jf[..., None] * torch.cholesky_solve(Jf[..., None], L)).sum((-2, -1))
+    Jf = Jw.to(L.dtype)
+    q = (Jf[..., None] * torch.cholesky_solve(Jf[..., None], L)).sum((-2, -1)).double().reshape(-1)
     wn = w_norm_sq.to(device=q.device, dtype=q.dtype)
-    bad = (info == 0) & (q > 1.05 * wn + 1e-300)
+    bad = (info.reshape(-1) == 0) & (q > 1.05 * wn + 1e-300)
 
     def fail() -> None:
         i = int(bad.nonzero()[0, 0])
@@ -393,10 +394,10 @@ def solve_trust_region_dual(
     check_positive("C", C, checks=checks)
     check_positive("delta", delta, allow_inf=True, checks=checks)
     # K's symmetry and definiteness are read with the rest; a NaN or C <= 0 is reported first
-    check_psd_kernel(K, C, checks)
+    L, info = _psd_factor(K, C, checks)
     # a user's Jw must come from K (the dual steps build both from one J and skip this check)
-    Kb, Jb = (K, Jw) if K.ndim == 3 else (K[None], Jw[None])
-    _check_jw_consistent(Kb, Jb, as_batch_param(w_norm_sq, Kb.shape[0], torch.float64, K.device), C, checks)
+    B = K.shape[0] if K.ndim == 3 else 1
+    _check_jw_consistent(Jw, as_batch_param(w_norm_sq, B, torch.float64, K.device), L, info, checks)
     checks.run()
     check_on_failure(on_failure)
     slv = get_solver(solver, **solver_options)
