@@ -16,17 +16,13 @@ import torch.nn.functional as F
 import gameopt
 from gameopt.testing import SyncCounter
 
+from conftest import mlp
+
 META = torch.device("meta")
 
 
 def _mlp(sizes, seed, device=META):
-    torch.manual_seed(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.Tanh())
-    return torch.nn.Sequential(*layers).to(device)
+    return mlp(sizes, seed, torch.float32).to(device)
 
 
 class MetaGAN:

@@ -409,11 +409,29 @@ def mnist_classifier(
     Raises:
         MNISTNotFoundError: the data are missing.
     """
+    return _cached_mnist_classifier(  # type: ignore[return-value]
+        root, cache_dir, device, MNIST_CLASSIFIER_VERSION, LeNet5, shift_augment(2), epochs, seed)
+
+
+
+def _cached_mnist_classifier(
+    root: str | os.PathLike | None,
+    cache_dir: str | os.PathLike | None,
+    device: torch.device | str | None,
+    version: str,
+    build: Callable[[], nn.Module],
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    epochs: int,
+    seed: int,
+) -> nn.Module:
+    """An MNIST digit classifier ``build()`` trained on the training split (Adam 2e-3, ``augment``)
+    and cached under ``version``, the settings and a fingerprint of the data; its test accuracy
+    on the test split is in its info."""
     from .mnist import load_mnist, mnist_signed
 
     x, y = load_mnist(root, "train")
     fingerprint = hashlib.sha1(y.numpy().tobytes() + x[::97].numpy().tobytes()).hexdigest()[:12]
-    key = f"{MNIST_CLASSIFIER_VERSION}-e{epochs}-s{seed}-{fingerprint}"
+    key = f"{version}-e{epochs}-s{seed}-{fingerprint}"
     path = cache_directory(cache_dir) / f"{key}.pt"
 
     def train() -> tuple[nn.Module, dict]:
@@ -421,10 +439,10 @@ def mnist_classifier(
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = LeNet5()
+            model = build()
         model = train_classifier(
             mnist_signed(x).unsqueeze(1), y, 10, model=model, epochs=epochs, lr=2e-3,
-            augment=shift_augment(2), seed=seed, device=device,
+            augment=augment, seed=seed, device=device,
         )
         info = {
             "key": key,
@@ -435,8 +453,7 @@ def mnist_classifier(
         }
         return model, info
 
-    return _cached(path, LeNet5, train, device)  # type: ignore[return-value]
-
+    return _cached(path, build, train, device)
 
 def _mnist_second_model() -> SmallCNN:
     return SmallCNN(1, 10, widths=(8, 16), feature_dim=64)
@@ -474,30 +491,6 @@ def mnist_second_classifier(
     Raises:
         MNISTNotFoundError: the data are missing.
     """
-    from .mnist import load_mnist, mnist_signed
-
-    x, y = load_mnist(root, "train")
-    fingerprint = hashlib.sha1(y.numpy().tobytes() + x[::97].numpy().tobytes()).hexdigest()[:12]
-    key = f"{MNIST_SECOND_CLASSIFIER_VERSION}-e{epochs}-s{seed}-{fingerprint}"
-    path = cache_directory(cache_dir) / f"{key}.pt"
-
-    def train() -> tuple[nn.Module, dict]:
-        xt, yt = load_mnist(root, "test")
-        t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = _mnist_second_model()
-        model = train_classifier(
-            mnist_signed(x).unsqueeze(1), y, 10, model=model, epochs=epochs, lr=2e-3,
-            augment=digit_augment(max_shift=1, p_blur=0.5), seed=seed, device=device,
-        )
-        info = {
-            "key": key,
-            "test_accuracy": accuracy(model, mnist_signed(xt).unsqueeze(1), yt),
-            "train_seconds": time.perf_counter() - t0,
-            "n_train": len(x),
-            "n_test": len(xt),
-        }
-        return model, info
-
-    return _cached(path, _mnist_second_model, train, device)  # type: ignore[return-value]
+    return _cached_mnist_classifier(  # type: ignore[return-value]
+        root, cache_dir, device, MNIST_SECOND_CLASSIFIER_VERSION, _mnist_second_model,
+        digit_augment(max_shift=1, p_blur=0.5), epochs, seed)
