@@ -64,6 +64,7 @@ from benchmarks.common.dcgan import (  # noqa: E402
 )
 from benchmarks.common.image_methods import METHODS, add_method_arguments, build_method  # noqa: E402
 from benchmarks.common.provenance import write_json  # noqa: E402
+from gameopt.images import save_grid  # noqa: E402
 
 CHECKPOINT = "checkpoint.pt"
 #: Written into every checkpoint; a checkpoint with another (or no) format is refused, never guessed at.
@@ -200,26 +201,6 @@ def _players(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[nn.Modul
 
 
 # ------------------------------------------------------------------------ outputs
-def save_grid(images: Tensor, path: Path, nrow: int = 8) -> None:
-    """Save images (N, C, H, W) in [-1, 1] as one PNG grid of ``nrow`` columns (1-pixel gaps; sides under 32 enlarged)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2)
-    scale = max(1, 32 // x.shape[-1])   # small images are enlarged (nearest) to stay visible
-    x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
-    n, c, h, w = x.shape
-    rows = math.ceil(n / nrow)
-    grid = torch.ones(c, rows * (h + 1) + 1, nrow * (w + 1) + 1)
-    for i in range(n):
-        r, k = divmod(i, nrow)
-        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = x[i]
-    img = grid.permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(path, img if c == 3 else img[..., 0], cmap=None if c == 3 else "gray")
-
-
 def save_final_samples(fake: Tensor, game: ImageGame, out: Path, record: dict[str, Any]) -> None:
     """``final_samples.npz`` (key ``images``: uint8 (N, C, H, W), 0-255, ``round((x + 1) * 127.5)``)
     and ``final_samples.json`` (the step, and the modes covered by exactly these N samples in our
@@ -406,6 +387,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     game = ImageGame(args)
+    real_grid = game.sample(64, torch.Generator().manual_seed(1))   # shown beside every sample grid
     args.image_numel = math.prod(game.shape)
 
     torch.manual_seed(args.seed)
@@ -455,7 +437,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         history[:] = [h for h in history if h["step"] < step] + [record]
         if step == args.steps and args.save_samples:
             save_final_samples(fake[: args.save_samples], game, out, record)
-        save_grid(fake[:64], out / "samples" / f"step_{step:06d}.png")
+        save_grid(fake[:64], out / "samples" / f"step_{step:06d}.png", real=real_grid, nrow=8,
+                  title=f"step {step}", scale=max(3, 84 // fake.shape[-1]))
         plot_history(history, f"{args.data} / {args.model} / {args.method} (seed {args.seed})", out / "metrics.png")
         write_summary()
         if bar is not None:
