@@ -97,10 +97,12 @@ DRIVERS = [
     ("benchmarks/stacked_mnist/stacked_mnist_suite.sh", ["2", "1"]),
     ("benchmarks/dual_five_gaussians/dual_five_gaussians_study.sh", ["0/1"]),
     ("benchmarks/gradient_penalty_cost/gaussians.sh", []),
+    ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["a"]),
+    ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["b"]),
 ]
 
 
-@pytest.mark.parametrize("driver,args", DRIVERS, ids=[Path(d).stem for d, _ in DRIVERS])
+@pytest.mark.parametrize("driver,args", DRIVERS, ids=[Path(d).stem + "".join(f"-{a}" for a in args) for d, args in DRIVERS])
 def test_driver_dry_run_names_existing_scripts_with_valid_arguments(driver, args, tmp_path):
     """Each driver runs with a stand-in interpreter: every command it would run names a script that
     exists, and every image-runner command parses with the runner's own argument parser."""

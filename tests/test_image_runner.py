@@ -168,3 +168,39 @@ def test_resume_refuses_a_checkpoint_of_another_version(fmt, tmp_path):
     torch.save(ck, path)
     with pytest.raises(ValueError, match=f"{path}.*another run or version"):
         image_gan.main([*args[:3], "2", *args[4:]])
+
+
+def test_ema_of_the_generator_is_tracked_evaluated_saved_and_resumed(tmp_path):
+    # --ema D keeps torch.optim.swa_utils' EMA of G (first update copies G, then ema = D ema + (1 - D) G),
+    # evaluates it beside G at every evaluation, saves its final samples, and resumes it bit for bit
+    common = ["--method", "altga", "--ema", "0.5", "--eval-every", "1", "--ckpt-every", "1", *TINY]
+    out = tmp_path / "run"
+    image_gan.main([*common, "--steps", "1", "--out", str(out)])
+    g1 = torch.load(out / image_gan.CHECKPOINT, weights_only=True)["G"]
+    summary = image_gan.main([*common, "--steps", "2", "--out", str(out)])   # resumes at step 1
+    ck = torch.load(out / image_gan.CHECKPOINT, weights_only=True)
+    g2, ema = ck["G"], ck["G_ema"]
+    for k, v in g2.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(ema[f"module.{k}"], 0.5 * g1[k] + 0.5 * v, rtol=0, atol=1e-6)
+    final = summary["history"][-1]
+    for key in ("ema_modes_covered", "ema_kl", "ema_frechet_distance", "modes_covered"):
+        assert key in final and final[key] == final[key], key
+    assert summary["settings"]["ema"] == 0.5
+    assert (out / "final_samples_ema.npz").stat().st_size > 0 and (out / "final_samples.npz").stat().st_size > 0
+    assert (out / "samples" / "ema_step_000002.png").stat().st_size > 0
+    straight = tmp_path / "straight"
+    image_gan.main([*common, "--steps", "2", "--out", str(straight)])
+    ema_straight = torch.load(straight / image_gan.CHECKPOINT, weights_only=True)["G_ema"]
+    assert ema_straight.keys() == ema.keys()
+    for k in ema:
+        assert torch.equal(ema[k], ema_straight[k]), k
+
+
+def test_ema_off_by_default(tmp_path):
+    out = tmp_path / "run"
+    summary = image_gan.main(["--method", "simga", "--steps", "1", "--eval-every", "0", "--out", str(out), *TINY])
+    assert "G_ema" not in torch.load(out / image_gan.CHECKPOINT, weights_only=True)
+    assert not any(k.startswith("ema_") for k in summary["history"][-1])
+    with pytest.raises(SystemExit):
+        image_gan.parse_args(["--ema", "1.5"])

@@ -69,7 +69,7 @@ from gameopt.images import save_grid  # noqa: E402
 CHECKPOINT = "checkpoint.pt"
 #: Written into every checkpoint; a checkpoint with another (or no) format is refused, never guessed at.
 #: Raise it whenever what a checkpoint holds changes.
-CHECKPOINT_FORMAT = "image_gan-checkpoint-v1"
+CHECKPOINT_FORMAT = "image_gan-checkpoint-v2"   # v2: G_ema
 MODELS = ("dcgan", "dcgan_bn", "conv4", "unrolled", "unrolled_nobn_d", "mnist_dcgan", "dcgan28", "dcgan28_nobn_d")
 MNIST_MODELS = ("unrolled", "unrolled_nobn_d", "mnist_dcgan", "dcgan28", "dcgan28_nobn_d")
 #: Published configurations (``--preset``); an option given on the command line wins.
@@ -201,14 +201,14 @@ def _players(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[nn.Modul
 
 
 # ------------------------------------------------------------------------ outputs
-def save_final_samples(fake: Tensor, game: ImageGame, out: Path, record: dict[str, Any]) -> None:
+def save_final_samples(fake: Tensor, game: ImageGame, out: Path, record: dict[str, Any], name: str = "final_samples") -> None:
     """``final_samples.npz`` (key ``images``: uint8 (N, C, H, W), 0-255, ``round((x + 1) * 127.5)``)
     and ``final_samples.json`` (the step, and the modes covered by exactly these N samples in our
     classifier, so anyone can re-score them with another)."""
     images = ((fake.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     import numpy as np
 
-    np.savez_compressed(out / "final_samples.npz", images=images)
+    np.savez_compressed(out / f"{name}.npz", images=images)
     info: dict[str, Any] = {"step": record["step"], "n_samples": len(images), "data": game.name}
     modes = game.modes(torch.from_numpy(images).float() / 127.5 - 1) if torch.isfinite(fake).all() else None
     if modes is not None:
@@ -216,7 +216,7 @@ def save_final_samples(fake: Tensor, game: ImageGame, out: Path, record: dict[st
 
         info["modes_covered"] = modes_covered(modes, 1000)
         info["classifier"] = "gameopt.images.mnist_classifier (LeNet-5) per channel" if game.name == "stacked_mnist" else "gameopt.images.digit_classifier per channel"
-    write_json(out / "final_samples.json", info)
+    write_json(out / f"{name}.json", info)
 
 
 def plot_history(history: list[dict[str, Any]], title: str, path: Path) -> None:
@@ -280,6 +280,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    ap.add_argument("--ema", type=_ema_decay, default=0.0,
+                    help="also keep an exponential moving average of G with this decay (e.g. 0.999; "
+                         "torch.optim.swa_utils.AveragedModel, buffers included), evaluated beside G as ema_* "
+                         "metrics and saved as final_samples_ema.npz (0: none)")
     add_method_arguments(ap)
     args = ap.parse_args(argv)
     if args.preset is not None:
@@ -300,6 +304,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.data == "cifar10" and args.data_path is None:
         args.data_path = os.environ.get("GAMEOPT_CIFAR10")
     return args
+
+
+def _ema_decay(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"--ema {text}: the decay must be in [0, 1), e.g. 0.999 (0 turns it off)")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -395,6 +406,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     G.to(device), D.to(device)
     args.pd_feature_map = primal_dual_features(args, game)
     method = build_method(G, D, args)
+    G_ema = None
+    if args.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        G_ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
     data_gen = torch.Generator().manual_seed(args.seed + 1)   # real batches
     z_gen = torch.Generator().manual_seed(args.seed + 2)      # latent batches
     z_eval = torch.randn(args.eval_samples, args.z_dim, generator=torch.Generator().manual_seed(10_000 + args.seed))
@@ -412,6 +428,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         G.load_state_dict(ck["G"])
         D.load_state_dict(ck["D"])
         method.load_state_dict(ck["method"])
+        if G_ema is not None:
+            G_ema.load_state_dict(ck["G_ema"])
         data_gen.set_state(ck["data_gen"])
         z_gen.set_state(ck["z_gen"])
         torch.set_rng_state(ck["torch_rng"])
@@ -424,21 +442,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "torch_rng": torch.get_rng_state(), "step": step, "train_seconds": train_seconds,
             "history": history,
         }
+        if G_ema is not None:
+            state["G_ema"] = G_ema.state_dict()
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, ckpt_path)   # a run killed while saving keeps the previous checkpoint
 
-    def evaluate(losses: dict[str, float]) -> None:
-        G.eval()
+    def generate(net: nn.Module) -> Tensor:
+        net.eval()
         with torch.no_grad():
-            fake = torch.cat([G(zb.to(device)) for zb in z_eval.split(500)]).cpu()
-        G.train()
+            fake = torch.cat([net(zb.to(device)) for zb in z_eval.split(500)]).cpu()
+        net.train()
+        return fake
+
+    def evaluate(losses: dict[str, float]) -> None:
+        fake = generate(G)
         record = {"step": step, "train_seconds": round(train_seconds, 2), **losses, **game.evaluate(fake)}
+        shown = [("", fake)]
+        if G_ema is not None:
+            ema_fake = generate(G_ema)
+            record |= {f"ema_{k}": v for k, v in game.evaluate(ema_fake).items()}
+            shown.append(("ema_", ema_fake))
         history[:] = [h for h in history if h["step"] < step] + [record]
-        if step == args.steps and args.save_samples:
-            save_final_samples(fake[: args.save_samples], game, out, record)
-        save_grid(fake[:64], out / "samples" / f"step_{step:06d}.png", real=real_grid, nrow=8,
-                  title=f"step {step}", scale=max(3, 84 // fake.shape[-1]))
+        for prefix, images in shown:
+            if step == args.steps and args.save_samples:
+                save_final_samples(images[: args.save_samples], game, out, record,
+                                   name="final_samples_ema" if prefix else "final_samples")
+            save_grid(images[:64], out / "samples" / f"{prefix}step_{step:06d}.png", real=real_grid, nrow=8,
+                      title=f"{'EMA of G, ' if prefix else ''}step {step}", scale=max(3, 84 // images.shape[-1]))
         plot_history(history, f"{args.data} / {args.model} / {args.method} (seed {args.seed})", out / "metrics.png")
         write_summary()
         if bar is not None:
@@ -465,6 +496,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - t0
         step += 1
+        if G_ema is not None:
+            G_ema.update_parameters(G)
         if bar is not None:
             bar.update(1)
         last = step == args.steps

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue 19's comparison on the standard-size 28x28 DCGAN (--preset dcgan28), in priority order.
+#   bash benchmarks/stacked_mnist/dcgan28_grid.sh LANE [out]
+# LANE picks one of two queues (a, b), so two one-thread processes share a 2-core machine:
+#   nohup nice bash benchmarks/stacked_mnist/dcgan28_grid.sh a > runs/dcgan28_a.log 2>&1 &
+#   nohup nice bash benchmarks/stacked_mnist/dcgan28_grid.sh b > runs/dcgan28_b.log 2>&1 &
+# Every run keeps an EMA of G (decay 0.999) beside G and evaluates both on 2000 samples every 2000
+# steps. A run resumes from its checkpoint and a finished run is skipped, so a lane can be stopped and
+# restarted at will. After a run finishes, export and re-score it:
+#   bash benchmarks/stacked_mnist/dcgan28_grid.sh export RUN   (RUN e.g. dcgan28/altga_s1)
+# which copies final_samples{,_ema}.npz to results/samples/<players>/<method>{,_ema}_s<seed>.npz and
+# writes the strict metrics and grids beside them (benchmarks/rescore_samples/rescore.py).
+# Settings: --preset dcgan28 (Adam 2e-4 for both players, betas (0.5, 0.999), batch 64, z 100,
+# DCGAN init), consensus gamma 1, one CPU thread per run. PYTHON picks the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+lane=${1:?usage: dcgan28_grid.sh a|b|export [out|RUN]}
+out=runs/stacked_mnist; [ "$lane" = export ] || out=${2:-runs/stacked_mnist}
+py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+export PYTHONPATH=.
+samples=benchmarks/stacked_mnist/results/samples
+
+run() {   # run PLAYERS METHOD SEED STEPS [extra args]
+  local players=$1 method=$2 seed=$3 steps=$4; shift 4
+  local dir=$out/$players/${method}_s$seed
+  mkdir -p "$dir"
+  local cmd="$py benchmarks/common/image_gan.py --data stacked_mnist --preset dcgan28 --model $players --method $method --seed $seed --steps $steps --ema 0.999 --eval-every 2000 --eval-samples 2000 --ckpt-every 500 --threads 1 --no-progress --out $dir $*"
+  echo "$(date -u +%FT%TZ) start: $cmd"
+  if $cmd > "$dir.log" 2>&1; then echo "$(date -u +%FT%TZ) done: $players/${method}_s$seed"; else echo "FAILED: $dir (see $dir.log)"; fi
+}
+
+export_run() {   # export PLAYERS/METHOD_sSEED
+  local rel=$1 players=${1%%/*} name=${1#*/}
+  local method=${name%_s*} seed=${name##*_s}
+  mkdir -p "$samples/$players"
+  cp "$out/$rel/final_samples.npz" "$samples/$players/${method}_s$seed.npz"
+  local files=("$samples/$players/${method}_s$seed.npz")
+  if [ -f "$out/$rel/final_samples_ema.npz" ]; then
+    cp "$out/$rel/final_samples_ema.npz" "$samples/$players/${method}_ema_s$seed.npz"
+    files+=("$samples/$players/${method}_ema_s$seed.npz")
+  fi
+  mkdir -p benchmarks/stacked_mnist/results/dcgan28_runs/${players}_${name}
+  cp "$out/$rel/metrics.json" benchmarks/stacked_mnist/results/dcgan28_runs/${players}_${name}/
+  "$py" benchmarks/rescore_samples/rescore.py "${files[@]}" --threads 1
+}
+
+case $lane in
+  a)  # does consensus collapse with batch norm in D on a second seed; then the baseline's seeds
+      run dcgan28 consensus 1 2000
+      run dcgan28 altga 1 12000
+      run dcgan28_nobn_d altga 0 12000
+      run dcgan28 altga 2 12000 ;;
+  b)  # gameopt's flagship at the baseline's length, on the players it learns with
+      run dcgan28_nobn_d consensus 0 12000
+      run dcgan28 r3gan 0 12000 ;;
+  export) export_run "${2:?export needs RUN, e.g. dcgan28/altga_s1}" ;;
+  *) echo "unknown lane $lane: use a, b or export" >&2; exit 2 ;;
+esac
