@@ -70,3 +70,35 @@ def test_standard_dcgan28_players():
     assert D(x).shape == (4, 1)
     assert 700_000 < sum(p.numel() for p in G.parameters()) < 900_000
     assert 100_000 < sum(p.numel() for p in D.parameters()) < 200_000
+
+
+@pytest.mark.parametrize("d_batch,expected", [("separate", [4, 4]), ("joint", [8])])
+def test_discriminator_batch_layout(d_batch, expected):
+    # with batch norm in D, "separate" normalises the fake batch by its own statistics (DCGAN's
+    # practice): a collapsed fake batch then looks the same to D whatever it shows; "joint" passes
+    # real and fake through D as one batch, so both share the batch statistics
+    argv = ["--data", "stacked_mnist", "--preset", "dcgan28", "--method", "simga", "--width", "8", "--batch", "4"]
+    if d_batch != "separate":
+        argv += ["--d-batch", d_batch]
+    args, G, D, m = _build(argv)
+    sizes: list[int] = []
+    D.register_forward_hook(lambda mod, inp, out: sizes.append(inp[0].shape[0]))
+    real, z = torch.rand(4, 3, 28, 28) * 2 - 1, torch.randn(4, args.z_dim)
+    losses = m.step(real, z)
+    assert sizes == expected
+    assert all(torch.isfinite(v) for v in losses.values())
+    if d_batch == "joint":   # same losses as D applied to the concatenated batch by hand
+        torch.manual_seed(0)
+        args2, G2, D2, _ = _build(argv)
+        with torch.no_grad():
+            d = D2(torch.cat([G2(z), real])).flatten()
+        from benchmarks.common.image_methods import gan_losses
+
+        gen_loss, disc_loss = gan_losses(d[4:], d[:4])
+        torch.testing.assert_close(losses["gen_loss"], gen_loss)
+        torch.testing.assert_close(losses["disc_loss"], disc_loss)
+
+
+def test_dual_methods_refuse_a_joint_discriminator_batch():
+    with pytest.raises(ValueError, match="--d-batch joint"):
+        _build(["--data", "stacked_mnist", "--model", "dcgan28_nobn_d", "--method", "dual_score", "--d-batch", "joint"])

@@ -106,6 +106,9 @@ def add_method_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=float, default=1.0,
                    help="consensus: weight of grad(1/2||v||^2) (the paper's 10 failed on stacked digits with Adam)")
     g.add_argument("--smoothing", action="store_true", help="consensus: regulariser on D only")
+    g.add_argument("--d-batch", choices=["separate", "joint"], default="separate",
+                   help="real and fake through D as two batches (DCGAN's practice; with batch norm in D each "
+                        "is normalised by its own statistics) or as one concatenated batch")
     g.add_argument("--disc-steps", type=int, default=1, help="altga / primal_dual: D steps per G step")
     g.add_argument("--divergence", default="js", help="primal_dual: Table 1 variant (js, kl, wgan, ...)")
     g.add_argument("--alpha", type=float, default=1.0, help="primal_dual: dual step size alpha")
@@ -183,6 +186,7 @@ class GameStep:
         # gradient penalties on D, by method: r3gan (with the relativistic loss) and consensus_r1
         gamma = getattr(args, "penalty_gamma", 1.0)
         self.relativistic = args.method == "r3gan"
+        self.joint_d_batch = getattr(args, "d_batch", "separate") == "joint"
         self.penalties = {"r1": gameopt.GradientPenalty("r1", gamma=gamma)} if args.method in PENALISED else {}
         if self.relativistic:
             self.penalties["r2"] = gameopt.GradientPenalty("r2", gamma=gamma)
@@ -190,7 +194,10 @@ class GameStep:
     def _closure(self, real: Tensor, z: Tensor) -> Callable[[], tuple[Tensor, Tensor]]:
         def losses() -> tuple[Tensor, Tensor]:
             fake = self.G(z)
-            d_fake, d_real = self.D(fake).flatten(), self.D(real).flatten()
+            if self.joint_d_batch:
+                d_fake, d_real = self.D(torch.cat([fake, real])).flatten().split([len(fake), len(real)])
+            else:
+                d_fake, d_real = self.D(fake).flatten(), self.D(real).flatten()
             if self.penalties:
                 gen_loss, disc_loss = (gameopt.relativistic_losses if self.relativistic else gan_losses)(d_real, d_fake)
                 disc_loss = disc_loss + self.penalties["r1"](self.D, real=real)
@@ -240,6 +247,8 @@ class DualStep:
                 f"{args.method} needs a discriminator that scores samples independently; "
                 "batch norm couples them: use --model dcgan or conv4 (no batch norm)"
             )
+        if getattr(args, "d_batch", "separate") != "separate":
+            raise ValueError(f"{args.method} scores each sample on its own: --d-batch joint does not apply, drop it")
         self.G, self.D = G, D
         base, kw = _base(args)
         if getattr(args, "lr_g", None) is not None:
