@@ -177,3 +177,21 @@ def test_table_copies_seed0_samples_and_appends_published_numbers(mnist_root, tm
     assert (samples / "simga_s0.npz").exists() and (samples / "simga_s0.json").exists()
     assert not (samples / "simga_s1.npz").exists()   # seed 0 only
     assert (table_dir / "table.md").read_text().strip() == md.strip()
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_export_samples_reproduces_the_final_samples(mnist_root, tmp_path, ema):
+    # export_samples.py rebuilds G (or its EMA, --ema) from a checkpoint and draws the runner's own
+    # evaluation noise: its file equals the runner's final_samples{_ema}.npz
+    from benchmarks.stacked_mnist import export_samples
+
+    out = tmp_path / "run"
+    image_gan.main([*tiny(mnist_root, model="dcgan28"), "--preset", "dcgan28", "--width", "8", "--z-dim", "8",
+                    "--batch", "8", "--method", "altga", "--steps", "3", "--ema", "0.9", "--eval-every", "0",
+                    "--save-samples", "64", "--out", str(out)])
+    npz = tmp_path / "exported.npz"
+    export_samples.main([str(out), str(npz), "-n", "64", *(["--ema"] if ema else [])])
+    got = np.load(npz)["images"]
+    want = np.load(out / ("final_samples_ema.npz" if ema else "final_samples.npz"))["images"]
+    assert got.shape == want.shape == (64, 3, 28, 28) and got.dtype == np.uint8
+    assert np.array_equal(got, want)
