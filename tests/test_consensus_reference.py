@@ -218,3 +218,38 @@ def test_detached_fake_samples_warn_and_lose_the_cross_term():
     assert any(not torch.allclose(a, b) for a, b in zip(detached[:n_gen], full[:n_gen]))
     for a, b in zip(detached[n_gen:], full[n_gen:]):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_grad_matches_reference_with_batch_norm_in_the_discriminator(joint):
+    # consensus collapsed the standard-size DCGAN with batch norm in D (issue 19): the gradient
+    # through the batch statistics (double backward of batch norm) is exactly the reference's
+    torch.manual_seed(0)
+    G = torch.nn.Sequential(torch.nn.Linear(4, 2 * 8 * 8), torch.nn.Unflatten(1, (2, 8, 8)),
+                            torch.nn.BatchNorm2d(2), torch.nn.ReLU(), torch.nn.Conv2d(2, 1, 3, padding=1),
+                            torch.nn.Tanh()).double()
+    D = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, stride=2, padding=1), torch.nn.LeakyReLU(0.2),
+                            torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.BatchNorm2d(4),
+                            torch.nn.LeakyReLU(0.2), torch.nn.Flatten(), torch.nn.Linear(16, 1)).double()
+    real, z = torch.rand(6, 1, 8, 8, dtype=torch.float64) * 2 - 1, torch.randn(6, 4, dtype=torch.float64)
+
+    def losses():
+        fake = G(z)
+        if joint:
+            d_fake, d_real = D(torch.cat([fake, real])).flatten().split(6)
+        else:
+            d_fake, d_real = D(fake).flatten(), D(real).flatten()
+        F = torch.nn.functional
+        return F.softplus(-d_fake).mean(), F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+
+    gp, dp = list(G.parameters()), list(D.parameters())
+    lg, ld = losses()
+    vg = torch.autograd.grad(lg, gp, create_graph=True, retain_graph=True)
+    vd = torch.autograd.grad(ld, dp, create_graph=True)
+    L = 0.5 * sum((t * t).sum() for t in vg + vd)
+    want = [v.detach() + 0.7 * r for v, r in zip(vg + vd, torch.autograd.grad(L, gp + dp))]
+    opt = gameopt.ConsensusOptimizer(torch.optim.SGD, gp, dp, gamma=0.7, lr=0.1)
+    opt.zero_grad()
+    opt.backward(*losses())
+    for p, w in zip(gp + dp, want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-10, atol=1e-12)
