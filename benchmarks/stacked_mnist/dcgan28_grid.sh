@@ -20,9 +20,9 @@ py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3
 export PYTHONPATH=.
 samples=benchmarks/stacked_mnist/results/samples
 
-run() {   # run PLAYERS NAME SEED STEPS [extra args]; NAME is the method, or METHOD_VARIANT for extra args
+run() {   # run PLAYERS NAME SEED STEPS [extra args]; NAME is the method, or METHOD-VARIANT with extra args
   local players=$1 name=$2 seed=$3 steps=$4; shift 4
-  local method=${name%%_joint}; method=${method%%_smoothing}
+  local method=${name%%-*}
   local dir=$out/$players/${name}_s$seed
   mkdir -p "$dir"
   local cmd="$py benchmarks/common/image_gan.py --data stacked_mnist --preset dcgan28 --model $players --method $method --seed $seed --steps $steps --ema 0.999 --eval-every 2000 --eval-samples 2000 --ckpt-every 500 --threads 1 --no-progress --out $dir $*"
@@ -51,14 +51,15 @@ case $lane in
   a)  # does consensus collapse with batch norm in D on a second seed, and does it still with real and
       # fake in one batch through D (--d-batch joint); then the baseline's seeds
       run dcgan28 consensus 1 2000
-      run dcgan28 consensus_joint 0 2000 --d-batch joint
+      run dcgan28 consensus-joint 0 2000 --d-batch joint
       run dcgan28 altga 1 12000
       run dcgan28_nobn_d altga 0 12000
       run dcgan28 altga 2 12000 ;;
   b)  # gameopt's flagship at the baseline's length, on the players it learns with; then consensus's
-      # regulariser on D only (--smoothing) with batch norm in D; then the practitioner's baseline
+      # regulariser on D only (--smoothing) and gamma 0.1 with batch norm in D; then the practitioner's baseline
       run dcgan28_nobn_d consensus 0 12000
-      run dcgan28 consensus_smoothing 0 2000 --smoothing
+      run dcgan28 consensus-smoothing 0 2000 --smoothing
+      run dcgan28 consensus-gamma0.1 0 2000 --gamma 0.1
       run dcgan28 r3gan 0 12000 ;;
   export) export_run "${2:?export needs RUN, e.g. dcgan28/altga_s1}" ;;
   *) echo "unknown lane $lane: use a, b or export" >&2; exit 2 ;;
