@@ -93,6 +93,20 @@ class ConsensusStats:
         """``||grad L||`` over the regularised parameters (before ``gamma``), a 0-d float32 tensor."""
         return torch.linalg.vector_norm(self._norms[self._n_v:])
 
+    @property
+    def reg_grad_sq_norm(self) -> dict[str, torch.Tensor]:
+        """``{player: ||grad_player L||^2}`` (before ``gamma``; 0 for a player the regulariser
+        skips, the generator under ``smoothing``), 0-d float32 tensors. ``gamma * sqrt(this) /
+        sqrt(grad_sq_norm)`` says how many times the regulariser outweighs the game in a player's
+        gradient: when it is in the hundreds, the players minimise ``||v||^2`` instead of playing
+        (see the consensus page's pitfalls)."""
+        sq = self._norms[self._n_v:].square()
+        out, start = {}, 0
+        for player, (_, end) in zip(self._players, self._bounds):
+            out[player] = sq[start:end].sum()
+            start = end
+        return out
+
     def finite_per_player(self) -> list[bool]:
         """Which players' new gradients (v and grad L) are finite (syncs)."""
         ok = torch.isfinite(self._norms).tolist()

@@ -253,3 +253,24 @@ def test_grad_matches_reference_with_batch_norm_in_the_discriminator(joint):
     opt.backward(*losses())
     for p, w in zip(gp + dp, want):
         torch.testing.assert_close(p.grad, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("smoothing", [False, True])
+def test_reg_grad_sq_norm_per_player(smoothing):
+    # stats.reg_grad_sq_norm[player] = ||grad_player (1/2 ||v||^2)||^2 before gamma: with
+    # grad_sq_norm it tells how far the regulariser outweighs the game (gamma ||grad L|| / ||v||)
+    gan = TinyGAN(seed=9)
+    gp, dp = gan.params()
+    _, opt = gameopt_grads(gan, "nonsat", 0.5, smoothing=smoothing)
+    lg, ld = gan.losses()
+    vg = torch.autograd.grad(lg, gp, create_graph=True, retain_graph=True)
+    vd = torch.autograd.grad(ld, dp, create_graph=True)
+    L = 0.5 * sum((t * t).sum() for t in vg + vd)
+    rg, rd = torch.autograd.grad(L, gp, retain_graph=True), torch.autograd.grad(L, dp)
+    got = opt.stats.reg_grad_sq_norm
+    assert set(got) == {"generator", "discriminator"}
+    want_g = 0.0 if smoothing else float(sum((t * t).sum() for t in rg))
+    assert got["generator"].item() == pytest.approx(want_g, rel=1e-5)
+    assert got["discriminator"].item() == pytest.approx(float(sum((t * t).sum() for t in rd)), rel=1e-5)
+    total = sum(v for v in got.values())
+    assert opt.stats.reg_grad_norm.item() == pytest.approx(float(total) ** 0.5, rel=1e-5)

@@ -204,3 +204,13 @@ def test_ema_off_by_default(tmp_path):
     assert not any(k.startswith("ema_") for k in summary["history"][-1])
     with pytest.raises(SystemExit):
         image_gan.parse_args(["--ema", "1.5"])
+
+
+def test_consensus_runs_record_how_far_the_regulariser_outweighs_the_game(tmp_path):
+    summary = image_gan.main(["--method", "consensus", "--gamma", "2", "--steps", "1", "--eval-every", "1",
+                              "--out", str(tmp_path / "run"), *TINY])
+    final = summary["history"][-1]
+    for player in ("generator", "discriminator"):
+        assert final[f"reg_ratio_{player}"] > 0, final
+    simga = image_gan.main(["--method", "simga", "--steps", "1", "--eval-every", "1", "--out", str(tmp_path / "s"), *TINY])
+    assert not any(k.startswith("reg_ratio") for k in simga["history"][-1])

@@ -219,7 +219,14 @@ class GameStep:
         gen_loss, disc_loss = self.opt.step(self._closure(real, z))
         out = {"gen_loss": gen_loss.detach(), "disc_loss": disc_loss.detach()}
         if isinstance(self.opt, gameopt.ConsensusOptimizer) and self.opt.stats is not None:
-            out["consensus_loss"] = self.opt.stats.consensus_loss.detach()
+            stats = self.opt.stats
+            out["consensus_loss"] = stats.consensus_loss.detach()
+            # how many times the regulariser outweighs the game in each player's gradient
+            gammas = {g["player"]: g["gamma"] for g in self.opt.param_groups}   # one group per player here
+            if any(gammas.values()):
+                for player, v_sq in stats.grad_sq_norm.items():
+                    ratio = gammas[player] * stats.reg_grad_sq_norm[player].sqrt() / v_sq.sqrt().clamp_min(1e-30)
+                    out[f"reg_ratio_{player}"] = ratio.detach()
         return out
 
     @property
