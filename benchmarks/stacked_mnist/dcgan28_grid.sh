@@ -55,11 +55,13 @@ case $lane in
       run dcgan28 altga 1 12000
       run dcgan28_nobn_d altga 0 12000
       run dcgan28 altga 2 12000 ;;
-  b)  # gameopt's flagship at the baseline's length, on the players it learns with; then consensus's
-      # regulariser on D only (--smoothing) and gamma 0.1 with batch norm in D; then the practitioner's baseline
+  b)  # gameopt's flagship at the baseline's length, on the players it learns with; then, with batch norm
+      # in D (where the regulariser's gradient outweighs the game's about 500 times at gamma 1), gamma 0.1
+      # and 0.01 and the regulariser on D only (--smoothing); then the practitioner's baseline
       run dcgan28_nobn_d consensus 0 12000
-      run dcgan28 consensus-smoothing 0 2000 --smoothing
       run dcgan28 consensus-gamma0.1 0 2000 --gamma 0.1
+      run dcgan28 consensus-gamma0.01 0 2000 --gamma 0.01
+      run dcgan28 consensus-smoothing 0 2000 --smoothing
       run dcgan28 r3gan 0 12000 ;;
   export) export_run "${2:?export needs RUN, e.g. dcgan28/altga_s1}" ;;
   *) echo "unknown lane $lane: use a, b or export" >&2; exit 2 ;;
