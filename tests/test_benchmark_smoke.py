@@ -35,6 +35,7 @@ SMOKE = [
     ("benchmarks/primal_dual_cost/primal_dual_cost.py", [], "primal_dual_cost.json"),
     ("benchmarks/dual_solver_speed/dual_solver_speed.py", [], "results.json"),
     ("benchmarks/dual_step_cost/dual_step_cost.py", [], "results.json"),
+    ("benchmarks/stacked_mnist/reg_ratio.py", ["--seeds", "0"], "reg_ratio.json"),
 ]
 
 
