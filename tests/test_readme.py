@@ -49,7 +49,7 @@ INTERNAL_WORDING = {
     r"\bsessions?\b": "say what ran, not whose session",
     r"/work/": "a path on the authors' machine: give the command a user runs",
     r"`quiet`|\bbg\b": "the authors' wrappers: say 'on an otherwise idle machine'",
-    r"a few minutes": "say the measured time: the tests take about 7.5 minutes on an idle 2-core machine",
+    r"a few minutes": "say the measured time: the tests take about 8 minutes on an idle 2-core machine",
 }
 
 
