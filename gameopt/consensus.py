@@ -76,11 +76,14 @@ class ConsensusStats:
     @property
     def grad_sq_norm(self) -> dict[str, torch.Tensor]:
         """``{player: ||v_player||^2}``, 0-d float32 tensors."""
-        sq = self._norms[: self._n_v].square()
+        return self._per_player(self._norms[: self._n_v].square(), 0)
+
+    def _per_player(self, sq: torch.Tensor, part: int) -> dict[str, torch.Tensor]:
+        """Sum ``sq`` (one part of the norms, squared) per player; ``part`` 0 is ``v``, 1 is ``grad L``."""
         out, start = {}, 0
-        for player, (end, _) in zip(self._players, self._bounds):
-            out[player] = sq[start:end].sum()
-            start = end
+        for player, bounds in zip(self._players, self._bounds):
+            out[player] = sq[start:bounds[part]].sum()
+            start = bounds[part]
         return out
 
     @property
@@ -100,12 +103,7 @@ class ConsensusStats:
         sqrt(grad_sq_norm)`` says how many times the regulariser outweighs the game in a player's
         gradient: when it is in the hundreds, the players minimise ``||v||^2`` instead of playing
         (see the consensus page's pitfalls)."""
-        sq = self._norms[self._n_v:].square()
-        out, start = {}, 0
-        for player, (_, end) in zip(self._players, self._bounds):
-            out[player] = sq[start:end].sum()
-            start = end
-        return out
+        return self._per_player(self._norms[self._n_v:].square(), 1)
 
     def finite_per_player(self) -> list[bool]:
         """Which players' new gradients (v and grad L) are finite (syncs)."""

@@ -44,6 +44,16 @@ class TinyGAN:
         return list(self.G.parameters()), list(self.D.parameters())
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The test machines are small and shared: train and evaluate on one thread (a module uses it
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_gan():
     return TinyGAN()

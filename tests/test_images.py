@@ -36,13 +36,7 @@ from gameopt.images import (
 from gameopt.images import classifier as classifier_module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machines are small and shared: train and evaluate on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
