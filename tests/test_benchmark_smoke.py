@@ -100,6 +100,7 @@ DRIVERS = [
     ("benchmarks/gradient_penalty_cost/gaussians.sh", []),
     ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["a"]),
     ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["b"]),
+    ("benchmarks/mnist/mnist_seeds.sh", ["1 2"]),
 ]
 
 

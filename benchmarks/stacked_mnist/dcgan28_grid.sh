@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 19's comparison on the standard-size 28x28 DCGAN (--preset dcgan28), in priority order.
 #   bash benchmarks/stacked_mnist/dcgan28_grid.sh LANE [out]
-# LANE picks one of two queues (a, b), so two one-thread processes share a 2-core machine:
+# LANE picks one of two queues (a, b); the runs already finished are listed in benchmarks/stacked_mnist/README.md, so two one-thread processes share a 2-core machine:
 #   nohup nice bash benchmarks/stacked_mnist/dcgan28_grid.sh a > runs/dcgan28_a.log 2>&1 &
 #   nohup nice bash benchmarks/stacked_mnist/dcgan28_grid.sh b > runs/dcgan28_b.log 2>&1 &
 # Every run keeps an EMA of G (decay 0.999) beside G and evaluates both on 2000 samples every 2000
@@ -48,12 +48,12 @@ export_run() {   # export PLAYERS/METHOD_sSEED
 }
 
 case $lane in
-  a)  # does consensus collapse with batch norm in D on a second seed, and does it still with real and
-      # fake in one batch through D (--d-batch joint); then the baseline's seeds
-      run dcgan28 consensus 1 2000
-      run dcgan28 consensus-joint 0 2000 --d-batch joint
-      run dcgan28 altga 1 12000
-      run dcgan28_nobn_d altga 0 12000
+  a)  # the two leaders on the players consensus learns with (no batch norm in D) at seeds 1 and 2, then
+      # the batch-norm baseline's third seed
+      run dcgan28_nobn_d consensus 1 12000
+      run dcgan28_nobn_d altga 1 12000
+      run dcgan28_nobn_d consensus 2 12000
+      run dcgan28_nobn_d altga 2 12000
       run dcgan28 altga 2 12000 ;;
   b)  # gameopt's flagship at the baseline's length, on the players it learns with; then, with batch norm
       # in D (where the regulariser's gradient outweighs the game's about 500 times at gamma 1), gamma 0.1
