@@ -101,6 +101,7 @@ DRIVERS = [
     ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["a"]),
     ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["b"]),
     ("benchmarks/mnist/mnist_seeds.sh", ["1 2"]),
+    ("benchmarks/gamma_sweep/gamma_sweep_mnist.sh", ["0 1"]),
 ]
 
 
