@@ -214,3 +214,21 @@ def test_consensus_runs_record_how_far_the_regulariser_outweighs_the_game(tmp_pa
         assert final[f"reg_ratio_{player}"] > 0, final
     simga = image_gan.main(["--method", "simga", "--steps", "1", "--eval-every", "1", "--out", str(tmp_path / "s"), *TINY])
     assert not any(k.startswith("reg_ratio") for k in simga["history"][-1])
+
+
+def test_reg_ratio_measures_a_finished_runs_checkpoint(tmp_path):
+    """reg_ratio.py --runs: the ratio at a trained point (the players of the run's checkpoint, in
+    train mode as in training), so a user can see whether the regulariser grew during training."""
+    from benchmarks.stacked_mnist import reg_ratio
+
+    run = tmp_path / "run"
+    image_gan.main(["--method", "altga", "--steps", "2", "--eval-every", "0", "--out", str(run), *TINY])
+    record = reg_ratio.main(["--runs", str(run), "--out", str(tmp_path / "out")])
+    (row,) = record["rows"]
+    assert row["run"] == str(run) and row["step"] == 2 and row["method"] == "altga"
+    for player in ("generator", "discriminator"):
+        assert row[f"v_{player}"] > 0 and row[f"ratio_{player}"] == pytest.approx(row[f"reg_{player}"] / row[f"v_{player}"])
+    # the measurement uses the checkpoint's weights: fresh players give other gradients
+    fresh = reg_ratio.main(["--runs", str(run), "--at-init", "--out", str(tmp_path / "init")])["rows"][0]
+    assert fresh["step"] == 0 and fresh["v_discriminator"] != pytest.approx(row["v_discriminator"], rel=1e-6)
+    assert json.loads((tmp_path / "out" / "reg_ratio.json").read_text())["rows"][0]["step"] == 2
