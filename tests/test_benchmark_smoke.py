@@ -102,6 +102,7 @@ DRIVERS = [
     ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["b"]),
     ("benchmarks/mnist/mnist_seeds.sh", ["1 2"]),
     ("benchmarks/gamma_sweep/gamma_sweep_mnist.sh", ["0 1"]),
+    ("benchmarks/stacked_mnist/protocol26k.sh", ["dcgan28/altga_s1:altga-bnd_s1 dcgan28_nobn_d/altga_s0:altga-nobnd_s0"]),
 ]
 
 
