@@ -14,6 +14,7 @@ cd "$(dirname "$0")/../.."
 seeds=${1:-"0 1 2"}; out=${2:-runs/gamma_sweep_mnist}
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH=.
+. benchmarks/common/keep_run.sh
 samples=benchmarks/gamma_sweep/results/mnist/samples
 mkdir -p "$out" "$samples"
 for seed in $seeds; do
@@ -24,12 +25,7 @@ for seed in $seeds; do
       name=consensus-$optim-g${g}_s$seed
       dir=$out/$name
       cmd="$py benchmarks/common/image_gan.py --data mnist --model mnist_dcgan --width 32 --steps 3000 --eval-every 1000 --threads 1 --no-progress --method consensus --optim $optim --lr $lr --gamma $g --seed $seed --out $dir"
-      echo "$(date -u +%FT%TZ) start: $cmd"
-      if $cmd > "$dir.log" 2>&1; then
-        # (a dry run with a stand-in interpreter writes no samples)
-        [ ! -f "$dir/final_samples.npz" ] || cp "$dir/final_samples.npz" "$samples/$name.npz"
-        echo "$(date -u +%FT%TZ) done: $name"
-      else echo "FAILED: $dir (see $dir.log)"; fi
+      keep_run "$dir" "$samples/$name.npz" $cmd
     done
   done
 done

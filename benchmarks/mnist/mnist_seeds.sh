@@ -12,16 +12,12 @@ cd "$(dirname "$0")/../.."
 seeds=${1:-"1 2"}; out=${2:-runs/mnist}
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH=.
+. benchmarks/common/keep_run.sh
 mkdir -p "$out" benchmarks/mnist/results/samples
 for seed in $seeds; do
   for m in altga consensus primal_dual; do
     dir=$out/${m}_s$seed
     cmd="$py benchmarks/common/image_gan.py --data mnist --model mnist_dcgan --width 32 --steps 3000 --eval-every 1000 --threads 1 --no-progress --pd-features classifier --method $m --seed $seed --out $dir"
-    echo "$(date -u +%FT%TZ) start: $cmd"
-    if $cmd > "$dir.log" 2>&1; then
-      # (a dry run with a stand-in interpreter writes no samples)
-      [ ! -f "$dir/final_samples.npz" ] || cp "$dir/final_samples.npz" "benchmarks/mnist/results/samples/${m}_s$seed.npz"
-      echo "$(date -u +%FT%TZ) done: mnist/${m}_s$seed"
-    else echo "FAILED: $dir (see $dir.log)"; fi
+    keep_run "$dir" "benchmarks/mnist/results/samples/${m}_s$seed.npz" $cmd
   done
 done
