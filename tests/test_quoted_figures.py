@@ -121,3 +121,24 @@ def test_the_checker_fails_on_a_changed_number(tmp_path):
     assert last_number("SimGA 1.5e-3") == "1.5e-3" and matches("1e-13", 1.216e-13) and not matches("2e-13", 1.216e-13)
     with pytest.raises(KeyError):
         resolve({"a": 1}, "/b")
+
+
+def _git_ignored(paths: list[str]) -> set[str]:
+    """Those of ``paths`` that the repository's ignore rules would keep out of a commit."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: ignore rules cannot be read")
+    out = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT, text=True,
+                         input="\n".join(paths), capture_output=True)
+    assert out.returncode in (0, 1), out.stderr  # 1: none ignored
+    return set(out.stdout.split())
+
+
+def test_quoted_results_files_are_not_git_ignored():
+    # a results file that exists here but is ignored passes locally and fails on a fresh checkout
+    # (a bare "runs/" rule once kept benchmarks/mnist/results/runs/ out of every commit)
+    named = sorted({m["path"] for _, _, _, m in ALL})
+    ignored = _git_ignored(named)
+    assert not ignored, f"quoted results files that git ignores (fix .gitignore): {sorted(ignored)}"
