@@ -159,3 +159,21 @@ def test_rescore_smoke_on_tiny_mnist(tmp_path, monkeypatch):
     _run_script("benchmarks/rescore_samples/rescore.py", ["--smoke", "--out", str(out)], monkeypatch)
     _check_provenance(json.loads((out / "summary.json").read_text()), "benchmarks/rescore_samples/rescore.py")
     assert (out / "smoke_stacked_s0_grid.png").exists() and (out / "smoke_mnist_s0_rescored.json").exists()
+
+
+def test_keep_run_keeps_a_finished_runs_samples_and_history(tmp_path):
+    """benchmarks/common/keep_run.sh copies a finished run's samples to results/<x>/samples/NAME.npz and
+    its history to results/<x>/runs/NAME/metrics.json; a failed run keeps nothing."""
+    run, results = tmp_path / "runs" / "m_s0", tmp_path / "results"
+    (results / "samples").mkdir(parents=True)
+    make = f"mkdir -p {run} && echo s > {run}/final_samples.npz && echo '{{}}' > {run}/metrics.json"
+    script = (f". {ROOT}/benchmarks/common/keep_run.sh\n"
+              f"keep_run {run} {results}/samples/m_s0.npz bash -c \"{make}\"\n"
+              f"keep_run {tmp_path}/runs/bad_s0 {results}/samples/bad_s0.npz false\n")
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (results / "samples" / "m_s0.npz").read_text() == "s\n"
+    assert (results / "runs" / "m_s0" / "metrics.json").read_text() == "{}\n"
+    assert "FAILED: " in done.stdout and not (results / "samples" / "bad_s0.npz").exists()
+    assert not (results / "runs" / "bad_s0").exists()
