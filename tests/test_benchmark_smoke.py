@@ -102,6 +102,7 @@ DRIVERS = [
     ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["b"]),
     ("benchmarks/mnist/mnist_seeds.sh", ["1 2"]),
     ("benchmarks/gamma_sweep/gamma_sweep_mnist.sh", ["0 1"]),
+    ("benchmarks/gamma_sweep/gamma_sweep_mnist.sh", ["2", "RUNS", "rmsprop"]),
     ("benchmarks/stacked_mnist/protocol26k.sh", ["dcgan28/altga_s1:altga-bnd_s1 dcgan28_nobn_d/altga_s0:altga-nobnd_s0"]),
 ]
 
@@ -116,7 +117,8 @@ def test_driver_dry_run_names_existing_scripts_with_valid_arguments(driver, args
     log = tmp_path / "commands.jsonl"
     env = dict(os.environ, PYTHON=str(fake), FAKE_PYTHON_LOG=str(log))
     out = tmp_path / "runs"
-    extra = [str(out)] if "dual_five" not in driver else []
+    extra = [str(out)] if "dual_five" not in driver and "RUNS" not in args else []
+    args = [str(out) if a == "RUNS" else a for a in args]  # RUNS: the out folder sits before further arguments
     done = subprocess.run(["bash", driver, *args, *extra], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

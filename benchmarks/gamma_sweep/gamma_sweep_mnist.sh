@@ -3,7 +3,7 @@
 # (betas (0.5, 0.999)) and the consensus paper's RMSProp 1e-4; players and settings of the MNIST study
 # (benchmarks/mnist/: mnist_dcgan width 32, batch 64, 3000 steps), one CPU thread per run:
 #   nohup nice bash benchmarks/gamma_sweep/gamma_sweep_mnist.sh > runs/gamma_sweep_mnist.log 2>&1 &
-#   bash benchmarks/gamma_sweep/gamma_sweep_mnist.sh [seeds] [out]   (default "0 1 2", runs/gamma_sweep_mnist)
+#   bash benchmarks/gamma_sweep/gamma_sweep_mnist.sh [seeds] [out] [optims]   (default "0 1 2", runs/gamma_sweep_mnist, "adam rmsprop")
 # Seed-major order, so each seed's full sweep lands before the next seed starts. Adam at gamma 1 is the
 # MNIST study's consensus run (benchmarks/mnist/mnist_seeds.sh), not run again. Runs resume from their
 # checkpoints and finished runs are skipped; a finished run's final samples are copied to
@@ -11,14 +11,14 @@
 # interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-seeds=${1:-"0 1 2"}; out=${2:-runs/gamma_sweep_mnist}
+seeds=${1:-"0 1 2"}; out=${2:-runs/gamma_sweep_mnist}; optims=${3:-"adam rmsprop"}
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH=.
 . benchmarks/common/keep_run.sh
 samples=benchmarks/gamma_sweep/results/mnist/samples
 mkdir -p "$out" "$samples"
 for seed in $seeds; do
-  for optim in adam rmsprop; do
+  for optim in $optims; do
     lr=$([ $optim = adam ] && echo 2e-4 || echo 1e-4)
     for g in 0.1 0.3 1 3 10; do
       [ "$optim/$g" != adam/1 ] || continue
