@@ -81,6 +81,20 @@ def test_resume_equals_uninterrupted(method, tmp_path):
     assert repr(ma) == repr(mb)   # optimiser moments, step counts, radius, bandwidth schedule
 
 
+def test_running_a_finished_run_again_leaves_its_outputs_alone(tmp_path):
+    # the drivers re-run finished runs (the runner skips them); a rewrite would stamp another commit
+    # and date on results that commit did not make
+    out = tmp_path / "run"
+    args = ["--method", "simga", "--steps", "2", "--eval-every", "1", "--out", str(out), *TINY]
+    first = image_gan.main(args)
+    files = [out / "metrics.json", out / image_gan.CHECKPOINT, out / "metrics.png"]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    again = image_gan.main(args)
+    assert again["history"] == first["history"]
+    for p, seen in before.items():
+        assert (p.read_bytes(), p.stat().st_mtime_ns) == seen, f"{p.name} rewritten by a run that took no step"
+
+
 def test_resume_refuses_other_settings(tmp_path):
     out = str(tmp_path / "run")
     image_gan.main(["--method", "simga", "--steps", "1", "--eval-every", "0", "--out", out, *TINY])

@@ -40,6 +40,7 @@ Checkpoints are never committed: they live in the run folders (``runs/`` by defa
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -483,6 +484,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_json(out / "metrics.json", summary, device=device)
         return summary
 
+    finished = bool(history) and history[-1]["step"] == step == args.steps
+    if finished and (out / "metrics.json").exists():
+        # nothing to train: leave the outputs (and their provenance) as the training wrote them
+        return json.loads((out / "metrics.json").read_text())
     bar = _progress(args, step)
     if step == 0 and args.eval_every:
         evaluate({})
