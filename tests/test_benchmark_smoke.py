@@ -36,6 +36,7 @@ SMOKE = [
     ("benchmarks/dual_solver_speed/dual_solver_speed.py", [], "results.json"),
     ("benchmarks/dual_step_cost/dual_step_cost.py", [], "results.json"),
     ("benchmarks/stacked_mnist/reg_ratio.py", ["--seeds", "0"], "reg_ratio.json"),
+    ("benchmarks/gamma_sweep/gamma_table_mnist.py", [], "gamma.json"),
 ]
 
 
