@@ -29,6 +29,7 @@ def _stat(values):
 def test_mnist_gamma_table_places_each_group_and_the_alias_and_refuses_a_cell_filled_twice(tmp_path):
     from benchmarks.gamma_sweep import gamma_table_mnist as gt
     groups = [{"data": "mnist", "method": "samples/consensus-rmsprop-g0.3", "seeds": [0, 1, 2],
+               "agreed_strict_fraction": _stat([0.5, 0.6, 0.7]),
                "strict_fraction": _stat([0.6, 0.7, 0.8]), "second_strict_fraction": _stat([0.5, 0.6, 0.7])},
               {"data": "mnist", "method": "samples/consensus", "seeds": [0, 1],
                "strict_fraction": _stat([0.73, 0.75]), "second_strict_fraction": _stat([0.66, 0.68])},
@@ -40,10 +41,10 @@ def test_mnist_gamma_table_places_each_group_and_the_alias_and_refuses_a_cell_fi
     base.write_text(json.dumps({"groups": groups[2:]}))
     md = gt.main([str(seeds), "--baseline", f"{base}:altga", "--out", str(tmp_path / "out")])
     lines = md.splitlines()
-    assert lines[2].startswith("| adam | 1 | 0,1 | 0.740 +- 0.014 | 0.670 +- 0.014 |")   # the alias: consensus is Adam at gamma 1
-    assert lines[3].startswith("| rmsprop | 0.3 | 0,1,2 | 0.700 +- 0.100 | 0.600 +- 0.100 |")
-    assert lines[3].endswith("| 0.600, 0.700, 0.800 |")
-    assert lines[4].startswith("| altga | - | 0 | 0.610 | 0.550 |")   # one seed: no sd
+    assert lines[2].startswith("| adam | 1 | 0,1 |  | 0.740 +- 0.014 | 0.670 +- 0.014 |")   # the alias: consensus is Adam at gamma 1
+    assert lines[3].startswith("| rmsprop | 0.3 | 0,1,2 | 0.600 +- 0.100 | 0.700 +- 0.100 | 0.600 +- 0.100 |")
+    assert lines[3].endswith("| 0.500, 0.600, 0.700 |")   # the agreed fraction per seed
+    assert lines[4].startswith("| altga | - | 0 |  | 0.610 | 0.550 |")   # one seed: no sd
     record = json.loads((tmp_path / "out" / "gamma.json").read_text())
     assert [(c["optim"], c["gamma"]) for c in record["cells"]] == [("adam", 1.0), ("rmsprop", 0.3)]
     assert "provenance" in record and (tmp_path / "out" / "gamma.png").stat().st_size > 0

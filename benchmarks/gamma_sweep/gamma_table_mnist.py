@@ -24,8 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common.provenance import write_json  # noqa: E402
 
-#: (column title, seeds.json metric, decimals); the first two are the judging metrics
-COLUMNS = (("strict frac L", "strict_fraction", 3), ("strict frac C", "second_strict_fraction", 3),
+#: (column title, seeds.json metric, decimals); the first three are the judging metrics (agreed: strict
+#: under both classifiers with the same label, the claim that holds only where both agree)
+COLUMNS = (("agreed strict frac", "agreed_strict_fraction", 3), ("strict frac L", "strict_fraction", 3),
+           ("strict frac C", "second_strict_fraction", 3),
            ("FD L", "frechet_distance", 1), ("FD C", "second_frechet_distance", 1), ("recall L", "recall", 2))
 NAME = re.compile(r"^consensus-(?P<optim>[a-z]+)-g(?P<gamma>[0-9.]+)$")
 
@@ -53,13 +55,13 @@ def _fmt(stat: dict[str, Any] | None, digits: int) -> str:
 
 
 def table(grid: dict[tuple[str, float], dict[str, Any]], baseline: dict[str, Any] | None) -> str:
-    head = "| optimiser | gamma | seeds | " + " | ".join(c[0] for c in COLUMNS) + " | strict frac L per seed |"
+    head = "| optimiser | gamma | seeds | " + " | ".join(c[0] for c in COLUMNS) + " | agreed strict frac per seed |"
     lines = [head, "|---|---|---|" + "---|" * (len(COLUMNS) + 1)]
     rows = [(k, grid[k]) for k in sorted(grid)]
     if baseline is not None:
         rows.append(((baseline["method"].rsplit("/", 1)[-1], None), baseline))
     for (optim, gamma), g in rows:
-        per_seed = ", ".join(f"{v:.3f}" for v in g.get("strict_fraction", {}).get("values", []))
+        per_seed = ", ".join(f"{v:.3f}" for v in g.get("agreed_strict_fraction", {}).get("values", []))
         lines.append(f"| {optim} | {'-' if gamma is None else f'{gamma:g}'} | {','.join(map(str, g['seeds']))} | "
                      + " | ".join(_fmt(g.get(k), d) for _, k, d in COLUMNS) + f" | {per_seed} |")
     return "\n".join(lines) + "\n"
@@ -70,8 +72,8 @@ def figure(grid: dict[tuple[str, float], dict[str, Any]], baseline: dict[str, An
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, (title, key, _) in zip(axes, COLUMNS[:2]):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    for ax, (title, key, _) in zip(axes, COLUMNS[:3]):
         for optim, colour in (("adam", "tab:blue"), ("rmsprop", "tab:orange")):
             keys = sorted(k for k in grid if k[0] == optim and key in grid[k])
             if not keys:

@@ -26,7 +26,7 @@ from benchmarks.common.provenance import write_json  # noqa: E402
 #: the metrics summarised, in table order (a metric a row lacks is skipped for that row's group)
 METRICS = ("agreed_strict_modes", "strict_modes", "second_strict_modes", "strict_fraction",
            "second_strict_fraction", "modes_covered", "frechet_distance", "second_frechet_distance",
-           "precision", "recall", "strict_kl")
+           "precision", "recall", "strict_kl", "agreed_strict_fraction")
 SEED = re.compile(r"^(?P<method>.+)_s(?P<seed>\d+)$")
 
 
