@@ -19,7 +19,6 @@ def test_sweep_runs_skips_finished_runs_and_tabulates(tmp_path, monkeypatch):
     assert sweep.main(argv) == md and calls == []   # finished runs are not trained again
 
 
-
 def _stat(values):
     import statistics
     return {"values": values, "mean": statistics.fmean(values),

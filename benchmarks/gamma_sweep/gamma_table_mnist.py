@@ -23,6 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common.provenance import write_json  # noqa: E402
+from benchmarks.rescore_samples.seed_summary import summarise  # noqa: E402
 
 #: (column title, seeds.json metric, decimals); the first three are the judging metrics (agreed: strict
 #: under both classifiers with the same label, the claim that holds only where both agree)
@@ -32,11 +33,16 @@ COLUMNS = (("agreed strict frac", "agreed_strict_fraction", 3), ("strict frac L"
 NAME = re.compile(r"^consensus-(?P<optim>[a-z]+)-g(?P<gamma>[0-9.]+)$")
 
 
+def _name(group: dict[str, Any]) -> str:
+    """A group's method without the folder the re-score prefixes (``samples/consensus`` -> ``consensus``)."""
+    return group["method"].rsplit("/", 1)[-1]
+
+
 def cells(groups: list[dict[str, Any]], aliases: dict[str, str]) -> dict[tuple[str, float], dict[str, Any]]:
     """Map (optimiser, gamma) to its seeds.json group; raises ValueError if a cell is filled twice."""
     out: dict[tuple[str, float], dict[str, Any]] = {}
     for g in groups:
-        name = g["method"].rsplit("/", 1)[-1]
+        name = _name(g)
         m = NAME.match(aliases.get(name, name))
         if not m:
             continue
@@ -59,7 +65,7 @@ def table(grid: dict[tuple[str, float], dict[str, Any]], baseline: dict[str, Any
     lines = [head, "|---|---|---|" + "---|" * (len(COLUMNS) + 1)]
     rows = [(k, grid[k]) for k in sorted(grid)]
     if baseline is not None:
-        rows.append(((baseline["method"].rsplit("/", 1)[-1], None), baseline))
+        rows.append(((_name(baseline), None), baseline))
     for (optim, gamma), g in rows:
         per_seed = ", ".join(f"{v:.3f}" for v in g.get("agreed_strict_fraction", {}).get("values", []))
         lines.append(f"| {optim} | {'-' if gamma is None else f'{gamma:g}'} | {','.join(map(str, g['seeds']))} | "
@@ -86,7 +92,7 @@ def figure(grid: dict[tuple[str, float], dict[str, Any]], baseline: dict[str, An
         if baseline is not None and key in baseline:
             b = baseline[key]
             ax.axhspan(b["min"], b["max"], color="grey", alpha=0.25,
-                       label=f"{baseline['method'].rsplit('/', 1)[-1]} (seed range)")
+                       label=f"{_name(baseline)} (seed range)")
         ax.set_xscale("log")
         ax.set_xlabel("gamma")
         ax.set_title(f"{title} (2,000 samples; dots: seeds)")
@@ -99,17 +105,12 @@ def figure(grid: dict[tuple[str, float], dict[str, Any]], baseline: dict[str, An
 
 
 def _smoke_seeds(out: Path) -> Path:
-    def stat(values: list[float]) -> dict[str, Any]:
-        mean = sum(values) / len(values)
-        sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
-        return {"values": values, "mean": mean, "sd": sd, "min": min(values), "max": max(values)}
-    groups = [{"data": "mnist", "method": f"samples/consensus-{o}-g{g}", "seeds": [0, 1],
-               **{k: stat([0.5 + 0.01 * i, 0.52]) for i, (_, k, _) in enumerate(COLUMNS)}}
-              for o in ("adam", "rmsprop") for g in ("0.3", "3")]
-    groups.append({"data": "mnist", "method": "samples/consensus", "seeds": [0],
-                   "strict_fraction": stat([0.7]), "second_strict_fraction": stat([0.6])})
+    rows = [{"data": "mnist", "method": f"samples/consensus-{o}-g{g}_s{seed}",
+             **{k: 0.5 + 0.01 * i + 0.02 * seed for i, (_, k, _) in enumerate(COLUMNS)}}
+            for o in ("adam", "rmsprop") for g in ("0.3", "3") for seed in (0, 1)]
+    rows.append({"data": "mnist", "method": "samples/consensus_s0", "strict_fraction": 0.7, "second_strict_fraction": 0.6})
     path = out / "smoke_seeds.json"
-    path.write_text(json.dumps({"groups": groups}))
+    path.write_text(json.dumps({"groups": summarise(rows)}))
     return path
 
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> str:
     baseline = None
     if args.baseline:
         file, _, method = args.baseline.rpartition(":")
-        found = [g for g in json.loads(Path(file).read_text())["groups"] if g["method"].rsplit("/", 1)[-1] == method]
+        found = [g for g in json.loads(Path(file).read_text())["groups"] if _name(g) == method]
         if not found:
             raise SystemExit(f"gamma_table_mnist: no group {method!r} in {file}")
         baseline = found[0]
