@@ -180,3 +180,27 @@ def test_keep_run_keeps_a_finished_runs_samples_and_history(tmp_path):
     assert (results / "runs" / "m_s0" / "metrics.json").read_text() == "{}\n"
     assert "FAILED: " in done.stdout and not (results / "samples" / "bad_s0.npz").exists()
     assert not (results / "runs" / "bad_s0").exists()
+
+
+@pytest.mark.parametrize("lane", ["a", "b"])
+def test_dcgan28_grid_skips_runs_whose_history_is_committed(lane, tmp_path):
+    """The run folders under runs/ do not outlive a machine, so the grid must not train again a run
+    whose history already sits in results/dcgan28_runs/ (that would cost up to 1.5 h a run)."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    log = tmp_path / "commands.jsonl"
+    env = dict(os.environ, PYTHON=str(fake), FAKE_PYTHON_LOG=str(log))
+    done = subprocess.run(["bash", "benchmarks/stacked_mnist/dcgan28_grid.sh", lane, str(tmp_path / "runs")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    committed = {p.name for p in (ROOT / "benchmarks/stacked_mnist/results/dcgan28_runs").iterdir()
+                 if (p / "metrics.json").is_file()}
+    started = []
+    for argv in (json.loads(line) for line in log.read_text().splitlines()):
+        if argv[0].endswith("image_gan.py"):
+            out = Path(argv[argv.index("--out") + 1])
+            started.append(f"{out.parent.name}_{out.name}")
+    assert started, "the lane has nothing left to run"
+    assert not committed & set(started), f"lane {lane} would train committed runs again: {sorted(committed & set(started))}"
+    assert "skip" in done.stdout  # both lanes open with runs that have landed

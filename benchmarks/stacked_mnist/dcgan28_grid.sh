@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 19's comparison on the standard-size 28x28 DCGAN (--preset dcgan28), in priority order.
 #   bash benchmarks/stacked_mnist/dcgan28_grid.sh LANE [out]
-# LANE picks one of two queues (a, b); the runs already finished are listed in benchmarks/stacked_mnist/README.md, so two one-thread processes share a 2-core machine:
+# LANE picks one of two queues (a, b), so two one-thread processes share a 2-core machine; a run whose
+# history is committed under results/dcgan28_runs/ is skipped (the run folders under runs/ are not kept):
 #   nohup nice bash benchmarks/stacked_mnist/dcgan28_grid.sh a > runs/dcgan28_a.log 2>&1 &
 #   nohup nice bash benchmarks/stacked_mnist/dcgan28_grid.sh b > runs/dcgan28_b.log 2>&1 &
 # Every run keeps an EMA of G (decay 0.999) beside G and evaluates both on 2000 samples every 2000
@@ -19,11 +20,15 @@ out=runs/stacked_mnist; [ "$lane" = export ] || out=${2:-runs/stacked_mnist}
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH=.
 samples=benchmarks/stacked_mnist/results/samples
+committed=benchmarks/stacked_mnist/results/dcgan28_runs
 
 run() {   # run PLAYERS NAME SEED STEPS [extra args]; NAME is the method, or METHOD-VARIANT with extra args
   local players=$1 name=$2 seed=$3 steps=$4; shift 4
   local method=${name%%-*}
   local dir=$out/$players/${name}_s$seed
+  if [ -f "$committed/${players}_${name}_s$seed/metrics.json" ]; then   # runs/ does not outlive a machine
+    echo "skip (history committed in $committed): $players/${name}_s$seed"; return 0
+  fi
   mkdir -p "$dir"
   local cmd="$py benchmarks/common/image_gan.py --data stacked_mnist --preset dcgan28 --model $players --method $method --seed $seed --steps $steps --ema 0.999 --eval-every 2000 --eval-samples 2000 --ckpt-every 500 --threads 1 --no-progress --out $dir $*"
   echo "$(date -u +%FT%TZ) start: $cmd"
@@ -40,29 +45,36 @@ export_run() {   # export PLAYERS/METHOD_sSEED
     cp "$out/$rel/final_samples_ema.npz" "$samples/$players/${method}_ema_s$seed.npz"
     files+=("$samples/$players/${method}_ema_s$seed.npz")
   fi
-  mkdir -p benchmarks/stacked_mnist/results/dcgan28_runs/${players}_${name}
-  cp "$out/$rel/metrics.json" benchmarks/stacked_mnist/results/dcgan28_runs/${players}_${name}/
+  mkdir -p "$committed/${players}_${name}"
+  cp "$out/$rel/metrics.json" "$committed/${players}_${name}/"
   # per-file JSON and grid beside the samples; the run's own summary stays under runs/ (the committed
   # table comes from one re-score of every dcgan28 file: see benchmarks/stacked_mnist/README.md)
   "$py" benchmarks/rescore_samples/rescore.py "${files[@]}" --threads 1 --out "$out/rescore/${players}_${name}"
 }
 
 case $lane in
-  a)  # the two leaders on the players consensus learns with (no batch norm in D) at seeds 1 and 2, then
-      # the batch-norm baseline's third seed
+  a)  # the two leaders on the players consensus learns with (no batch norm in D) at three seeds, the
+      # batch-norm baseline's third seed, then consensus + R1 and the remaining optimisers
       run dcgan28_nobn_d consensus 1 12000
       run dcgan28_nobn_d altga 1 12000
       run dcgan28_nobn_d consensus 2 12000
-      run dcgan28_nobn_d altga 2 12000
-      run dcgan28 altga 2 12000 ;;
+      run dcgan28 altga 2 12000
+      run dcgan28 consensus_r1 0 12000
+      run dcgan28_nobn_d optimistic 0 12000
+      run dcgan28_nobn_d dual_score 0 12000 ;;
   b)  # gameopt's flagship at the baseline's length, on the players it learns with; then, with batch norm
       # in D (where the regulariser's gradient outweighs the game's about 500 times at gamma 1), gamma 0.1
-      # and 0.01 and the regulariser on D only (--smoothing); then the practitioner's baseline
+      # and 0.01 and the regulariser on D only (--smoothing); then AltGA's third seed without batch norm
+      # in D and the practitioner's baseline
       run dcgan28_nobn_d consensus 0 12000
       run dcgan28 consensus-gamma0.1 0 2000 --gamma 0.1
       run dcgan28 consensus-gamma0.01 0 2000 --gamma 0.01
       run dcgan28 consensus-smoothing 0 2000 --smoothing
-      run dcgan28 r3gan 0 12000 ;;
+      run dcgan28_nobn_d altga 2 12000
+      run dcgan28 r3gan 0 12000
+      run dcgan28_nobn_d consensus_lazy 0 12000
+      run dcgan28_nobn_d extragradient 0 12000
+      run dcgan28_nobn_d primal_dual 0 12000 ;;
   export) export_run "${2:?export needs RUN, e.g. dcgan28/altga_s1}" ;;
   *) echo "unknown lane $lane: use a, b or export" >&2; exit 2 ;;
 esac
