@@ -37,6 +37,7 @@ SMOKE = [
     ("benchmarks/dual_step_cost/dual_step_cost.py", [], "results.json"),
     ("benchmarks/stacked_mnist/reg_ratio.py", ["--seeds", "0"], "reg_ratio.json"),
     ("benchmarks/gamma_sweep/gamma_table_mnist.py", [], "gamma.json"),
+    ("benchmarks/stacked_mnist/equal_time.py", [], "equal_time.json"),
 ]
 
 

@@ -1,0 +1,64 @@
+"""The equal-wall-time reading of the standard-size stacked-MNIST grid (benchmarks/stacked_mnist/equal_time.py)."""
+
+import json
+
+import pytest
+
+from benchmarks.stacked_mnist import equal_time as et
+
+
+def _run(root, players, name, method, seed, points, steps=12000):
+    d = root / f"{players}_{name}_s{seed}"
+    d.mkdir(parents=True)
+    history = [{"step": s, "agreed_strict_modes": v, "frechet_distance": 100.0 - v} for s, v in points]
+    d.joinpath("metrics.json").write_text(json.dumps(
+        {"settings": {"model": players, "method": method, "seed": seed, "steps": steps}, "history": history}))
+    return d
+
+
+def _cost(path, model, ms, reference="altga", steps=12000):
+    path.write_text(json.dumps({"model": model, "reference": reference, "reference_steps": steps,
+                                "methods": {m: {"ms_per_step": v} for m, v in ms.items()}}))
+    return path
+
+
+def test_a_costlier_method_is_read_at_its_share_of_the_budget_between_two_evaluations(tmp_path):
+    runs = tmp_path / "runs"
+    points = [(0, 0), (2000, 10), (4000, 30), (6000, 50), (8000, 60), (10000, 70), (12000, 80)]
+    _run(runs, "p", "altga", "altga", 0, points)
+    _run(runs, "p", "consensus", "consensus", 0, points)
+    _run(runs, "p", "simga", "simga", 0, points)
+    _run(runs, "p", "consensus-gamma0.1", "consensus", 0, points[:2], steps=2000)   # a probe: left out
+    cost = _cost(tmp_path / "cost.json", "p", {"altga": 100.0, "consensus": 240.0, "simga": 50.0})
+    record = et.main([str(cost), "--runs", str(runs), "--out", str(tmp_path / "out")])
+    rows = {r["name"]: r for r in record["rows"]}
+    assert set(rows) == {"altga", "consensus", "simga"}
+    c = rows["consensus"]
+    assert c["read_at_step"] == pytest.approx(5000)       # 12000 * 100 / 240
+    assert c["agreed_strict_modes"] == pytest.approx(40)  # half way from 30 (4000) to 50 (6000)
+    assert c["frechet_distance"] == pytest.approx(60)
+    assert c["agreed_strict_modes_between"] == [[4000, 30], [6000, 50]]
+    assert c["equal_steps_agreed_strict_modes"] == 80 and c["used_its_budget"]
+    assert rows["altga"]["agreed_strict_modes"] == 80
+    s = rows["simga"]                                       # cheaper: its run ends before its budget
+    assert s["budget_steps"] == pytest.approx(24000) and s["read_at_step"] == 12000 and not s["used_its_budget"]
+    assert "run ended before its budget" in (tmp_path / "out" / "equal_time.md").read_text()
+
+
+def test_seeds_are_summarised_per_method(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, top in ((0, 80), (1, 100)):
+        _run(runs, "p", "altga", "altga", seed, [(0, 0), (12000, top)])
+    cost = _cost(tmp_path / "cost.json", "p", {"altga": 100.0})
+    (g,) = et.main([str(cost), "--runs", str(runs), "--out", str(tmp_path / "out")])["groups"]
+    assert g["seeds"] == [0, 1] and g["agreed_strict_modes"]["mean"] == 90
+    assert g["agreed_strict_modes"]["sd"] == pytest.approx(14.142, abs=1e-3)
+
+
+def test_step_costs_with_different_references_are_refused(tmp_path):
+    runs = tmp_path / "runs"
+    _run(runs, "p", "altga", "altga", 0, [(0, 0), (12000, 5)])
+    a = _cost(tmp_path / "a.json", "p", {"altga": 100.0})
+    b = _cost(tmp_path / "b.json", "q", {"consensus": 100.0}, reference="consensus")
+    with pytest.raises(SystemExit, match="disagree on the reference"):
+        et.main([str(a), str(b), "--runs", str(runs), "--out", str(tmp_path / "out")])
