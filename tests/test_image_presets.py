@@ -102,3 +102,30 @@ def test_discriminator_batch_layout(d_batch, expected):
 def test_dual_methods_refuse_a_joint_discriminator_batch():
     with pytest.raises(ValueError, match="--d-batch joint"):
         _build(["--data", "stacked_mnist", "--model", "dcgan28_nobn_d", "--method", "dual_score", "--d-batch", "joint"])
+
+
+@pytest.mark.parametrize("d_width,filters", [(None, (64, 128)), (32, (32, 64)), (16, (16, 32))])
+def test_dcgan28_discriminator_width(d_width, filters):
+    # --d-width sizes the standard-size D (D = 1/2 G at 32 and 1/4 G at 16 for G of width 64)
+    argv = ["--data", "stacked_mnist", "--preset", "dcgan28"] + (["--d-width", str(d_width)] if d_width else [])
+    args, G, D, _ = _build(argv)
+    convs = [m.out_channels for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert tuple(convs) == filters
+    assert D(G(torch.randn(2, args.z_dim))).shape == (2, 1)
+    assert image_gan._settings(args)["d_width"] == d_width   # None keeps old checkpoints resumable
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["--model", "dcgan28", "--d-scale", "0.25"], "--d-scale"),        # silently ignored before
+    (["--model", "mnist_dcgan", "--d-scale", "0.25"], "--d-scale"),
+    (["--model", "unrolled", "--d-width", "16"], "--d-width"),
+])
+def test_a_size_option_the_players_do_not_use_is_refused(argv, names, capsys):
+    with pytest.raises(SystemExit):
+        image_gan.parse_args(["--data", "stacked_mnist", *argv])
+    assert names in capsys.readouterr().err
+
+
+def test_the_pacgan_preset_still_sets_d_scale_for_its_players():
+    args = image_gan.parse_args(["--data", "stacked_mnist", "--preset", "pacgan", "--d-scale", "0.25"])
+    assert args.d_scale == 0.25

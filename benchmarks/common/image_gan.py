@@ -23,8 +23,9 @@ Games:
 Models (``--model``): ``dcgan`` (DCGAN-like, no batch norm: the consensus paper's setting),
 ``dcgan_bn`` (with batch norm), ``conv4`` (one more convolution per player, the consensus
 paper's Fig. 11 variant); 28x28: ``unrolled`` / ``unrolled_nobn_d`` (Metz et al.'s stacked-MNIST
-players, D at ``--d-scale`` of G, with / without batch norm in D) and ``mnist_dcgan`` (the
-primal-dual paper's MNIST players). Methods: see ``benchmarks/common/image_methods.py``.
+players, D at ``--d-scale`` of G, with / without batch norm in D), ``dcgan28`` / ``dcgan28_nobn_d``
+(the standard-size DCGAN, D's filters ``--d-width``) and ``mnist_dcgan`` (the primal-dual paper's
+MNIST players). A size option the chosen players do not use is refused. Methods: see ``benchmarks/common/image_methods.py``.
 
 Writes into ``--out``: ``checkpoint.pt`` (models, optimiser and method state, random number
 generators, history) every ``--ckpt-every`` steps and at the end; ``metrics.json`` (settings and
@@ -192,7 +193,7 @@ def _players(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[nn.Modul
         return mnist_generator(args.z_dim, c, args.width), mnist_discriminator(c, args.width)
     if args.model in ("dcgan28", "dcgan28_nobn_d"):
         return (dcgan28_generator(args.z_dim, c, args.width),
-                dcgan28_discriminator(c, args.width, batch_norm=args.model == "dcgan28"))
+                dcgan28_discriminator(c, getattr(args, "d_width", None) or args.width, batch_norm=args.model == "dcgan28"))
     if h == 28:
         raise ValueError(f"--model {args.model} needs a power-of-two size; for 28x28 use one of {MNIST_MODELS}")
     kw = {"size": h, "channels": c, "batch_norm": args.model == "dcgan_bn", "extra_conv": args.model == "conv4"}
@@ -260,7 +261,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--width", type=int, default=None,
                     help="base channel width (default 32 for stacked_digits, 64 otherwise; unrolled: G's widest layer; "
                          "mnist_dcgan: 64 is the paper's size)")
-    ap.add_argument("--d-scale", type=float, default=0.5, help="unrolled: D's widths as a fraction of G's (0.5, 0.25)")
+    ap.add_argument("--d-scale", type=float, default=0.5,
+                    help="unrolled / unrolled_nobn_d only: D's widths as a fraction of G's (0.5, 0.25)")
+    ap.add_argument("--d-width", type=int, default=None,
+                    help="dcgan28 / dcgan28_nobn_d only: D's filters (d_width, then 2 * d_width; default --width, "
+                         "as wide as G at each resolution; 32 is D = 1/2 G and 16 is D = 1/4 G at width 64)")
     ap.add_argument("--z-dim", type=int, default=None, help="latent size (default 256 for unrolled, 64 otherwise)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--method", choices=METHODS, default="consensus")
@@ -287,11 +292,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "metrics and saved as final_samples_ema.npz (0: none)")
     add_method_arguments(ap)
     args = ap.parse_args(argv)
+    given = ap.parse_args(argv, namespace=argparse.Namespace(**{k: None for k in vars(args)}))
     if args.preset is not None:
-        given = ap.parse_args(argv, namespace=argparse.Namespace(**{k: None for k in vars(args)}))
         for key, value in PRESETS[args.preset].items():
             if getattr(given, key) is None:   # not on the command line
                 setattr(args, key, value)
+    if given.d_scale is not None and args.model not in ("unrolled", "unrolled_nobn_d"):
+        ap.error(f"--d-scale sizes Metz et al.'s D (--model unrolled / unrolled_nobn_d); --model {args.model} "
+                 "does not use it (for dcgan28 players give --d-width, D's filters: 32 is D = 1/2 G)")
+    if args.d_width is not None and args.model not in ("dcgan28", "dcgan28_nobn_d"):
+        ap.error(f"--d-width sizes the dcgan28 / dcgan28_nobn_d discriminator; --model {args.model} does not use it"
+                 + (" (give --d-scale)" if args.model.startswith("unrolled") else ""))
     if args.width is None:
         args.width = 32 if args.data == "stacked_digits" else 64
     if args.z_dim is None:

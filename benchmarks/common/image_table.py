@@ -56,6 +56,8 @@ def load_runs(folders: list[str]) -> list[dict[str, Any]]:
             label += f", {s['model']}"
         if s.get("model", "").startswith("unrolled") and s.get("d_scale", 0.5) != 0.5:
             label += f", D {s['d_scale']:g} G"
+        if s.get("model", "").startswith("dcgan28") and s.get("d_width") is not None:
+            label += f", D width {s['d_width']}"
         if s.get("optim") not in (None, "adam"):
             label += f", {s['optim']} {s.get('lr'):g}"
         runs.append({"folder": str(f), "label": label, "seed": s["seed"], "settings": s,
