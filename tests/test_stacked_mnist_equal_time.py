@@ -62,3 +62,19 @@ def test_step_costs_with_different_references_are_refused(tmp_path):
     b = _cost(tmp_path / "b.json", "q", {"consensus": 100.0}, reference="consensus")
     with pytest.raises(SystemExit, match="disagree on the reference"):
         et.main([str(a), str(b), "--runs", str(runs), "--out", str(tmp_path / "out")])
+
+
+def test_a_run_with_another_discriminator_width_needs_its_own_step_cost(tmp_path):
+    runs = tmp_path / "runs"
+    _run(runs, "p", "altga", "altga", 0, [(0, 0), (12000, 5)])
+    narrow = _run(runs, "p", "altga-dwidth16", "altga", 0, [(0, 0), (12000, 9)])
+    record = json.loads((narrow / "metrics.json").read_text())
+    record["settings"]["d_width"] = 16
+    (narrow / "metrics.json").write_text(json.dumps(record))
+    cost = _cost(tmp_path / "cost.json", "p", {"altga": 100.0})
+    rows = et.main([str(cost), "--runs", str(runs), "--out", str(tmp_path / "out")])["rows"]
+    assert [r["name"] for r in rows] == ["altga"]   # timed on the full-width D only
+    narrow_cost = json.loads(cost.read_text()) | {"runner_args": ["--model", "p", "--d-width", "16"]}
+    (tmp_path / "narrow.json").write_text(json.dumps(narrow_cost))
+    rows = et.main([str(tmp_path / "narrow.json"), "--runs", str(runs), "--out", str(tmp_path / "out")])["rows"]
+    assert [r["name"] for r in rows] == ["altga-dwidth16"]

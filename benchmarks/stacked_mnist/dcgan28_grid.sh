@@ -61,11 +61,13 @@ case $lane in
       run dcgan28 altga 2 12000
       run dcgan28 consensus_r1 0 12000
       run dcgan28_nobn_d optimistic 0 12000
-      run dcgan28_nobn_d dual_score 0 12000 ;;
+      run dcgan28_nobn_d dual_score 0 12000
+      run dcgan28_nobn_d consensus-dwidth16 0 12000 --d-width 16   # D = 1/4 G
+      run dcgan28_nobn_d consensus-dwidth32 0 12000 --d-width 32 ;; # D = 1/2 G
   b)  # gameopt's flagship at the baseline's length, on the players it learns with; then, with batch norm
       # in D (where the regulariser's gradient outweighs the game's about 500 times at gamma 1), gamma 0.1
       # and 0.01 and the regulariser on D only (--smoothing); then AltGA's third seed without batch norm
-      # in D and the practitioner's baseline
+      # in D, the practitioner's baseline, the rest of the family, then D = 1/4 G and 1/2 G (--d-width)
       run dcgan28_nobn_d consensus 0 12000
       run dcgan28 consensus-gamma0.1 0 2000 --gamma 0.1
       run dcgan28 consensus-gamma0.01 0 2000 --gamma 0.01
@@ -74,7 +76,9 @@ case $lane in
       run dcgan28 r3gan 0 12000
       run dcgan28_nobn_d consensus_lazy 0 12000
       run dcgan28_nobn_d extragradient 0 12000
-      run dcgan28_nobn_d primal_dual 0 12000 ;;
+      run dcgan28_nobn_d primal_dual 0 12000
+      run dcgan28_nobn_d altga-dwidth16 0 12000 --d-width 16
+      run dcgan28_nobn_d altga-dwidth32 0 12000 --d-width 32 ;;
   export) export_run "${2:?export needs RUN, e.g. dcgan28/altga_s1}" ;;
   *) echo "unknown lane $lane: use a, b or export" >&2; exit 2 ;;
 esac

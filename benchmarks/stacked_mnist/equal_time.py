@@ -38,15 +38,22 @@ METRICS = ("agreed_strict_modes", "strict_modes", "second_strict_modes", "strict
            "second_strict_fraction", "agreed_strict_fraction", "modes_covered", "frechet_distance")
 
 
+def _players(model: str, d_width: Any) -> str:
+    return model if d_width is None else f"{model} (D width {d_width})"
+
+
 def load_costs(paths: list[Path]) -> dict[str, dict[str, Any]]:
-    """Step-cost records by players (``model``); each must share one reference and reference length."""
+    """Step-cost records by players (``model``, and D's width where the timing set ``--d-width``);
+    each must share one reference and reference length."""
     costs: dict[str, dict[str, Any]] = {}
     for path in paths:
         record = json.loads(path.read_text())
         ref = record["reference"]
         if ref not in record["methods"]:
             raise ValueError(f"{path}: the reference {ref!r} was not timed")
-        costs[record["model"]] = record
+        argv = record.get("runner_args", [])
+        d_width = int(argv[argv.index("--d-width") + 1]) if "--d-width" in argv else None
+        costs[_players(record["model"], d_width)] = record
     refs = {(r["reference"], r["reference_steps"]) for r in costs.values()}
     if len(refs) > 1:
         raise ValueError(f"step-cost files disagree on the reference: {sorted(refs)}")
@@ -73,7 +80,7 @@ def read_run(path: Path, costs: dict[str, dict[str, Any]]) -> dict[str, Any] | N
     of the grid's length (the reference's steps)."""
     record = json.loads((path / "metrics.json").read_text())
     s = record["settings"]
-    cost = costs.get(s["model"])
+    cost = costs.get(_players(s["model"], s.get("d_width")))
     if cost is None or s["method"] not in cost["methods"]:
         return None
     ref_ms = cost["methods"][cost["reference"]]["ms_per_step"]
@@ -86,7 +93,7 @@ def read_run(path: Path, costs: dict[str, dict[str, Any]]) -> dict[str, Any] | N
     step = min(budget, last)
     # the folder is <players>_<name>_s<seed>; name is the method or METHOD-VARIANT
     name = path.name[len(s["model"]) + 1:].rsplit("_s", 1)[0]
-    row: dict[str, Any] = {"run": path.name, "players": s["model"], "name": name, "method": s["method"],
+    row: dict[str, Any] = {"run": path.name, "players": _players(s["model"], s.get("d_width")), "name": name, "method": s["method"],
                            "seed": s["seed"], "ratio_to_reference": ms / ref_ms, "budget_steps": budget,
                            "read_at_step": step, "run_steps": last, "used_its_budget": budget <= last}
     for prefix in ("", "ema_"):
