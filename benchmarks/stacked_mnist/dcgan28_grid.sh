@@ -54,27 +54,29 @@ export_run() {   # export PLAYERS/METHOD_sSEED
 
 case $lane in
   a)  # the two leaders on the players consensus learns with (no batch norm in D) at three seeds, the
-      # batch-norm baseline's third seed, then consensus + R1 and the remaining optimisers
+      # batch-norm baseline's third seed, then the rest of the family on the players without batch norm
+      # in D (with it, consensus collapses: see README), then D = 1/4 G and 1/2 G (--d-width)
       run dcgan28_nobn_d consensus 1 12000
       run dcgan28_nobn_d altga 1 12000
       run dcgan28_nobn_d consensus 2 12000
       run dcgan28 altga 2 12000
-      run dcgan28 consensus_r1 0 12000
       run dcgan28_nobn_d optimistic 0 12000
+      run dcgan28_nobn_d consensus_lazy 0 12000
       run dcgan28_nobn_d dual_score 0 12000
-      run dcgan28_nobn_d consensus-dwidth16 0 12000 --d-width 16   # D = 1/4 G
-      run dcgan28_nobn_d consensus-dwidth32 0 12000 --d-width 32 ;; # D = 1/2 G
+      run dcgan28_nobn_d consensus-dwidth16 0 12000 --d-width 16
+      run dcgan28_nobn_d consensus-dwidth32 0 12000 --d-width 32 ;;
   b)  # gameopt's flagship at the baseline's length, on the players it learns with; then, with batch norm
       # in D (where the regulariser's gradient outweighs the game's about 500 times at gamma 1), gamma 0.1
       # and 0.01 and the regulariser on D only (--smoothing); then AltGA's third seed without batch norm
-      # in D, the practitioner's baseline, the rest of the family, then D = 1/4 G and 1/2 G (--d-width)
+      # in D, the practitioner's baseline and consensus + R1 on the same players, the rest of the family,
+      # then D = 1/4 G and 1/2 G
       run dcgan28_nobn_d consensus 0 12000
       run dcgan28 consensus-gamma0.1 0 2000 --gamma 0.1
       run dcgan28 consensus-gamma0.01 0 2000 --gamma 0.01
       run dcgan28 consensus-smoothing 0 2000 --smoothing
       run dcgan28_nobn_d altga 2 12000
-      run dcgan28 r3gan 0 12000
-      run dcgan28_nobn_d consensus_lazy 0 12000
+      run dcgan28_nobn_d r3gan 0 12000
+      run dcgan28_nobn_d consensus_r1 0 12000
       run dcgan28_nobn_d extragradient 0 12000
       run dcgan28_nobn_d primal_dual 0 12000
       run dcgan28_nobn_d altga-dwidth16 0 12000 --d-width 16
