@@ -116,7 +116,7 @@ def rescore(paths: list[Path], n_real: int | None, run: dict, smoke: bool = Fals
         data = "stacked_mnist" if channels == 3 else "mnist"
         record = {
             "what": f"{n} committed samples of {path.name} ({data}) re-scored by two classifiers",
-            "samples": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+            "samples": _relative(path),
             "n_samples": n,
             "metrics": metrics,
             "real_same_n": real_rows[(channels, n)],
@@ -141,6 +141,29 @@ def rescore(paths: list[Path], n_real: int | None, run: dict, smoke: bool = Fals
         rows.insert(0, {"file": None, "data": "stacked_mnist" if channels == 3 else "mnist",
                         "method": "REAL (test split)", "n": n, **real})
     return rows
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` rows, then ``new``'s file rows; a real-data row of ``new`` must equal ``old``'s for its
+    data and sample count (the same reference), else the table would mix two references."""
+    real = {(r["data"], r["n"]): r for r in old if r["file"] is None}
+    merged = list(old)
+    for r in new:
+        if r["file"] is not None:
+            merged.append(r)
+            continue
+        have = real.get((r["data"], r["n"]))
+        if have is None:
+            merged.insert(0, r)
+        elif any(not math.isclose(have[k], v, rel_tol=1e-6, abs_tol=1e-9) if isinstance(v, float) else have[k] != v
+                 for k, v in r.items() if k in have):
+            raise SystemExit(f"rescore --append: the real-data row for {r['data']} ({r['n']} samples) differs from "
+                             "the table's (another reference?): re-score every file without --append")
+    return merged
 
 
 def fmt(v, spec: str) -> str:
@@ -175,6 +198,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--n-real", type=int, default=None, help="reference samples (default 26000 stacked, 8000 MNIST)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "results"), help="folder of summary.json and table.md")
+    p.add_argument("--append", action="store_true",
+                   help="score only the files not yet in --out's summary.json and add their rows after the "
+                        "existing ones (for a grid that lands run by run); the real-data rows must agree")
     p.add_argument("--smoke", action="store_true",
                    help="seconds: random uint8 samples in --out, untrained classifiers, 64 reference samples")
     args = p.parse_args(argv)
@@ -192,10 +218,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit("no sample files found")
     t0 = time.perf_counter()
     run = provenance(argv)  # taken once, at the start: the code that computes every row
-    rows = rescore(paths, args.n_real, run, smoke=args.smoke)
     out = Path(args.out)
+    old = json.loads((out / "summary.json").read_text()) if args.append and (out / "summary.json").is_file() else None
+    if old is not None:
+        done = {r["file"] for r in old["rows"] if r["file"]}
+        paths = [q for q in paths if _relative(q) not in done]
+        if not paths:
+            print(f"every file is already in {out / 'summary.json'}: nothing to score")
+            return old["rows"]
+    rows = rescore(paths, args.n_real, run, smoke=args.smoke)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), **run}
+    if old is None:
+        summary = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), **run}
+    else:
+        rows = _merge(old["rows"], rows)
+        appended = {"files": [_relative(q) for q in paths], "seconds": round(time.perf_counter() - t0, 1), **run}
+        summary = old | {"rows": rows, "appended": old.get("appended", []) + [appended]}
     write_json(out / "summary.json", summary)
     legend = ("L: gameopt's LeNet-5 (`mnist_classifier`); C: the second classifier (`mnist_second_classifier`, "
               "a batch-norm CNN). Strict: every channel's top probability >= 0.9 and its label unchanged by "

@@ -9,8 +9,9 @@
 # steps. A run resumes from its checkpoint and a finished run is skipped, so a lane can be stopped and
 # restarted at will. After a run finishes, export and re-score it:
 #   bash benchmarks/stacked_mnist/dcgan28_grid.sh export RUN   (RUN e.g. dcgan28/altga_s1)
-# which copies final_samples{,_ema}.npz to results/samples/<players>/<method>{,_ema}_s<seed>.npz and
-# writes the strict metrics and grids beside them (benchmarks/rescore_samples/rescore.py).
+# which copies final_samples{,_ema}.npz to results/samples/<players>/<method>{,_ema}_s<seed>.npz, writes
+# the strict metrics and grids beside them and appends their rows to results/dcgan28_rescore/
+# (benchmarks/rescore_samples/rescore.py --append, then seed_summary.py).
 # Settings: --preset dcgan28 (Adam 2e-4 for both players, betas (0.5, 0.999), batch 64, z 100,
 # DCGAN init), consensus gamma 1, one CPU thread per run. PYTHON picks the interpreter.
 set -euo pipefail
@@ -21,6 +22,7 @@ py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3
 export PYTHONPATH=.
 samples=benchmarks/stacked_mnist/results/samples
 committed=benchmarks/stacked_mnist/results/dcgan28_runs
+rescored=benchmarks/stacked_mnist/results/dcgan28_rescore
 
 run() {   # run PLAYERS NAME SEED STEPS [extra args]; NAME is the method, or METHOD-VARIANT with extra args
   local players=$1 name=$2 seed=$3 steps=$4; shift 4
@@ -47,9 +49,10 @@ export_run() {   # export PLAYERS/METHOD_sSEED
   fi
   mkdir -p "$committed/${players}_${name}"
   cp "$out/$rel/metrics.json" "$committed/${players}_${name}/"
-  # per-file JSON and grid beside the samples; the run's own summary stays under runs/ (the committed
-  # table comes from one re-score of every dcgan28 file: see benchmarks/stacked_mnist/README.md)
-  "$py" benchmarks/rescore_samples/rescore.py "${files[@]}" --threads 1 --out "$out/rescore/${players}_${name}"
+  # per-file JSON and grid beside the samples, and the run's rows added to the committed table (a file
+  # already there is not scored again), then the per-method summary over seeds
+  "$py" benchmarks/rescore_samples/rescore.py "${files[@]}" --threads 1 --append --out "$rescored"
+  "$py" benchmarks/rescore_samples/seed_summary.py "$rescored/summary.json" --out "$rescored"
 }
 
 case $lane in

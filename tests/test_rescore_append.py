@@ -1,0 +1,60 @@
+"""benchmarks/rescore_samples/rescore.py --append: a grid that lands run by run is re-scored file by
+file into one table, and a file already in the table is not scored again."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _samples(path: Path, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    np.savez_compressed(path, images=rng.integers(0, 256, (16, 3, 28, 28), dtype=np.uint8))
+    return str(path)
+
+
+def test_append_scores_only_new_files_and_keeps_the_rows_and_reference(tmp_path, monkeypatch):
+    from benchmarks.rescore_samples import rescore
+    from gameopt.images import write_idx
+
+    monkeypatch.setenv("GAMEOPT_MNIST", str(write_idx(tmp_path / "mnist", n_train=200, n_test=200)))
+    monkeypatch.setenv("GAMEOPT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "table"
+    (tmp_path / "samples").mkdir()
+    a, b = _samples(tmp_path / "samples" / "a_s0.npz", 0), _samples(tmp_path / "samples" / "b_s0.npz", 1)
+    first = rescore.main([a, "--n-real", "64", "--out", str(out)])
+    assert [r["method"] for r in first] == ["REAL (test split)", "a_s0"]
+    scored = []
+    original = rescore.rescore
+    monkeypatch.setattr(rescore, "rescore", lambda paths, *rest, **kw: scored.append(paths) or original(paths, *rest, **kw))
+    rows = rescore.main([a, b, "--n-real", "64", "--out", str(out), "--append"])
+    assert [p.name for p in scored[0]] == ["b_s0.npz"]                       # a was not scored again
+    assert [r["method"] for r in rows] == ["REAL (test split)", "a_s0", "b_s0"]
+    assert rows[:2] == first                                                # row indices and values kept
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"] == rows and [Path(f).name for f in summary["appended"][0]["files"]] == ["b_s0.npz"]
+    assert "b_s0" in (out / "table.md").read_text()
+    assert rescore.main([a, b, "--n-real", "64", "--out", str(out), "--append"]) == rows   # nothing new: unchanged
+    assert len(scored) == 1
+
+
+def test_append_refuses_a_table_scored_against_another_reference(tmp_path, monkeypatch):
+    import pytest
+
+    from benchmarks.rescore_samples import rescore
+    from gameopt.images import write_idx
+
+    monkeypatch.setenv("GAMEOPT_MNIST", str(write_idx(tmp_path / "mnist", n_train=200, n_test=200)))
+    monkeypatch.setenv("GAMEOPT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "table"
+    (tmp_path / "samples").mkdir()
+    a, b = _samples(tmp_path / "samples" / "a_s0.npz", 0), _samples(tmp_path / "samples" / "b_s0.npz", 1)
+    rescore.main([a, "--n-real", "64", "--out", str(out)])
+    before = (out / "summary.json").read_text()
+    with pytest.raises(SystemExit, match="differs from the table's"):
+        rescore.main([b, "--n-real", "32", "--out", str(out), "--append"])
+    assert (out / "summary.json").read_text() == before
