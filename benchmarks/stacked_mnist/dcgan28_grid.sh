@@ -64,7 +64,6 @@ case $lane in
       run dcgan28_nobn_d consensus 2 12000
       run dcgan28 altga 2 12000
       run dcgan28_nobn_d optimistic 0 12000
-      run dcgan28_nobn_d consensus_lazy 0 12000
       run dcgan28_nobn_d dual_score 0 12000
       run dcgan28_nobn_d consensus-dwidth16 0 12000 --d-width 16
       run dcgan28_nobn_d consensus-dwidth32 0 12000 --d-width 32 ;;
@@ -79,6 +78,7 @@ case $lane in
       run dcgan28 consensus-smoothing 0 2000 --smoothing
       run dcgan28_nobn_d altga 2 12000
       run dcgan28_nobn_d r3gan 0 12000
+      run dcgan28_nobn_d consensus_lazy 0 12000
       run dcgan28_nobn_d consensus_r1 0 12000
       run dcgan28_nobn_d extragradient 0 12000
       run dcgan28_nobn_d primal_dual 0 12000
