@@ -78,3 +78,19 @@ def test_a_run_with_another_discriminator_width_needs_its_own_step_cost(tmp_path
     (tmp_path / "narrow.json").write_text(json.dumps(narrow_cost))
     rows = et.main([str(tmp_path / "narrow.json"), "--runs", str(runs), "--out", str(tmp_path / "out")])["rows"]
     assert [r["name"] for r in rows] == ["altga-dwidth16"]
+
+
+def test_a_metric_an_older_run_lacks_is_summarised_over_the_seeds_that_have_it(tmp_path):
+    runs = tmp_path / "runs"
+    old = _run(runs, "p", "altga", "altga", 0, [(0, 0), (12000, 0)])
+    record = json.loads((old / "metrics.json").read_text())
+    for h in record["history"]:
+        del h["agreed_strict_modes"]        # evaluated before strict metrics existed
+    (old / "metrics.json").write_text(json.dumps(record))
+    for seed, top in ((1, 100), (2, 120)):
+        _run(runs, "p", "altga", "altga", seed, [(0, 0), (12000, top)])
+    cost = _cost(tmp_path / "cost.json", "p", {"altga": 100.0})
+    (g,) = et.main([str(cost), "--runs", str(runs), "--out", str(tmp_path / "out")])["groups"]
+    assert g["seeds"] == [0, 1, 2] and g["agreed_strict_modes"]["seeds"] == [1, 2]
+    assert g["agreed_strict_modes"]["mean"] == 110 and g["frechet_distance"]["seeds"] == [0, 1, 2]
+    assert "110 +- 14 (seeds 1,2)" in (tmp_path / "out" / "equal_time.md").read_text()

@@ -120,19 +120,22 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                              "ratio_to_reference": rs[0]["ratio_to_reference"],
                              "read_at_step": rs[0]["read_at_step"],
                              "used_its_budget": all(r["used_its_budget"] for r in rs)}
-        for key in [k for k in rs[0] if k.removeprefix("equal_steps_").removeprefix("ema_") in METRICS]:
-            values = [r[key] for r in rs if key in r]
-            g[key] = {"values": values, "mean": statistics.fmean(values),
+        keys = dict.fromkeys(k for r in rs for k in r if k.removeprefix("equal_steps_").removeprefix("ema_") in METRICS)
+        for key in keys:   # an older run's history may lack a metric: each statistic names its seeds
+            have = [r for r in rs if key in r]
+            values = [r[key] for r in have]
+            g[key] = {"values": values, "seeds": [r["seed"] for r in have], "mean": statistics.fmean(values),
                       "sd": statistics.stdev(values) if len(values) > 1 else None}
         out.append(g)
     return out
 
 
-def _cell(stat: dict[str, Any] | None, digits: int) -> str:
+def _cell(stat: dict[str, Any] | None, digits: int, seeds: list[int]) -> str:
     if not stat:
         return ""
     text = f"{stat['mean']:.{digits}f}"
-    return text if stat["sd"] is None else f"{text} +- {stat['sd']:.{digits}f}"
+    text = text if stat["sd"] is None else f"{text} +- {stat['sd']:.{digits}f}"
+    return text if stat["seeds"] == seeds else f"{text} (seeds {','.join(map(str, stat['seeds']))})"
 
 
 def table(gs: list[dict[str, Any]], reference: str, reference_steps: int) -> str:
@@ -144,9 +147,9 @@ def table(gs: list[dict[str, Any]], reference: str, reference_steps: int) -> str
     for g in gs:
         steps = f"{g['read_at_step']:,.0f}" + ("" if g["used_its_budget"] else " (run ended before its budget)")
         lines.append(f"| {g['players']} | {g['name']} | {','.join(map(str, g['seeds']))} | "
-                     f"{g['ratio_to_reference']:.2f} | {steps} | {_cell(g.get('agreed_strict_modes'), 0)} | "
-                     f"{_cell(g.get('strict_modes'), 0)} | {_cell(g.get('strict_fraction'), 3)} | "
-                     f"{_cell(g.get('frechet_distance'), 1)} | {_cell(g.get('equal_steps_agreed_strict_modes'), 0)} |")
+                     f"{g['ratio_to_reference']:.2f} | {steps} | {_cell(g.get('agreed_strict_modes'), 0, g['seeds'])} | "
+                     f"{_cell(g.get('strict_modes'), 0, g['seeds'])} | {_cell(g.get('strict_fraction'), 3, g['seeds'])} | "
+                     f"{_cell(g.get('frechet_distance'), 1, g['seeds'])} | {_cell(g.get('equal_steps_agreed_strict_modes'), 0, g['seeds'])} |")
     return "\n".join(lines) + "\n"
 
 
