@@ -54,7 +54,7 @@ def test_stacked_mnist_samples_keep_their_path_and_names():
     names = [f for f in _tracked("benchmarks") if f.endswith(".npz") and "/stacked_mnist/" in f]
     # <method>_s<seed>.npz, or <method>-<variant>_s<seed>.npz for a run with other settings (gamma0.1, joint);
     # _ema before _s<seed>: the run's EMA of G (dcgan28_grid.sh export names them so)
-    assert names and all(re.search(r"/[a-z_]+(-[a-z0-9.]+)?(_ema)?_s\d+\.npz$", f) for f in names), names
+    assert names and all(re.search(r"/[a-z][a-z0-9_]*(-[a-z0-9.]+)?(_ema)?_s\d+\.npz$", f) for f in names), names  # r3gan: a digit
 
 
 def test_no_developer_paths_and_no_unsafe_loads():
