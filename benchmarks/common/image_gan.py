@@ -300,6 +300,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if given.d_scale is not None and args.model not in ("unrolled", "unrolled_nobn_d"):
         ap.error(f"--d-scale sizes Metz et al.'s D (--model unrolled / unrolled_nobn_d); --model {args.model} "
                  "does not use it (for dcgan28 players give --d-width, D's filters: 32 is D = 1/2 G)")
+    if args.d_width is not None and args.d_width < 1:
+        ap.error(f"--d-width {args.d_width}: D's filter count must be at least 1 (16 is D = 1/4 G at width 64)")
     if args.d_width is not None and args.model not in ("dcgan28", "dcgan28_nobn_d"):
         ap.error(f"--d-width sizes the dcgan28 / dcgan28_nobn_d discriminator; --model {args.model} does not use it"
                  + (" (give --d-scale)" if args.model.startswith("unrolled") else ""))
