@@ -102,6 +102,7 @@ DRIVERS = [
     ("benchmarks/gradient_penalty_cost/gaussians.sh", []),
     ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["a"]),
     ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["b"]),
+    ("benchmarks/stacked_mnist/dcgan28_grid.sh", ["long"]),
     ("benchmarks/mnist/mnist_seeds.sh", ["1 2"]),
     ("benchmarks/gamma_sweep/gamma_sweep_mnist.sh", ["0 1"]),
     ("benchmarks/gamma_sweep/gamma_sweep_mnist.sh", ["2", "RUNS", "rmsprop"]),

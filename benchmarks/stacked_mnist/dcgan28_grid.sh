@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 19's comparison on the standard-size 28x28 DCGAN (--preset dcgan28), in priority order.
 #   bash benchmarks/stacked_mnist/dcgan28_grid.sh LANE [out]
-# LANE picks one of two queues (a, b), so two one-thread processes share a 2-core machine; a run whose
+# LANE picks one of two queues (a, b), so two one-thread processes share a 2-core machine (``long``: the
+# baseline's 40,000-step learning curve, run in place of b); a run whose
 # history is committed under results/dcgan28_runs/ is skipped (the run folders under runs/ are not kept):
 #   nohup nice bash benchmarks/stacked_mnist/dcgan28_grid.sh a > runs/dcgan28_a.log 2>&1 &
 #   nohup nice bash benchmarks/stacked_mnist/dcgan28_grid.sh b > runs/dcgan28_b.log 2>&1 &
@@ -16,7 +17,7 @@
 # DCGAN init), consensus gamma 1, one CPU thread per run. PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-lane=${1:?usage: dcgan28_grid.sh a|b|export [out|RUN]}
+lane=${1:?usage: dcgan28_grid.sh a|b|long|export [out|RUN]}
 out=runs/stacked_mnist; [ "$lane" = export ] || out=${2:-runs/stacked_mnist}
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH=.
@@ -84,6 +85,10 @@ case $lane in
       run dcgan28_nobn_d primal_dual 0 12000
       run dcgan28_nobn_d altga-dwidth16 0 12000 --d-width 16
       run dcgan28_nobn_d altga-dwidth32 0 12000 --d-width 32 ;;
+  long)  # the baseline's learning curve past 12,000 steps (issue 19 items 2 and 5: how many steps until
+      # samples are digits and strict modes stop rising); same seed as dcgan28/altga_s1, whose first
+      # 12,000 steps it repeats. About 1 h 50 min on one thread beside another lane
+      run dcgan28 altga-40k 1 40000 ;;
   export) export_run "${2:?export needs RUN, e.g. dcgan28/altga_s1}" ;;
-  *) echo "unknown lane $lane: use a, b or export" >&2; exit 2 ;;
+  *) echo "unknown lane $lane: use a, b, long or export" >&2; exit 2 ;;
 esac
