@@ -59,3 +59,21 @@ def test_append_refuses_a_table_scored_against_another_reference(two_files):
     with pytest.raises(SystemExit, match="differs from the table's"):
         rescore.main([b, "--n-real", "32", "--out", str(out), "--append"])
     assert (out / "summary.json").read_text() == before
+
+
+def test_append_refuses_a_table_scored_by_other_classifier_weights(two_files):
+    """Each row names the weights digests of the two classifiers that scored it; a table scored by
+    other weights (another machine's retrained pair, say) is not extended."""
+    from benchmarks.rescore_samples import rescore
+
+    a, b, out = two_files
+    rows = rescore.main([a, "--n-real", "64", "--out", str(out)])
+    assert all(r["classifiers"].count("/") == 1 and len(r["classifiers"]) == 25 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    for r in summary["rows"]:
+        r["classifiers"] = "000000000000/000000000000"
+    (out / "summary.json").write_text(json.dumps(summary))
+    before = (out / "summary.json").read_text()
+    with pytest.raises(SystemExit, match="scored by classifier weights 000000000000/000000000000"):
+        rescore.main([b, "--n-real", "64", "--out", str(out), "--append"])
+    assert (out / "summary.json").read_text() == before

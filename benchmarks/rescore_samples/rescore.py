@@ -66,8 +66,17 @@ def clean(d: dict) -> dict:
 
 def classifier_info(model: torch.nn.Module) -> dict:
     info = dict(getattr(model, "info", {}))
-    info.pop("cache_file", None)
+    for local in ("cache_file", "weights_file"):   # this machine's paths
+        info.pop(local, None)
     return {"class": type(model).__name__, **info}
+
+
+def classifier_digests(ev) -> str:
+    """``first/second``: the weights digests of an evaluator's two classifiers (the instrument)."""
+    from gameopt.images.classifier import weights_digest
+
+    return "/".join(getattr(m, "info", {}).get("weights_sha256") or weights_digest(m)
+                    for m in (ev.classifier, ev.second_classifier))
 
 
 def evaluator_for(channels: int, n_real: int | None, smoke: bool = False):
@@ -109,7 +118,7 @@ def rescore(paths: list[Path], n_real: int | None, run: dict, smoke: bool = Fals
             print(f"evaluator for {channels} channel(s) ready in {time.perf_counter() - t0:.0f} s", flush=True)
         ev = evaluators[channels]
         if (channels, n) not in real_rows:
-            real_rows[(channels, n)] = clean(ev.real_metrics(n=n))
+            real_rows[(channels, n)] = {**clean(ev.real_metrics(n=n)), "classifiers": classifier_digests(ev)}
         t0 = time.perf_counter()
         x = torch.from_numpy(raw).float() / 127.5 - 1.0
         metrics = clean(ev(x))
@@ -136,7 +145,8 @@ def rescore(paths: list[Path], n_real: int | None, run: dict, smoke: bool = Fals
         print(f"{path.name}: " + ", ".join(f"{k} {metrics[k]:.3g}" if isinstance(metrics[k], float)
                                             else f"{k} {metrics[k]}" for k in KEYS[:8]), flush=True)
         method = path.stem if path.parent.name == "samples" else f"{path.parent.name}/{path.stem}"   # players' folder
-        rows.append({"file": record["samples"], "data": data, "method": method, "n": n, **metrics})
+        rows.append({"file": record["samples"], "data": data, "method": method, "n": n, **metrics,
+                     "classifiers": classifier_digests(ev)})
     for (channels, n), real in sorted(real_rows.items()):
         rows.insert(0, {"file": None, "data": "stacked_mnist" if channels == 3 else "mnist",
                         "method": "REAL (test split)", "n": n, **real})
@@ -149,7 +159,8 @@ def _relative(path: Path) -> str:
 
 def _merge(old: list[dict], new: list[dict]) -> list[dict]:
     """``old`` rows, then ``new``'s file rows; a real-data row of ``new`` must equal ``old``'s for its
-    data and sample count (the same reference), else the table would mix two references."""
+    data and sample count (the same reference, scored by the same classifier weights), else the
+    table would mix two instruments."""
     real = {(r["data"], r["n"]): r for r in old if r["file"] is None}
     merged = list(old)
     for r in new:
@@ -159,10 +170,17 @@ def _merge(old: list[dict], new: list[dict]) -> list[dict]:
         have = real.get((r["data"], r["n"]))
         if have is None:
             merged.insert(0, r)
-        elif any(not math.isclose(have[k], v, rel_tol=1e-6, abs_tol=1e-9) if isinstance(v, float) else have[k] != v
-                 for k, v in r.items() if k in have):
+            continue
+        if have.get("classifiers", r["classifiers"]) != r["classifiers"]:
+            raise SystemExit(f"rescore --append: the table was scored by classifier weights {have['classifiers']} "
+                             f"(first/second digest), these files by {r['classifiers']}: re-score every file "
+                             "without --append (gameopt's shipped reference classifiers give one instrument on "
+                             "every machine)")
+        if any(not math.isclose(have[k], v, rel_tol=1e-6, abs_tol=1e-9) if isinstance(v, float) else have[k] != v
+               for k, v in r.items() if k in have):
             raise SystemExit(f"rescore --append: the real-data row for {r['data']} ({r['n']} samples) differs from "
-                             "the table's (another reference?): re-score every file without --append")
+                             "the table's (another reference, or classifiers retrained on another machine before "
+                             "gameopt shipped its reference weights): re-score every file without --append")
     return merged
 
 
