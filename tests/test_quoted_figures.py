@@ -19,66 +19,14 @@ The markers name the results file; the study's README beside it gives the comman
 from __future__ import annotations
 
 import json
-import math
-import re
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
 
+from benchmarks.common.quotes import last_number, markers, matches, pages, refresh, resolve
+
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "benchmarks").rglob("README.md"))]
-PAGES = [p for p in PAGES if "_build" not in p.parts and "generated" not in p.parts]
-
-MARKER = re.compile(r"<!--\s*source:\s*(?P<path>[^\s#\"]+)(?:#(?P<pointer>[^\s*]+)(?:\*(?P<scale>[\d.]+))?|\s+\"(?P<text>[^\"]+)\")\s*-->")
-NUMBER = re.compile(r"(?<![\w.])(?:(\d+)/\d+(?![\d.])|(\d+(?:\.\d+)?(?:e-?\d+)?))")  # no signs: "1-158" is a range
-
-
-def markers(page: Path) -> list[tuple[int, str, re.Match]]:
-    """(line number, text before the marker on its line, match) for every marker of a page."""
-    out = []
-    for i, line in enumerate(page.read_text().splitlines(), 1):
-        start = 0
-        for m in MARKER.finditer(line):
-            before = line[start:m.start()]
-            out.append((i, before, m))
-            start = m.end()
-    return out
-
-
-def last_number(text: str) -> str | None:
-    """The last number of a text; for ``N/M`` (a count out of a total) the ``N``."""
-    found = [(a or b) for a, b in NUMBER.findall(text)]
-    return found[-1] if found else None
-
-
-def resolve(data, pointer: str):
-    """Follow a ``/``-separated path; a key holding ``/`` is matched greedily."""
-    parts = [unquote(p).replace("~1", "/").replace("~0", "~") for p in pointer.strip("/").split("/")]
-    node, i = data, 0
-    while i < len(parts):
-        if isinstance(node, list):
-            node, i = node[int(parts[i])], i + 1
-            continue
-        for j in range(len(parts), i, -1):
-            key = "/".join(parts[i:j])
-            if key in node:
-                node, i = node[key], j
-                break
-        else:
-            raise KeyError(f"no key {parts[i]!r} (keys: {sorted(node)[:20]})")
-    return node
-
-
-def matches(quoted: str, value: float) -> bool:
-    """``quoted`` is ``value`` rounded to the decimals shown (``8e-05``: to the mantissa's digits)."""
-    if "e" in quoted.lower():
-        mantissa = quoted.lower().split("e")[0]
-        digits = len(mantissa.split(".")[1]) if "." in mantissa else 0
-        return float(f"{value:.{digits}e}") == float(quoted)
-    decimals = len(quoted.split(".")[1]) if "." in quoted else 0
-    return math.isclose(round(value, decimals), float(quoted), abs_tol=10 ** -(decimals + 6))
-
+PAGES = pages()
 
 ALL = [(page, line, before, m) for page in PAGES for line, before, m in markers(page)]
 
@@ -142,3 +90,21 @@ def test_quoted_results_files_are_not_git_ignored():
     named = sorted({m["path"] for _, _, _, m in ALL})
     ignored = _git_ignored(named)
     assert not ignored, f"quoted results files that git ignores (fix .gitignore): {sorted(ignored)}"
+
+
+def test_refresh_rewrites_quoted_numbers_to_their_sources_with_the_decimals_shown(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"rows": [{"m": 823, "f": 0.91254, "k": 3.4314, "e": 1.26e-13}]}))
+    page = tmp_path / "page.md"
+    page.write_text('modes 832<!-- source: r.json#/rows/0/m --> of 1000, fraction 0.92<!-- source: r.json#/rows/0/f -->\n'
+                    'FD 3.5<!-- source: r.json#/rows/0/k -->, tiny 1.2e-13<!-- source: r.json#/rows/0/e -->, '
+                    'pct 91.3%<!-- source: r.json#/rows/0/f*100 -->, 823/1000<!-- source: r.json#/rows/0/m -->\n'
+                    'fragment 5<!-- source: r.json "no such text 5" -->\n')
+    assert len(refresh(page, write=False, root=tmp_path)) == 5 and "832" in page.read_text()   # dry run
+    changes = refresh(page, root=tmp_path)
+    assert page.read_text() == (
+        'modes 823<!-- source: r.json#/rows/0/m --> of 1000, fraction 0.91<!-- source: r.json#/rows/0/f -->\n'
+        'FD 3.4<!-- source: r.json#/rows/0/k -->, tiny 1.3e-13<!-- source: r.json#/rows/0/e -->, '
+        'pct 91.3%<!-- source: r.json#/rows/0/f*100 -->, 823/1000<!-- source: r.json#/rows/0/m -->\n'
+        'fragment 5<!-- source: r.json "no such text 5" -->\n')
+    assert any("832 -> 823" in c for c in changes) and any("fragment no longer" in c for c in changes)
+    assert refresh(page, root=tmp_path) == [c for c in changes if "fragment" in c]   # idempotent
