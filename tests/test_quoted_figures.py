@@ -106,5 +106,8 @@ def test_refresh_rewrites_quoted_numbers_to_their_sources_with_the_decimals_show
         'FD 3.4<!-- source: r.json#/rows/0/k -->, tiny 1.3e-13<!-- source: r.json#/rows/0/e -->, '
         'pct 91.3%<!-- source: r.json#/rows/0/f*100 -->, 823/1000<!-- source: r.json#/rows/0/m -->\n'
         'fragment 5<!-- source: r.json "no such text 5" -->\n')
-    assert any("832 -> 823" in c for c in changes) and any("fragment no longer" in c for c in changes)
+    assert any("832 -> 823" in c and "CHECK" not in c for c in changes) and any("fragment no longer" in c for c in changes)
+    assert [c for c in changes if "CHECK" in c] == []
     assert refresh(page, root=tmp_path) == [c for c in changes if "fragment" in c]   # idempotent
+    (tmp_path / "r.json").write_text(json.dumps({"rows": [{"m": 86, "f": 0.91254, "k": 3.4314, "e": 1.26e-13}]}))
+    assert any("823 -> 86" in c and "CHECK" in c for c in refresh(page, write=False, root=tmp_path))

@@ -9,7 +9,9 @@ list of changes it prints, since the prose around a number may no longer hold::
     python benchmarks/common/quotes.py [--dry-run] [PAGE ...]
 
 Only numbers whose marker names a JSON value are rewritten, to the decimals already shown; a
-number quoted from a text fragment (``PATH "fragment"``) is reported when it no longer matches.
+number quoted from a text fragment (``PATH "fragment"``) is reported when it no longer matches. A
+pointer names a row or group by its index, so a results file whose rows moved (a group inserted
+before others, say) would rewrite a number from the wrong row: every change over 20% is flagged.
 """
 
 from __future__ import annotations
@@ -117,7 +119,9 @@ def refresh(page: Path, write: bool = True, root: Path = ROOT) -> list[str]:
             value = value * float(m["scale"]) if m["scale"] else value
             if isinstance(value, (int, float)) and not matches(quoted, value):
                 new = formatted(quoted, value)
-                changes.append(f"{where} {quoted} -> {new}  ({m['path']}#{m['pointer']})")
+                moved = abs(value - float(quoted)) > 0.2 * max(abs(float(quoted)), abs(value), 1e-12)
+                flag = "  CHECK: moved more than 20%; has a row or group index shifted?" if moved else ""
+                changes.append(f"{where} {quoted} -> {new}  ({m['path']}#{m['pointer']}){flag}")
                 a, b = last.start(group), last.end(group)
                 before = before[:a] + new + before[b:]
             pieces.append(before + line[m.start():m.end()])
