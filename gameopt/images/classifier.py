@@ -243,7 +243,11 @@ def train_classifier(
 
 def weights_digest(model: nn.Module) -> str:
     """The first 12 hex digits of the SHA-256 of ``model``'s state (every tensor's bytes, in order):
-    names the exact weights that scored a table."""
+    names the exact weights that scored a table.
+
+    Args:
+        model: any module; its ``state_dict()`` is hashed (names and values, on the CPU).
+    """
     h = hashlib.sha256()
     for name, v in model.state_dict().items():
         h.update(name.encode())
@@ -272,6 +276,9 @@ REFERENCE_DIR = Path(__file__).with_name("reference")
 def load_reference(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """A shipped reference classifier file -> (frozen model, info). The architecture comes from
     the version at the start of the file's key; the weights must match the digest stored with them.
+
+    Args:
+        path: a ``<key>.pt`` file of :data:`REFERENCE_DIR` (or one written the same way).
 
     Raises:
         ValueError: not a reference classifier, or weights that do not match their digest.
