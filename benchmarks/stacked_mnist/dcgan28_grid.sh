@@ -52,7 +52,7 @@ export_run() {   # export PLAYERS/METHOD_sSEED
   cp "$out/$rel/metrics.json" "$committed/${players}_${name}/"
   # per-file JSON and grid beside the samples, and the run's rows added to the committed table (a file
   # already there is not scored again), then the per-method summary over seeds
-  "$py" benchmarks/rescore_samples/rescore.py "${files[@]}" --threads 1 --append --out "$rescored"
+  "$py" benchmarks/rescore_samples/rescore.py "${files[@]}" --threads "${RESCORE_THREADS:-1}" --append --out "$rescored"
   "$py" benchmarks/rescore_samples/seed_summary.py "$rescored/summary.json" --out "$rescored"
 }
 
@@ -87,8 +87,10 @@ case $lane in
       run dcgan28_nobn_d altga-dwidth32 0 12000 --d-width 32 ;;
   long)  # the baseline's learning curve past 12,000 steps (issue 19 items 2 and 5: how many steps until
       # samples are digits and strict modes stop rising); same seed as dcgan28/altga_s1, whose first
-      # 12,000 steps it repeats. About 1 h 50 min on one thread beside another lane
-      run dcgan28 altga-40k 1 40000 ;;
+      # 12,000 steps it repeats. About 2 h 15 min on one thread beside another lane (1 h 40 min alone);
+      # then a second seed of the curve
+      run dcgan28 altga-40k 1 40000
+      run dcgan28 altga-40k 2 40000 ;;
   export) export_run "${2:?export needs RUN, e.g. dcgan28/altga_s1}" ;;
   *) echo "unknown lane $lane: use a, b, long or export" >&2; exit 2 ;;
 esac
