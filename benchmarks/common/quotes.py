@@ -75,7 +75,6 @@ def matches(quoted: str, value: float) -> bool:
     return math.isclose(round(value, decimals), float(quoted), abs_tol=10 ** -(decimals + 6))
 
 
-
 def pages() -> list[Path]:
     """The pages whose markers are checked: README.md, docs/ and every benchmark README."""
     found = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "benchmarks").rglob("README.md"))]

@@ -272,31 +272,41 @@ def _freeze(model: nn.Module, info: dict) -> nn.Module:
 REFERENCE_DIR = Path(__file__).with_name("reference")
 
 
+def _load(path: Path, build: Callable[[], nn.Module]) -> tuple[nn.Module, dict]:
+    """``build()`` with the weights saved in ``path``, and the info saved beside them."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model = build()
+    model.load_state_dict(blob["state_dict"])
+    return model, json.loads(blob["info"])
 
-def load_reference(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """A shipped reference classifier file -> (frozen model, info). The architecture comes from
-    the version at the start of the file's key; the weights must match the digest stored with them.
+
+def load_reference(
+    path: str | os.PathLike, build: Callable[[], nn.Module] | None = None
+) -> tuple[nn.Module, dict]:
+    """A shipped reference classifier file -> (frozen model, its info). The weights must match
+    the digest stored with them.
 
     Args:
         path: a ``<key>.pt`` file of :data:`REFERENCE_DIR` (or one written the same way).
+        build: the architecture; by default the one the version at the start of the key names.
 
     Raises:
         ValueError: not a reference classifier, or weights that do not match their digest.
     """
     path = Path(path)
-    version = path.stem.split("-e")[0]
-    builders = {MNIST_CLASSIFIER_VERSION: LeNet5, MNIST_SECOND_CLASSIFIER_VERSION: _mnist_second_model}
-    if version not in builders:
-        raise ValueError(f"{path} is not a reference classifier (known versions: {sorted(builders)})")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = builders[version]()
-    model.load_state_dict(blob["state_dict"])
-    info = json.loads(blob["info"])
+    if build is None:
+        version = path.stem.split("-e")[0]
+        builders = {MNIST_CLASSIFIER_VERSION: LeNet5, MNIST_SECOND_CLASSIFIER_VERSION: _mnist_second_model}
+        if version not in builders:
+            raise ValueError(f"{path} is not a reference classifier (known versions: {sorted(builders)})")
+        build = builders[version]
+    model, info = _load(path, build)
     stored = info.get("weights_sha256")
-    if stored != weights_digest(model):
+    model = _freeze(model, info)  # records the digest of the weights as loaded
+    if stored != info["weights_sha256"]:
         raise ValueError(f"{path}: the weights do not match their stored digest {stored!r} (a damaged or "
                          "edited file): reinstall gameopt")
-    return _freeze(model, info), info
+    return model, info
 
 
 def _cached(
@@ -306,14 +316,11 @@ def _cached(
     """Load the shipped ``reference`` if there is one, else ``path`` into ``build()`` if present,
     else ``train()`` and save atomically. ``info["source"]`` says which."""
     if reference is not None and reference.is_file():
-        model, info = load_reference(reference)
+        model, info = load_reference(reference, build)
         info.update(source="reference", weights_file=str(reference))
         return model.to(device or "cpu")
     if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model = build()
-        model.load_state_dict(blob["state_dict"])
-        info = json.loads(blob["info"])
+        model, info = _load(path, build)
         info.update(cache_file=str(path), source="cache")
         return _freeze(model.to(device or "cpu"), info)
     model, info = train()
