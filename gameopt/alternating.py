@@ -28,10 +28,11 @@ Losses = Sequence[torch.Tensor]
 
 @dataclasses.dataclass
 class AlternatingState(SharedState):
-    """:class:`SharedState` plus the alternating order and the discriminator repeats."""
+    """:class:`SharedState` plus the alternating order and each side's repeats."""
 
     order: list[str] = dataclasses.field(default_factory=list)
     disc_steps: int = 1
+    gen_steps: int = 1
 
 
 class AlternatingOptimizer(GameOptimizer):
@@ -41,7 +42,9 @@ class AlternatingOptimizer(GameOptimizer):
     disc_loss)``); for each player in ``order`` (default: discriminator first, then
     generator) the closure is evaluated afresh, that player's gradient of its own
     loss is computed and only that player is stepped. ``disc_steps`` repeats the
-    discriminator's update (k discriminator steps per generator step).
+    discriminator's update (k discriminator steps per generator step, as WGAN trains);
+    ``gen_steps`` repeats the generator's (DCGAN-tensorflow, the code behind PacGAN's
+    standard-size stacked-MNIST runs, steps G twice per D step).
     After the step each player's ``p.grad`` holds the gradient it last stepped on: a
     player step that the ``nonfinite`` policy skips (or raises on) puts back the
     ``p.grad`` it found, so no NaN is left behind. Step post-hooks run once per
@@ -56,7 +59,9 @@ class AlternatingOptimizer(GameOptimizer):
         base_optimizer: a ``torch.optim.Optimizer`` subclass (``torch.optim.Adam``), built on
             all players' param groups with ``**base_kwargs`` (``lr=...``).
         gen_params, disc_params: the two players' parameters (tensors or param-group dicts).
-        disc_steps: updates of each non-generator player per generator update (default 1).
+        disc_steps: updates of each non-generator player per round (default 1).
+        gen_steps: updates of the generator per round (default 1); needs a player named
+            ``"generator"``.
         order: the players in update order (default: discriminator(s) first, generator last).
         distributed: average gradients over ``process_group`` (default False).
         process_group: the torch.distributed group (default: the world).
@@ -64,14 +69,16 @@ class AlternatingOptimizer(GameOptimizer):
         players: ordered ``{name: params}`` instead of ``gen_params``/``disc_params``.
 
     Raises:
-        GameInputError: ``disc_steps`` not an integer >= 1, ``order`` not a permutation of the
+        GameInputError: ``disc_steps`` or ``gen_steps`` not an integer >= 1, ``gen_steps`` > 1
+            without a generator, ``order`` not a permutation of the
             players, or bad players/base optimiser (see :class:`~gameopt.GameOptimizer`).
     """
 
     _shared_type = AlternatingState
     _step_evaluates_closure = True
     order = shared("The players in update order (default: discriminator(s) first, generator last).")
-    disc_steps = shared("Updates of each non-generator player per generator update.")
+    disc_steps = shared("Updates of each non-generator player per round.")
+    gen_steps = shared("Updates of the generator per round.")
 
     def __init__(
         self,
@@ -80,6 +87,7 @@ class AlternatingOptimizer(GameOptimizer):
         disc_params: ParamsLike | None = None,
         *,
         disc_steps: int = 1,
+        gen_steps: int = 1,
         order: Sequence[str] | None = None,
         distributed: bool = False,
         process_group: Any = None,
@@ -88,11 +96,18 @@ class AlternatingOptimizer(GameOptimizer):
         **base_kwargs: Any,
     ) -> None:
         players = game_players(gen_params, disc_params, players)
-        if not isinstance(disc_steps, int) or disc_steps < 1:
-            raise GameInputError(f"disc_steps must be an integer >= 1, got {disc_steps!r}")
+        for name, value in (("disc_steps", disc_steps), ("gen_steps", gen_steps)):
+            if not _is_count(value):
+                raise GameInputError(f"{name} must be an integer >= 1, got {value!r}")
+        if gen_steps != 1 and GENERATOR not in players:
+            raise GameInputError(
+                f"gen_steps={gen_steps} repeats the generator's update, but no player is named "
+                f"'{GENERATOR}' (players: {list(players)}); name the player to repeat 'generator'"
+            )
         super().__init__(base_optimizer, players, nonfinite=nonfinite, distributed=distributed,
                          process_group=process_group, **base_kwargs)
         self.disc_steps = disc_steps
+        self.gen_steps = gen_steps
         if order is None:
             order = [p for p in self.players if p != GENERATOR] + (
                 [GENERATOR] if GENERATOR in self.players else []
@@ -182,7 +197,7 @@ class AlternatingOptimizer(GameOptimizer):
             )
         check_trainable([self.player_params(p) for p in self.players], self.players)
         losses: Losses = ()
-        turns = [p for p in self.order for _ in range(self.disc_steps if p != GENERATOR else 1)]
+        turns = [p for p in self.order for _ in range(self.disc_steps if p != GENERATOR else self.gen_steps)]
         # a later evaluation can still refuse the closure's losses: keep what the earlier turns
         # change (parameters and base state) so that a refused step leaves nothing half-done
         early = [q for g in self.param_groups if g["player"] in set(turns[:-1]) for q in g["params"]]
@@ -200,7 +215,7 @@ class AlternatingOptimizer(GameOptimizer):
 
     def _extra_state(self) -> dict[str, Any]:
         extra = super()._extra_state()
-        extra.update(order=list(self.order), disc_steps=self.disc_steps)
+        extra.update(order=list(self.order), disc_steps=self.disc_steps, gen_steps=self.gen_steps)
         return extra
 
     def _check_extra_state(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -211,8 +226,17 @@ class AlternatingOptimizer(GameOptimizer):
             raise GameInputError(
                 f"the checkpoint's 'order' must list every player ({list(self.players)}) once, got {order!r}"
             )
-        disc_steps = extra.get("disc_steps", self.disc_steps)
-        if not isinstance(disc_steps, int) or isinstance(disc_steps, bool) or disc_steps < 1:
-            raise GameInputError(f"the checkpoint's 'disc_steps' must be an integer >= 1, got {disc_steps!r}")
-        settings.update(order=list(order), disc_steps=disc_steps)
+        for name in ("disc_steps", "gen_steps"):
+            value = extra.get(name, getattr(self, name))   # absent: written before the setting existed
+            if not _is_count(value):
+                raise GameInputError(f"the checkpoint's '{name}' must be an integer >= 1, got {value!r}")
+            settings[name] = value
+        if settings["gen_steps"] != 1 and GENERATOR not in self.players:
+            raise GameInputError(f"the checkpoint's 'gen_steps' is {settings['gen_steps']}, but no player is "
+                                 f"named '{GENERATOR}'")
+        settings.update(order=list(order))
         return settings
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -48,7 +48,7 @@ def _refused(opt, sd, match):
 
 
 def _settings(opt):
-    names = ("nonfinite", "skipped_steps", "smoothing", "unbiased", "order", "disc_steps")
+    names = ("nonfinite", "skipped_steps", "smoothing", "unbiased", "order", "disc_steps", "gen_steps")
     return {n: copy.copy(getattr(opt, n)) for n in names if hasattr(opt, n)}
 
 
@@ -91,7 +91,7 @@ def test_checkpoint_of_another_gameopt_optimizer_is_refused(trained):
     _refused(alt, opt.state_dict(), "written by gameopt.ConsensusOptimizer")
     old = alt.state_dict()
     del old["gameopt"]["class"], old["gameopt"]["base_class"]
-    _refused(opt, old, r"settings \['disc_steps', 'order'\] that ConsensusOptimizer does not have")
+    _refused(opt, old, r"settings \['disc_steps', 'gen_steps', 'order'\] that ConsensusOptimizer does not have")
 
 
 def test_state_of_another_model_is_refused(trained):

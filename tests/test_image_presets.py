@@ -130,3 +130,18 @@ def test_a_size_option_the_players_do_not_use_is_refused(argv, names, capsys):
 def test_the_pacgan_preset_still_sets_d_scale_for_its_players():
     args = image_gan.parse_args(["--data", "stacked_mnist", "--preset", "pacgan", "--d-scale", "0.25"])
     assert args.d_scale == 0.25
+
+
+def test_gen_steps_reach_the_alternating_optimizer():
+    # DCGAN-tensorflow (PacGAN's standard-size stacked-MNIST code) steps G twice per D step
+    _, _, _, m = _build(["--data", "stacked_mnist", "--preset", "dcgan28", "--method", "altga", "--gen-steps", "2"])
+    assert m.opt.gen_steps == 2 and m.opt.disc_steps == 1
+
+
+@pytest.mark.parametrize("option", ["--gen-steps", "--disc-steps"])
+@pytest.mark.parametrize("method", ["consensus", "simga", "optimistic"])
+def test_step_counts_on_a_method_that_does_not_alternate_are_refused(option, method, capsys):
+    with pytest.raises(SystemExit):
+        image_gan.parse_args(["--data", "stacked_mnist", "--method", method, option, "2"])
+    err = capsys.readouterr().err
+    assert option in err and "altga" in err

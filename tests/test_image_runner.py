@@ -246,3 +246,17 @@ def test_reg_ratio_measures_a_finished_runs_checkpoint(tmp_path):
     fresh = reg_ratio.main(["--runs", str(run), "--at-init", "--out", str(tmp_path / "init")])["rows"][0]
     assert fresh["step"] == 0 and fresh["v_discriminator"] != pytest.approx(row["v_discriminator"], rel=1e-6)
     assert json.loads((tmp_path / "out" / "reg_ratio.json").read_text())["rows"][0]["step"] == 2
+
+
+def test_a_checkpoint_written_before_gen_steps_existed_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["--method", "altga", "--steps", "1", "--eval-every", "0", "--out", str(out), *TINY]
+    image_gan.main(args)
+    path = out / image_gan.CHECKPOINT
+    ck = torch.load(path, weights_only=True)
+    del ck["settings"]["gen_steps"]       # as runs checkpointed before --gen-steps wrote them
+    torch.save(ck, path)
+    summary = image_gan.main([*args[:3], "2", *args[4:]])
+    assert summary["history"][-1]["step"] == 2
+    with pytest.raises(ValueError, match="other settings.*gen_steps"):
+        image_gan.main([*args[:3], "3", *args[4:], "--gen-steps", "2"])

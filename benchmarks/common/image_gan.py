@@ -86,6 +86,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "lr_d": 2e-4, "lr_g": 2e-4, "beta1": 0.5, "beta2": 0.999},
 }
 DATA = ("stacked_digits", "stacked_mnist", "mnist", "cifar10")
+# the methods built on gameopt.AlternatingOptimizer, which take --disc-steps and --gen-steps
+ALTERNATING_METHODS = ("altga", "primal_dual", "lookahead")
+# settings added after runs were checkpointed, with the value those runs had
+ADDED_SETTINGS: dict[str, Any] = {"gen_steps": 1}
 # settings that may differ between a run and its resumption
 RESUMABLE = {"steps", "out", "eval_every", "ckpt_every", "progress", "threads", "device", "fid", "data_path",
              "save_samples"}
@@ -300,6 +304,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if given.d_scale is not None and args.model not in ("unrolled", "unrolled_nobn_d"):
         ap.error(f"--d-scale sizes Metz et al.'s D (--model unrolled / unrolled_nobn_d); --model {args.model} "
                  "does not use it (for dcgan28 players give --d-width, D's filters: 32 is D = 1/2 G)")
+    for option, value in (("--gen-steps", args.gen_steps), ("--disc-steps", args.disc_steps)):
+        if value != 1 and args.method not in ALTERNATING_METHODS:
+            ap.error(f"{option} {value}: only the alternating methods ({', '.join(ALTERNATING_METHODS)}) repeat a "
+                     f"player's update; --method {args.method} would ignore it")
+        if value < 1:
+            ap.error(f"{option} {value}: a player's updates per round must be at least 1")
     if args.d_width is not None and args.d_width < 1:
         ap.error(f"--d-width {args.d_width}: D's filter count must be at least 1 (16 is D = 1/4 G at width 64)")
     if args.d_width is not None and args.model not in ("dcgan28", "dcgan28_nobn_d"):
@@ -433,7 +443,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, device)
-        differ = {k: (ck["settings"].get(k), v) for k, v in _settings(args).items() if ck["settings"].get(k) != v}
+        saved = {**ADDED_SETTINGS, **ck["settings"]}
+        differ = {k: (saved.get(k), v) for k, v in _settings(args).items() if saved.get(k) != v}
         if differ:
             raise ValueError(
                 f"{ckpt_path} was written by a run with other settings {differ} (saved, given): "

@@ -11,7 +11,7 @@ except where a method replaces a player's step:
 | name | what one step does |
 |---|---|
 | ``simga`` | simultaneous gradient step of both players (``gameopt.SimultaneousOptimizer``) |
-| ``altga`` | ``disc_steps`` discriminator steps, then a generator step (``gameopt.AlternatingOptimizer``) |
+| ``altga`` | ``disc_steps`` discriminator steps, then ``gen_steps`` generator steps (``gameopt.AlternatingOptimizer``) |
 | ``consensus`` | simultaneous step with ``gamma * grad(1/2 ||v||^2)`` (``gameopt.ConsensusOptimizer``) |
 | ``primal_dual`` | Algorithm 1 of Chen et al.: an alternating step whose generator loss adds ``PrimalDualRegularizer`` |
 | ``dual_score`` / ``dual_cost`` | a ``TrustRegionDualDiscriminator`` step (score / cost linearisation), then a generator step |
@@ -109,7 +109,10 @@ def add_method_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--d-batch", choices=["separate", "joint"], default="separate",
                    help="real and fake through D as two batches (DCGAN's practice; with batch norm in D each "
                         "is normalised by its own statistics) or as one concatenated batch")
-    g.add_argument("--disc-steps", type=int, default=1, help="altga / primal_dual: D steps per G step")
+    g.add_argument("--disc-steps", type=int, default=1, help="altga / primal_dual / lookahead: D steps per round")
+    g.add_argument("--gen-steps", type=int, default=1,
+                   help="altga / primal_dual / lookahead: G steps per round, each on a fresh evaluation (2 in "
+                        "DCGAN-tensorflow, the code of PacGAN's standard-size stacked-MNIST runs)")
     g.add_argument("--divergence", default="js", help="primal_dual: Table 1 variant (js, kl, wgan, ...)")
     g.add_argument("--alpha", type=float, default=1.0, help="primal_dual: dual step size alpha")
     g.add_argument("--bandwidth", type=float, default=None,
@@ -299,13 +302,15 @@ def build_method(G: nn.Module, D: nn.Module, args: argparse.Namespace) -> Any:
 
 register("simga", game_optimizer(lambda base, gp, dp, kw, args: gameopt.SimultaneousOptimizer(base, gp, dp, **kw)))
 register("altga", game_optimizer(
-    lambda base, gp, dp, kw, args: gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, **kw)))
+    lambda base, gp, dp, kw, args: gameopt.AlternatingOptimizer(
+        base, gp, dp, disc_steps=args.disc_steps, gen_steps=args.gen_steps, **kw)))
 register("consensus", game_optimizer(
     lambda base, gp, dp, kw, args: gameopt.ConsensusOptimizer(
         base, gp, dp, gamma=args.gamma, smoothing=args.smoothing, **kw)))
 # Algorithm 1 of Chen et al.: alternating steps, the term joins the generator's loss (GameStep)
 register("primal_dual", game_optimizer(
-    lambda base, gp, dp, kw, args: gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, **kw)))
+    lambda base, gp, dp, kw, args: gameopt.AlternatingOptimizer(
+        base, gp, dp, disc_steps=args.disc_steps, gen_steps=args.gen_steps, **kw)))
 register("dual_score", DualStep)
 register("dual_cost", DualStep)
 register("extragradient", game_optimizer(
@@ -316,7 +321,8 @@ register("sga", game_optimizer(
     lambda base, gp, dp, kw, args: gameopt.SGAOptimizer(base, gp, dp, lam=args.lam, **kw)))
 register("lookahead", game_optimizer(
     lambda base, gp, dp, kw, args: gameopt.LookaheadMinmax(
-        gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, **kw), k=args.la_k, alpha=args.la_alpha)))
+        gameopt.AlternatingOptimizer(base, gp, dp, disc_steps=args.disc_steps, gen_steps=args.gen_steps, **kw),
+        k=args.la_k, alpha=args.la_alpha)))
 register("lookahead_eg", game_optimizer(
     lambda base, gp, dp, kw, args: gameopt.LookaheadMinmax(
         gameopt.ExtragradientOptimizer(base, gp, dp, **kw), k=args.la_k, alpha=args.la_alpha)))

@@ -80,16 +80,21 @@ case $lane in
       run dcgan28_nobn_d altga 2 12000
       run dcgan28_nobn_d r3gan 0 12000
       run dcgan28_nobn_d consensus_lazy 0 12000
-      run dcgan28_nobn_d consensus_r1 0 12000
       run dcgan28_nobn_d extragradient 0 12000
+      run dcgan28 altga-g2 1 12000 --gen-steps 2   # two G steps per D step, as PacGAN's DCGAN code
+      run dcgan28_nobn_d optimistic 1 12000
+      run dcgan28_nobn_d optimistic 2 12000
       run dcgan28_nobn_d primal_dual 0 12000
+      run dcgan28_nobn_d consensus_r1 0 12000
       run dcgan28_nobn_d altga-dwidth16 0 12000 --d-width 16
       run dcgan28_nobn_d altga-dwidth32 0 12000 --d-width 32 ;;
   long)  # the baseline's learning curve past 12,000 steps (issue 19 items 2 and 5: how many steps until
       # samples are digits and strict modes stop rising); same seed as dcgan28/altga_s1, whose first
       # 12,000 steps it repeats. About 2 h 15 min on one thread beside another lane (1 h 40 min alone);
-      # then a second seed of the curve
+      # then a second seed of the curve to 30,000 steps (fits one session beside another lane), then the
+      # second seed to 40,000 steps
       run dcgan28 altga-40k 1 40000
+      run dcgan28 altga-30k 2 30000
       run dcgan28 altga-40k 2 40000 ;;
   export) export_run "${2:?export needs RUN, e.g. dcgan28/altga_s1}" ;;
   *) echo "unknown lane $lane: use a, b, long or export" >&2; exit 2 ;;
