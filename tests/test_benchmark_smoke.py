@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import shlex
 import subprocess
@@ -204,3 +205,16 @@ def test_dcgan28_grid_skips_runs_whose_history_is_committed(lane, tmp_path):
     assert started, "the lane has nothing left to run"
     assert not committed & set(started), f"lane {lane} would train committed runs again: {sorted(committed & set(started))}"
     assert "skip" in done.stdout  # both lanes open with runs that have landed
+
+
+def test_dcgan28_grid_lanes_never_queue_the_same_run():
+    """Two lanes run at once; a run queued in both would be trained by two processes into one folder."""
+    text = (ROOT / "benchmarks/stacked_mnist/dcgan28_grid.sh").read_text()
+    lanes = re.findall(r"^  (\w+)\)(.*?);;", text, flags=re.S | re.M)
+    queued: dict[tuple[str, str, str], str] = {}
+    for lane, body in lanes:
+        for players, name, seed in re.findall(r"^\s*run (\S+) (\S+) (\d+) ", body, flags=re.M):
+            key = (players, name, seed)
+            assert key not in queued, f"{players}/{name}_s{seed} is queued in lanes {queued[key]} and {lane}"
+            queued[key] = lane
+    assert {"a", "b", "c", "long"} <= {lane for lane, _ in lanes}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 19's comparison on the standard-size 28x28 DCGAN (--preset dcgan28), in priority order.
 #   bash benchmarks/stacked_mnist/dcgan28_grid.sh LANE [out]
-# LANE picks one of two queues (a, b), so two one-thread processes share a 2-core machine (``long``: the
-# baseline's 40,000-step learning curve, run in place of b); a run whose
+# LANE picks one of the queues (a, b, c), two at a time, so two one-thread processes share a 2-core
+# machine (``long``: the baseline's 40,000-step learning curve, run in place of one); a run whose
 # history is committed under results/dcgan28_runs/ is skipped (the run folders under runs/ are not kept):
 #   nohup nice bash benchmarks/stacked_mnist/dcgan28_grid.sh a > runs/dcgan28_a.log 2>&1 &
 #   nohup nice bash benchmarks/stacked_mnist/dcgan28_grid.sh b > runs/dcgan28_b.log 2>&1 &
@@ -17,7 +17,7 @@
 # DCGAN init), consensus gamma 1, one CPU thread per run. PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-lane=${1:?usage: dcgan28_grid.sh a|b|long|export [out|RUN]}
+lane=${1:?usage: dcgan28_grid.sh a|b|c|long|export [out|RUN]}
 out=runs/stacked_mnist; [ "$lane" = export ] || out=${2:-runs/stacked_mnist}
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH=.
@@ -66,8 +66,7 @@ case $lane in
       run dcgan28 altga 2 12000
       run dcgan28_nobn_d optimistic 0 12000
       run dcgan28_nobn_d dual_score 0 12000
-      run dcgan28_nobn_d consensus-dwidth16 0 12000 --d-width 16
-      run dcgan28_nobn_d consensus-dwidth32 0 12000 --d-width 32 ;;
+      run dcgan28_nobn_d consensus-dwidth16 0 12000 --d-width 16 ;;
   b)  # gameopt's flagship at the baseline's length, on the players it learns with; then, with batch norm
       # in D (where the regulariser's gradient outweighs the game's about 500 times at gamma 1), gamma 0.1
       # and 0.01 and the regulariser on D only (--smoothing); then AltGA's third seed without batch norm
@@ -81,13 +80,16 @@ case $lane in
       run dcgan28_nobn_d r3gan 0 12000
       run dcgan28_nobn_d consensus_lazy 0 12000
       run dcgan28_nobn_d extragradient 0 12000
-      run dcgan28 altga-g2 1 12000 --gen-steps 2   # two G steps per D step, as PacGAN's DCGAN code
+      run dcgan28_nobn_d consensus-dwidth32 0 12000 --d-width 32
       run dcgan28_nobn_d optimistic 1 12000
       run dcgan28_nobn_d optimistic 2 12000
       run dcgan28_nobn_d primal_dual 0 12000
-      run dcgan28_nobn_d consensus_r1 0 12000
-      run dcgan28_nobn_d altga-dwidth16 0 12000 --d-width 16
-      run dcgan28_nobn_d altga-dwidth32 0 12000 --d-width 32 ;;
+      run dcgan28_nobn_d consensus_r1 0 12000 ;;
+  c)  # the baseline with two G steps per D step (PacGAN's standard-size stacked-MNIST code,
+      # DCGAN-tensorflow, does this; same seed as dcgan28/altga_s1), then AltGA at D = 1/2 G and 1/4 G
+      run dcgan28 altga-g2 1 12000 --gen-steps 2
+      run dcgan28_nobn_d altga-dwidth32 0 12000 --d-width 32
+      run dcgan28_nobn_d altga-dwidth16 0 12000 --d-width 16 ;;
   long)  # the baseline's learning curve past 12,000 steps (issue 19 items 2 and 5: how many steps until
       # samples are digits and strict modes stop rising); same seed as dcgan28/altga_s1, whose first
       # 12,000 steps it repeats. About 2 h 15 min on one thread beside another lane (1 h 40 min alone);
@@ -97,5 +99,5 @@ case $lane in
       run dcgan28 altga-30k 2 30000
       run dcgan28 altga-40k 2 40000 ;;
   export) export_run "${2:?export needs RUN, e.g. dcgan28/altga_s1}" ;;
-  *) echo "unknown lane $lane: use a, b, long or export" >&2; exit 2 ;;
+  *) echo "unknown lane $lane: use a, b, c, long or export" >&2; exit 2 ;;
 esac
