@@ -154,6 +154,23 @@ def test_step_cost_script(mnist_root, tmp_path):
     assert json.loads((tmp_path / "step_cost.json").read_text())["methods"] == rows
 
 
+def test_step_cost_script_times_a_variant_beside_its_method(mnist_root, tmp_path):
+    # AltGA with two G steps per D step, timed in the same rounds as plain AltGA
+    from benchmarks.common import image_step_cost
+
+    res = image_step_cost.main(["--methods", "altga", "--variant", "altga_g2=altga --gen-steps 2", "--reference",
+                                "altga", "--steps", "1", "--rounds", "1", "--warmup", "1", "--out", str(tmp_path),
+                                *tiny(mnist_root)])
+    assert list(res["methods"]) == ["altga", "altga_g2"]
+    assert res["variants"] == {"altga_g2": ["altga", "--gen-steps", "2"]}
+    with pytest.raises(SystemExit):   # the variant's options go through the runner's own checks
+        image_step_cost.main(["--methods", "altga", "--variant", "c2=consensus --gen-steps 2", "--steps", "1",
+                              "--rounds", "1", "--warmup", "1", "--out", str(tmp_path), *tiny(mnist_root)])
+    with pytest.raises(SystemExit):
+        image_step_cost.main(["--methods", "altga", "--variant", "altga --gen-steps 2", "--out", str(tmp_path),
+                              *tiny(mnist_root)])
+
+
 def test_table_copies_seed0_samples_and_appends_published_numbers(mnist_root, tmp_path):
     from benchmarks.common import image_table
 

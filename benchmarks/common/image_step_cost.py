@@ -9,7 +9,8 @@ rounds of ``--steps`` training steps, the methods interleaved within each round 
 in machine load hits all of them alike. Reports the median ms per step, the ratio to
 ``--reference`` (consensus by default), and the steps each method gets for the train time of
 ``--reference-steps`` reference steps (what the suites pass as ``--steps`` for the
-equal-wall-time rows). Run it on an otherwise idle machine (nothing else busy, ``OMP_NUM_THREADS=1``): times measured
+equal-wall-time rows). ``--variant LABEL="METHOD OPTIONS"`` adds a method with options of its own
+(``--variant "altga_g2=altga --gen-steps 2"``), timed in the same rounds. Run it on an otherwise idle machine (nothing else busy, ``OMP_NUM_THREADS=1``): times measured
 inside background jobs include pauses and contention.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -28,6 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: ga
 from benchmarks.common import image_gan  # noqa: E402
 from benchmarks.common.image_methods import METHODS  # noqa: E402
 from benchmarks.common.provenance import write_json  # noqa: E402
+
+
+def _variant(text: str) -> tuple[str, list[str]]:
+    label, sep, spec = text.partition("=")
+    words = shlex.split(spec)
+    if not sep or not label or not words:
+        raise argparse.ArgumentTypeError(
+            f"--variant {text!r}: give LABEL=\"METHOD OPTIONS\", e.g. \"altga_g2=altga --gen-steps 2\"")
+    return label, words
 
 
 def build(runner_argv: list[str], method: str):
@@ -49,11 +60,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reference", default="consensus")
     ap.add_argument("--reference-steps", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variant", type=_variant, action="append", default=[],
+                    help='LABEL="METHOD OPTIONS": also time METHOD with runner options of its own (repeatable)')
     ap.add_argument("--out", default="runs/image_step_cost")
     own, runner_argv = ap.parse_known_args(argv)
     torch.set_num_threads(own.threads)
-    methods = own.methods.split(",")
-    built = {m: build(runner_argv, m) for m in methods}
+    variants = dict(own.variant)
+    methods = own.methods.split(",") + list(variants)
+    if len(set(methods)) != len(methods):
+        ap.error(f"--methods and --variant labels repeat a name: {methods}")
+    built = {m: build(runner_argv + variants[m][1:], variants[m][0]) if m in variants else build(runner_argv, m)
+             for m in methods}
     gens = {m: (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)) for m in methods}
 
     def steps(m: str, n: int) -> float:
@@ -78,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     args0 = built[methods[0]][0]
     result = {"data": args0.data, "model": args0.model, "batch": args0.batch, "threads": own.threads,
               "reference": own.reference, "reference_steps": own.reference_steps, "rounds": own.rounds,
-              "steps_per_round": own.steps, "runner_args": runner_argv, "methods": rows,
+              "steps_per_round": own.steps, "runner_args": runner_argv, "variants": variants, "methods": rows,
               "all_ms": {m: [round(1000 * t, 2) for t in v] for m, v in times.items()}}
     out = Path(own.out)
     out.mkdir(parents=True, exist_ok=True)
