@@ -94,3 +94,22 @@ def test_a_metric_an_older_run_lacks_is_summarised_over_the_seeds_that_have_it(t
     assert g["seeds"] == [0, 1, 2] and g["agreed_strict_modes"]["seeds"] == [1, 2]
     assert g["agreed_strict_modes"]["mean"] == 110 and g["frechet_distance"]["seeds"] == [0, 1, 2]
     assert "110 +- 14 (seeds 1,2)" in (tmp_path / "out" / "equal_time.md").read_text()
+
+
+def test_a_variant_that_changes_the_steps_cost_needs_its_own_timing(tmp_path):
+    # AltGA with --gen-steps 2 evaluates the losses three times a round, not twice: costing it as
+    # plain AltGA (as the first reading did) put it at AltGA's budget
+    runs = tmp_path / "runs"
+    points = [(0, 0), (6000, 60), (12000, 120)]
+    _run(runs, "p", "altga", "altga", 0, points)
+    d = _run(runs, "p", "altga-g2", "altga", 1, points)
+    record = json.loads(d.joinpath("metrics.json").read_text())
+    record["settings"]["gen_steps"] = 2
+    d.joinpath("metrics.json").write_text(json.dumps(record))
+    untimed = _cost(tmp_path / "cost.json", "p", {"altga": 100.0})
+    rows = {r["name"] for r in et.main([str(untimed), "--runs", str(runs), "--out", str(tmp_path / "a")])["rows"]}
+    assert rows == {"altga"}                                  # left out, not costed as altga
+    timed = _cost(tmp_path / "cost2.json", "p", {"altga": 100.0, "altga-g2": 150.0})
+    rows = {r["name"]: r for r in et.main([str(timed), "--runs", str(runs), "--out", str(tmp_path / "b")])["rows"]}
+    assert rows["altga-g2"]["read_at_step"] == pytest.approx(8000)
+    assert rows["altga-g2"]["agreed_strict_modes"] == pytest.approx(80)

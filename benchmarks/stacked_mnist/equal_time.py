@@ -75,24 +75,32 @@ def at_step(history: list[dict[str, Any]], step: float, key: str) -> dict[str, A
     return {"value": value, "between": [[below["step"], below[key]], [above["step"], above[key]]]}
 
 
+# settings that repeat a player's update within a step, so change its cost
+REPEATS = ("gen_steps", "disc_steps")
+
 def read_run(path: Path, costs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """One run's row at equal time; ``None`` when its players or method were not timed or it is not
     of the grid's length (the reference's steps)."""
     record = json.loads((path / "metrics.json").read_text())
     s = record["settings"]
     cost = costs.get(_players(s["model"], s.get("d_width")))
-    if cost is None or s["method"] not in cost["methods"]:
+    # the folder is <players>_<name>_s<seed>; name is the method or METHOD-VARIANT
+    name = path.name[len(s["model"]) + 1:].rsplit("_s", 1)[0]
+    # a variant timed on its own (image_step_cost.py --variant NAME=...) has its own cost; one that
+    # repeats a player's update is not costed as its method
+    timed_as = name if cost is not None and name in cost["methods"] else s["method"]
+    if timed_as == s["method"] and any(s.get(k, 1) != 1 for k in REPEATS):
+        return None
+    if cost is None or timed_as not in cost["methods"]:
         return None
     ref_ms = cost["methods"][cost["reference"]]["ms_per_step"]
-    ms = cost["methods"][s["method"]]["ms_per_step"]
+    ms = cost["methods"][timed_as]["ms_per_step"]
     budget = cost["reference_steps"] * ref_ms / ms
     history = record["history"]
     last = max(h["step"] for h in history)
     if last != cost["reference_steps"]:
         return None  # a probe of another length, not a row of the grid
     step = min(budget, last)
-    # the folder is <players>_<name>_s<seed>; name is the method or METHOD-VARIANT
-    name = path.name[len(s["model"]) + 1:].rsplit("_s", 1)[0]
     row: dict[str, Any] = {"run": path.name, "players": _players(s["model"], s.get("d_width")), "name": name, "method": s["method"],
                            "seed": s["seed"], "ratio_to_reference": ms / ref_ms, "budget_steps": budget,
                            "read_at_step": step, "run_steps": last, "used_its_budget": budget <= last}
