@@ -64,7 +64,9 @@ from benchmarks.common.dcgan import (  # noqa: E402
     unrolled_discriminator,
     unrolled_generator,
 )
-from benchmarks.common.image_methods import METHODS, add_method_arguments, build_method  # noqa: E402
+from benchmarks.common.image_methods import (  # noqa: E402
+    ALTERNATING_METHODS, METHODS, add_method_arguments, build_method,
+)
 from benchmarks.common.provenance import write_json  # noqa: E402
 from gameopt.images import save_grid  # noqa: E402
 
@@ -86,8 +88,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "lr_d": 2e-4, "lr_g": 2e-4, "beta1": 0.5, "beta2": 0.999},
 }
 DATA = ("stacked_digits", "stacked_mnist", "mnist", "cifar10")
-# the methods built on gameopt.AlternatingOptimizer, which take --disc-steps and --gen-steps
-ALTERNATING_METHODS = ("altga", "primal_dual", "lookahead")
 # settings added after runs were checkpointed, with the value those runs had
 ADDED_SETTINGS: dict[str, Any] = {"gen_steps": 1}
 # settings that may differ between a run and its resumption

@@ -300,6 +300,9 @@ def build_method(G: nn.Module, D: nn.Module, args: argparse.Namespace) -> Any:
     return METHODS[args.method](G, D, args)
 
 
+#: the methods built on gameopt.AlternatingOptimizer: the only ones that take --disc-steps / --gen-steps
+ALTERNATING_METHODS = ("altga", "primal_dual", "lookahead")
+
 register("simga", game_optimizer(lambda base, gp, dp, kw, args: gameopt.SimultaneousOptimizer(base, gp, dp, **kw)))
 register("altga", game_optimizer(
     lambda base, gp, dp, kw, args: gameopt.AlternatingOptimizer(

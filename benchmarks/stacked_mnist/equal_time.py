@@ -78,6 +78,7 @@ def at_step(history: list[dict[str, Any]], step: float, key: str) -> dict[str, A
 # settings that repeat a player's update within a step, so change its cost
 REPEATS = ("gen_steps", "disc_steps")
 
+
 def read_run(path: Path, costs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """One run's row at equal time; ``None`` when its players or method were not timed or it is not
     of the grid's length (the reference's steps)."""
