@@ -60,7 +60,7 @@ case $lane in
   a)  # the two leaders on the players consensus learns with (no batch norm in D) at three seeds, the
       # batch-norm baseline's third seed, then the rest of the family on the players without batch norm
       # in D (with it, consensus collapses: see README); then consensus at D = 1/4 G and 1/2 G (--d-width)
-      # and their further seeds, where AltGA lost most of its modes
+      # and their further seeds, where AltGA lost most of its modes (lane c holds the rest of them)
       run dcgan28_nobn_d consensus 1 12000
       run dcgan28_nobn_d altga 1 12000
       run dcgan28_nobn_d consensus 2 12000
@@ -68,8 +68,8 @@ case $lane in
       run dcgan28_nobn_d optimistic 0 12000
       run dcgan28_nobn_d consensus-dwidth16 0 12000 --d-width 16
       run dcgan28_nobn_d consensus-dwidth32 1 12000 --d-width 32
+      run dcgan28_nobn_d altga-dwidth16 1 12000 --d-width 16
       run dcgan28_nobn_d dual_score 0 12000
-      run dcgan28_nobn_d consensus-dwidth32 2 12000 --d-width 32
       run dcgan28_nobn_d consensus-dwidth16 1 12000 --d-width 16 ;;
   b)  # gameopt's flagship at the baseline's length, on the players it learns with; then, with batch norm
       # in D (where the regulariser's gradient outweighs the game's about 500 times at gamma 1), gamma 0.1
@@ -91,13 +91,13 @@ case $lane in
       run dcgan28_nobn_d consensus_r1 0 12000 ;;
   c)  # the baseline with two G steps per D step (PacGAN's standard-size stacked-MNIST code,
       # DCGAN-tensorflow, does this; same seed as dcgan28/altga_s1), then AltGA at D = 1/2 G and 1/4 G,
-      # then their seeds 1 and 2
+      # then seeds 1 and 2 at D = 1/2 G (consensus's seed 2 too: three seeds of both there first)
       run dcgan28 altga-g2 1 12000 --gen-steps 2
       run dcgan28_nobn_d altga-dwidth32 0 12000 --d-width 32
       run dcgan28_nobn_d altga-dwidth16 0 12000 --d-width 16
       run dcgan28_nobn_d altga-dwidth32 1 12000 --d-width 32
       run dcgan28_nobn_d altga-dwidth32 2 12000 --d-width 32
-      run dcgan28_nobn_d altga-dwidth16 1 12000 --d-width 16
+      run dcgan28_nobn_d consensus-dwidth32 2 12000 --d-width 32
       run dcgan28_nobn_d altga-dwidth16 2 12000 --d-width 16 ;;
   long)  # the baseline's learning curve past 12,000 steps (issue 19 items 2 and 5: how many steps until
       # samples are digits and strict modes stop rising); same seed as dcgan28/altga_s1, whose first
