@@ -113,3 +113,21 @@ def test_a_variant_that_changes_the_steps_cost_needs_its_own_timing(tmp_path):
     rows = {r["name"]: r for r in et.main([str(timed), "--runs", str(runs), "--out", str(tmp_path / "b")])["rows"]}
     assert rows["altga-g2"]["read_at_step"] == pytest.approx(8000)
     assert rows["altga-g2"]["agreed_strict_modes"] == pytest.approx(80)
+
+
+def test_groups_of_narrower_discriminators_come_after_the_full_width_ones(tmp_path):
+    """Timing a narrower D later must not renumber the groups the docs already quote."""
+    runs = tmp_path / "runs"
+    for name in ("altga", "consensus"):
+        _run(runs, "p", name, name, 0, [(0, 0), (12000, 5)])
+    narrow = _run(runs, "p", "altga-dwidth32", "altga", 0, [(0, 0), (12000, 9)])  # sorts before "altga_s0"
+    record = json.loads((narrow / "metrics.json").read_text())
+    record["settings"]["d_width"] = 32
+    (narrow / "metrics.json").write_text(json.dumps(record))
+    full = _cost(tmp_path / "full.json", "p", {"altga": 100.0, "consensus": 250.0})
+    narrow_cost = json.loads(full.read_text()) | {"runner_args": ["--model", "p", "--d-width", "32"]}
+    (tmp_path / "narrow.json").write_text(json.dumps(narrow_cost))
+    before = et.main([str(full), "--runs", str(runs), "--out", str(tmp_path / "a")])["groups"]
+    after = et.main([str(full), str(tmp_path / "narrow.json"), "--runs", str(runs), "--out", str(tmp_path / "b")])["groups"]
+    assert [g["name"] for g in before] == ["altga", "consensus"]
+    assert [g["name"] for g in after] == ["altga", "consensus", "altga-dwidth32"]

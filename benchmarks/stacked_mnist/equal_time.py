@@ -102,7 +102,8 @@ def read_run(path: Path, costs: dict[str, dict[str, Any]]) -> dict[str, Any] | N
     if last != cost["reference_steps"]:
         return None  # a probe of another length, not a row of the grid
     step = min(budget, last)
-    row: dict[str, Any] = {"run": path.name, "players": _players(s["model"], s.get("d_width")), "name": name, "method": s["method"],
+    row: dict[str, Any] = {"run": path.name, "players": _players(s["model"], s.get("d_width")),
+                           "d_width": s.get("d_width"), "name": name, "method": s["method"],
                            "seed": s["seed"], "ratio_to_reference": ms / ref_ms, "budget_steps": budget,
                            "read_at_step": step, "run_steps": last, "used_its_budget": budget <= last}
     for prefix in ("", "ema_"):
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"equal_time: {err}") from None
     rows = [r for p in sorted(args.runs.iterdir()) if (p / "metrics.json").is_file()
             for r in [read_run(p, costs)] if r is not None]
+    # runs on a narrower D after the full-width ones, so that timing one later appends its groups
+    # instead of renumbering those already quoted (``altga-dwidth32`` sorts before ``altga_s0``)
+    rows.sort(key=lambda r: r["d_width"] is not None)
     if not rows:
         raise SystemExit(f"equal_time: no run under {args.runs} has players and a method timed in {args.step_costs}")
     ref = next(iter(costs.values()))
